@@ -1,0 +1,414 @@
+"""The `pneumoscan` command: thin wrappers that turn arguments into library calls and print the outcome."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial, wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pneumoscan.config import Settings
+from pneumoscan.db import DatabaseError, open_database
+from pneumoscan.db.queries import RESULT_FIELDS, Result, ResultFilter, query_results
+from pneumoscan.models import ARCHITECTURES
+from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn the project's expected errors into one-line messages instead of tracebacks."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (BundleError, DatabaseError, NotADirectoryError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.ensure_object(dict)["settings"]
+    return settings
+
+
+def _database(settings: Settings) -> Any:
+    url = settings.sqlalchemy_url
+    err.print(f"database: {url.split('@')[-1] if '@' in url else url}", style="dim")
+    return open_database(url)
+
+
+def _bundle(settings: Settings) -> ModelBundle:
+    bundle = load_bundle(settings.model_path)
+    err.print(f"model: {bundle.version} (threshold {bundle.threshold:.3f}) from {bundle.path}", style="dim")
+    return bundle
+
+
+def _classifier(settings: Settings) -> Callable[..., list[Result]]:
+    from pneumoscan.pipeline import classify_paths
+
+    bundle, sessions = _bundle(settings), _database(settings)
+    return partial(classify_paths, bundle=bundle, sessions=sessions, settings=settings)
+
+
+def _celery_app(settings: Settings) -> Any:
+    if settings.embedded:
+        raise click.ClickException("this command needs a broker: set PNEUMOSCAN_BROKER_URL (e.g. redis://host:6379/0)")
+    from pneumoscan.worker.app import make_app
+
+    url = settings.broker_url or ""
+    err.print(f"broker: {url.split('@')[-1] if '@' in url else url}", style="dim")
+    return make_app(settings)
+
+
+def _celery_dispatcher(settings: Settings) -> Any:
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+
+    return CeleryDispatcher(_celery_app(settings))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="pneumoscan")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """Screen chest X-rays (JPEG, PNG, DICOM) for pneumonia and keep the results in a database.
+
+    Settings come from PNEUMOSCAN_* environment variables; see the README for the list.
+    """
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        ctx.ensure_object(dict)["settings"] = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"PNEUMOSCAN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise click.ClickException(f"invalid settings: {problems}") from None
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+@_friendly
+def scan(ctx: click.Context, folder: Path) -> None:
+    """Classify every file under FOLDER once, then print a summary.
+
+    Files already classified by the current model (same content) are skipped. Exits 0 even when
+    some files are rejected; see `pneumoscan results --status rejected` for the reasons.
+    """
+    from pneumoscan.scheduler.watcher import iter_files
+
+    settings = _settings(ctx)
+    classify = _classifier(settings)
+    paths = [str(p) for p in iter_files(folder)]
+    columns = (TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("scan", total=len(paths))
+        results = classify(paths, on_batch=lambda batch: progress.advance(task, len(batch)))
+    _print_summary(results)
+
+
+def _print_summary(results: Sequence[Result]) -> None:
+    counts = Counter((r.status, r.label or "") for r in results)
+    table = Table(title=f"{len(results)} files")
+    for column in ("status", "label", "files"):
+        table.add_column(column, justify="right" if column == "files" else "left")
+    for (status, label), n in sorted(counts.items()):
+        table.add_row(status, label, str(n))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+@_friendly
+def watch(ctx: click.Context, folder: Path) -> None:
+    """Classify files already in FOLDER, then every new file once it is complete, until stopped.
+
+    A file counts as complete when its size and modification time have not changed for the quiet
+    period (PNEUMOSCAN_QUIET_PERIOD). Stop with Ctrl-C or SIGTERM: the batch in hand is finished first.
+    With PNEUMOSCAN_BROKER_URL set, batches are enqueued for `pneumoscan worker` processes instead.
+    """
+    from pneumoscan.scheduler.batcher import MicroBatcher
+    from pneumoscan.scheduler.dispatch import InlineDispatcher
+    from pneumoscan.scheduler.watcher import Watcher
+
+    settings = _settings(ctx)
+    dispatcher = InlineDispatcher(_classifier(settings)) if settings.embedded else _celery_dispatcher(settings)
+    batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait)
+    watcher = Watcher(folder, batcher, settings.quiet_period)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: watcher.stop())
+    err.print(f"watching {watcher.inbox}; Ctrl-C to stop")
+    watcher.run()
+    err.print("stopped")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-c", "--concurrency", type=click.IntRange(1), help="Pool processes [default: number of CPUs].")
+@click.option("--max-tasks-per-child", type=click.IntRange(1),
+              help="Replace a pool process after this many tasks [default: PNEUMOSCAN_MAX_TASKS_PER_CHILD].")
+@click.option("-l", "--loglevel", default="INFO", show_default=True, help="Celery log level.")
+@click.pass_context
+@_friendly
+def worker(ctx: click.Context, concurrency: int | None, max_tasks_per_child: int | None, loglevel: str) -> None:
+    """Run a Celery worker that classifies the batches enqueued by `watch`, `scheduler` and `reclassify`.
+
+    Each pool process loads the model once, after the fork. Needs PNEUMOSCAN_BROKER_URL and, for
+    more than one machine, a shared PNEUMOSCAN_DATABASE_URL. Further arguments go to `celery worker`
+    unchanged (for example --hostname NAME@%h).
+    """
+    from pneumoscan.worker.app import worker_argv
+
+    settings = _settings(ctx)
+    app = _celery_app(settings)
+    app.worker_main(worker_argv(concurrency=concurrency, loglevel=loglevel, extra=ctx.args,
+                                max_tasks_per_child=max_tasks_per_child or settings.max_tasks_per_child))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_context
+@_friendly
+def scheduler(ctx: click.Context, folder: Path) -> None:
+    """Watch FOLDER and enqueue complete files in batches, and run Celery beat (the nightly job), until stopped.
+
+    The nightly reclassification runs at PNEUMOSCAN_NIGHTLY_AT, local time. Needs PNEUMOSCAN_BROKER_URL.
+    """
+    from pneumoscan.scheduler.batcher import MicroBatcher
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+    from pneumoscan.scheduler.watcher import Watcher
+    from pneumoscan.worker.beat import BeatThread
+
+    settings = _settings(ctx)
+    app = _celery_app(settings)
+    watcher = Watcher(folder, MicroBatcher(CeleryDispatcher(app), settings.batch_size, settings.max_batch_wait),
+                      settings.quiet_period)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: watcher.stop())
+    with BeatThread(app, settings.data_dir / "celerybeat-schedule"):
+        err.print(f"watching {watcher.inbox}; nightly reclassification at {settings.nightly_at}; Ctrl-C to stop")
+        watcher.run()
+    err.print("stopped")
+
+
+@main.command()
+@click.option("--all", "everything", is_flag=True, help="Every image, whatever its status or predictions.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Only images updated since this local date or time.")
+@click.option("--status", type=click.Choice(["pending", "queued", "done", "failed", "rejected"]),
+              help="Only images with this status (rejected ones only when asked for).")
+@click.pass_context
+@_friendly
+def reclassify(ctx: click.Context, everything: bool, since: datetime | None, status: str | None) -> None:
+    """Run the current model on images it has not classified yet, and on failed ones (the nightly job).
+
+    Old predictions stay; `results --all-versions` shows them. With PNEUMOSCAN_BROKER_URL set the
+    batches are enqueued for the workers, otherwise they are classified here.
+    """
+    from pneumoscan.db.queries import ReclassifySelection, count_for_reclassification
+    from pneumoscan.scheduler.reclassify import reclassify as run_reclassification
+
+    settings = _settings(ctx)
+    bundle, sessions = _bundle(settings), _database(settings)
+    selection = ReclassifySelection(everything, _utc(since), status)
+    with sessions() as session:
+        total = count_for_reclassification(session, selection, bundle.version)
+    submit = _reclassify_submit(settings, bundle, sessions)
+    with _progress("reclassifying" if settings.embedded else "enqueuing") as progress:
+        task = progress.add_task("reclassify", total=total)
+        sent = run_reclassification(sessions, bundle.version, selection, submit, batch_size=settings.batch_size,
+                                    on_batch=lambda n: progress.advance(task, n))
+    click.echo(f"{sent} images {'reclassified' if settings.embedded else 'enqueued'} for model {bundle.version}")
+
+
+def _reclassify_submit(settings: Settings, bundle: ModelBundle,
+                       sessions: Any) -> Callable[[list[int], list[str]], None]:
+    if not settings.embedded:
+        dispatcher = _celery_dispatcher(settings)
+        return lambda ids, _paths: dispatcher.submit_images(ids)
+    from pneumoscan.pipeline import classify_paths
+
+
+    def classify(_ids: list[int], paths: list[str]) -> None:
+        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings)
+
+    return classify
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.astimezone()).astimezone(UTC)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat(timespec="seconds")
+    return value
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["pending", "queued", "done", "failed", "rejected"]))
+@click.option("--label", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False))
+@click.option("--min-probability", type=click.FloatRange(0, 1), help="Lowest probability of pneumonia.")
+@click.option("--max-probability", type=click.FloatRange(0, 1), help="Highest probability of pneumonia.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Only images updated since this local date or time.")
+@click.option("--model-version", help="Predictions of this model version [default: the current model's].")
+@click.option("--all-versions", is_flag=True, help="Show predictions of every model version.")
+@click.option("--limit", type=click.IntRange(0), default=100, show_default=True,
+              help="At most this many rows; 0 for all.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+@_friendly
+def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
+            max_probability: float | None, since: datetime | None, model_version: str | None,
+            all_versions: bool, limit: int, fmt: str) -> None:
+    """List stored results, newest first, filtered and formatted for review or export."""
+    settings = _settings(ctx)
+    if model_version is None and not all_versions:
+        try:
+            model_version = load_bundle(settings.model_path).version
+        except BundleError:
+            model_version = None  # no model configured yet: show whatever is stored
+    filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version, limit or None)
+    with _database(settings)() as session:
+        rows = [{k: _cell(row[k]) for k in RESULT_FIELDS} for row in query_results(session, filters)]
+    _print_rows(rows, fmt)
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(show_lines=False)
+        shown = ("path", "status", "label", "probability", "model_version", "classified_at", "reason")
+        for column in shown:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            probability = row["probability"]
+            table.add_row(*(f"{probability:.3f}" if k == "probability" and probability is not None
+                            else str(row[k] if row[k] is not None else "") for k in shown))
+        Console().print(table)
+        err.print(f"{len(rows)} rows", style="dim")
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@click.pass_context
+@_friendly
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply all database migrations (also done automatically on start)."""
+    _database(_settings(ctx.find_root()))
+    click.echo("database is up to date")
+
+
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Bundle folder to write (model.keras, card.json, training_curves.png); rerun to resume.")
+@click.option("--architecture", type=click.Choice(ARCHITECTURES, case_sensitive=False), default="pneumonet",
+              show_default=True)
+@click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
+              help="Backbone initialization; imagenet downloads weights (needs internet).")
+@click.option("--input-size", type=click.IntRange(32, 1024), default=224, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
+              help="Share of train images, by patient, held out for validation.")
+@click.option("--min-sensitivity", type=click.FloatRange(0.5, 1), default=0.97, show_default=True,
+              help="Threshold rule: highest threshold keeping this validation sensitivity.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--version", "version", help="Model version for the card [default: architecture-timestamp].")
+@_friendly
+def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size: int, epochs: int,
+          batch_size: int, learning_rate: float, schedule: str, val_fraction: float, min_sensitivity: float,
+          no_augment: bool, seed: int, version: str | None) -> None:
+    """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
+
+    Validation is carved from train by patient; the test split is never read.
+    """
+    from pneumoscan.models.dataset import DatasetError
+    from pneumoscan.models.train import TrainConfig
+    from pneumoscan.models.train import train as run_training
+
+    config = TrainConfig(architecture.lower(), input_size, epochs, batch_size, learning_rate, schedule,
+                         weights=None if weights == "none" else weights, val_fraction=val_fraction,
+                         min_sensitivity=min_sensitivity, seed=seed, augment=not no_augment, version=version)
+
+    def show(epoch: int, logs: dict[str, float]) -> None:
+        err.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
+
+    try:
+        bundle = run_training(data_dir, out, config, on_epoch=show)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    v = bundle.card["validation_metrics"]
+    click.echo(f"wrote {out}: {bundle.version}, threshold {bundle.threshold:.4f}, validation ROC AUC "
+               f"{v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
+
+
+@main.command()
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Folder under DATA_DIR to evaluate on.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write metrics.json, predictions.csv and plots [default: BUNDLE_DIR/eval-SPLIT].")
+@click.option("--update-card", is_flag=True, help="Store the metrics in the bundle card as test_metrics.")
+@_friendly
+def evaluate(bundle_dir: Path, data_dir: Path, split: str, out: Path | None, update_card: bool) -> None:
+    """Measure BUNDLE_DIR on DATA_DIR/SPLIT at the bundle's own threshold, decoding as the worker does."""
+    from pneumoscan.models.dataset import DatasetError, list_split
+    from pneumoscan.models.evaluate import evaluate as run_evaluation
+    from pneumoscan.models.evaluate import store_test_metrics
+
+    bundle = load_bundle(bundle_dir, verify=True)
+    try:
+        total = len(list_split(data_dir, split))
+        with _progress(f"evaluating {split}") as progress:
+            task = progress.add_task(split, total=total)
+            report = run_evaluation(bundle, data_dir, split, out or bundle_dir / f"eval-{split}",
+                                    on_batch=lambda n: progress.advance(task, n))
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    if update_card:
+        store_test_metrics(bundle, report)
+    matrix = report["confusion_matrix"]["rows_true_cols_predicted"]
+    table = Table(title=f"{bundle.version} on {split} (n={report['n']}, threshold {report['threshold']:.4f})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc"):
+        table.add_row(key, f"{report[key]:.4f}")
+    table.add_row("confusion [[TN, FP], [FN, TP]]", str(matrix))
+    Console().print(table)

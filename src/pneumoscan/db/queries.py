@@ -1,0 +1,218 @@
+"""Query and write functions: idempotent batch saves and the filtered results query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from pneumoscan.db.schema import Image, Prediction, utcnow
+
+DICOM_COLUMNS = ("study_uid", "series_uid", "sop_instance_uid", "modality", "body_part", "view_position",
+                 "study_date", "manufacturer", "patient_ref")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome for one input file, as stored and as reported.
+
+    ``status`` is done, rejected, failed or skipped (already known: nothing was written but the path).
+    """
+
+    path: str
+    status: str
+    sha256: str | None = None
+    kind: str | None = None
+    byte_size: int | None = None
+    reason: str | None = None
+    probability: float | None = None
+    label: str | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+    dicom: dict[str, str | None] = field(default_factory=dict)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"pneumoscan supports SQLite and PostgreSQL, not {dialect}")
+
+
+def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) -> set[str]:
+    """Hashes needing no work: predicted by ``model_version`` already, or rejected (same bytes, same fate)."""
+    wanted = sorted(set(hashes))
+    if not wanted:
+        return set()
+    predicted = (select(Image.sha256).join(Prediction)
+                 .where(Image.sha256.in_(wanted), Prediction.model_version == model_version))
+    rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status == "rejected")
+    return {h for (h,) in session.execute(predicted.union(rejected)) if h is not None}
+
+
+def save_results(session: Session, results: Sequence[Result]) -> None:
+    """Write a batch of results in the caller's transaction; safe to repeat and to run concurrently.
+
+    Images are upserted by SHA-256 (concurrent writers of the same content meet on the unique key),
+    predictions are inserted once per (image, model version).
+    """
+    now = utcnow()
+    # Rows are written in SHA-256 order so that two concurrent batches sharing contents lock them in
+    # the same order and cannot deadlock; ties keep the batch order (the last path seen wins).
+    for _, result in sorted(enumerate(results), key=lambda item: (item[1].sha256 or "", item[0])):
+        if result.status == "skipped":
+            if result.sha256:
+                session.execute(update(Image).where(Image.sha256 == result.sha256)
+                                .values(path=result.path, updated_at=now))
+            continue
+        values: dict[str, Any] = {
+            "path": result.path, "kind": result.kind, "byte_size": result.byte_size,
+            "status": result.status, "reason": result.reason, "updated_at": now,
+            **{c: result.dicom.get(c) for c in DICOM_COLUMNS},
+        }
+        if result.sha256 is None:  # unreadable: keyed by path until its bytes can be read
+            _save_unhashed(session, values, now)
+            continue
+        # A readable file replaces the path-keyed placeholder from when it could not be read.
+        session.execute(delete(Image).where(Image.sha256.is_(None), Image.path == result.path))
+        statement = _insert(session, Image).values(sha256=result.sha256, first_seen_at=now, **values)
+        image_id = session.execute(
+            statement.on_conflict_do_update(index_elements=["sha256"], set_=values).returning(Image.id)
+        ).scalar_one()
+        if result.status == "done":
+            session.execute(
+                _insert(session, Prediction).values(
+                    image_id=image_id, model_version=result.model_version, probability=result.probability,
+                    label=result.label, threshold=result.threshold, created_at=now,
+                ).on_conflict_do_nothing(index_elements=["image_id", "model_version"])
+            )
+
+
+def _save_unhashed(session: Session, values: dict[str, Any], now: datetime) -> None:
+    existing = session.execute(
+        select(Image.id).where(Image.sha256.is_(None), Image.path == values["path"])
+    ).scalar_one_or_none()
+    if existing is None:
+        session.add(Image(first_seen_at=now, **values))
+    else:
+        session.execute(update(Image).where(Image.id == existing).values(**values))
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """Filters of the results query; None means no filter on that field."""
+
+    status: str | None = None
+    label: str | None = None
+    min_probability: float | None = None
+    max_probability: float | None = None
+    since: datetime | None = None
+    model_version: str | None = None
+    limit: int | None = 100
+
+
+RESULT_FIELDS = ("path", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
+                 "model_version", "classified_at", "study_uid", "series_uid", "sop_instance_uid",
+                 "modality", "view_position", "updated_at")
+
+
+def results_statement(filters: ResultFilter) -> Select:
+    """The SELECT behind ``pneumoscan results``: images with their prediction from one model version.
+
+    With no model version given, each image is shown with every prediction it has (and images
+    without any once).
+    """
+    on = Prediction.image_id == Image.id
+    if filters.model_version is not None:
+        on = and_(on, Prediction.model_version == filters.model_version)
+    statement = select(
+        Image.path, Image.sha256, Image.kind, Image.status, Image.reason, Prediction.label,
+        Prediction.probability, Prediction.threshold, Prediction.model_version,
+        Prediction.created_at.label("classified_at"), Image.study_uid, Image.series_uid,
+        Image.sop_instance_uid, Image.modality, Image.view_position, Image.updated_at,
+    ).outerjoin(Prediction, on)
+    conditions = []
+    if filters.status is not None:
+        conditions.append(Image.status == filters.status)
+    if filters.label is not None:
+        conditions.append(Prediction.label == filters.label.upper())
+    if filters.min_probability is not None:
+        conditions.append(Prediction.probability >= filters.min_probability)
+    if filters.max_probability is not None:
+        conditions.append(Prediction.probability <= filters.max_probability)
+    if filters.since is not None:
+        conditions.append(Image.updated_at >= filters.since)
+    statement = statement.where(*conditions).order_by(Image.updated_at.desc(), Image.id.desc())
+    return statement.limit(filters.limit) if filters.limit else statement
+
+
+def query_results(session: Session, filters: ResultFilter) -> list[dict[str, Any]]:
+    """Rows of the results query as dicts keyed by RESULT_FIELDS."""
+    return [dict(row._mapping) for row in session.execute(results_statement(filters))]
+
+
+@dataclass(frozen=True)
+class ReclassifySelection:
+    """Which images a reclassification run sends back through the pipeline.
+
+    By default: every image without a prediction from the current model version, and every failed
+    one, but no rejected image (its bytes are not a usable image). ``everything`` drops that rule,
+    ``status`` keeps only images with this status (rejected included when asked for), and ``since``
+    keeps only images updated at or after this time.
+    """
+
+    everything: bool = False
+    since: datetime | None = None
+    status: str | None = None
+
+
+def reclassify_statement(selection: ReclassifySelection, model_version: str) -> Select:
+    """SELECT image id and stored path of the images ``selection`` picks, in id order."""
+    statement = select(Image.id, Image.path)
+    if not selection.everything:
+        current = exists().where(Prediction.image_id == Image.id, Prediction.model_version == model_version)
+        statement = statement.where(or_(~current, Image.status == "failed"))
+        if selection.status is None:
+            statement = statement.where(Image.status != "rejected")
+    if selection.status is not None:
+        statement = statement.where(Image.status == selection.status)
+    if selection.since is not None:
+        statement = statement.where(Image.updated_at >= selection.since)
+    return statement.order_by(Image.id)
+
+
+def count_for_reclassification(session: Session, selection: ReclassifySelection, model_version: str) -> int:
+    """How many images ``selection`` picks now."""
+    inner = reclassify_statement(selection, model_version).order_by(None).subquery()
+    return int(session.execute(select(func.count()).select_from(inner)).scalar_one())
+
+
+def iter_reclassification(session: Session, selection: ReclassifySelection, model_version: str,
+                          batch_size: int) -> Iterator[list[tuple[int, str]]]:
+    """The picked images as batches of (id, path), in id order, read one batch at a time.
+
+    Keyset pagination on the id keeps each query short and lets the caller commit work between
+    batches; images reclassified meanwhile drop out of later pages by themselves.
+    """
+    last = 0
+    while True:
+        page = reclassify_statement(selection, model_version).where(Image.id > last).limit(batch_size)
+        rows = [(int(image_id), str(path)) for image_id, path in session.execute(page)]
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+
+
+def image_paths(session: Session, image_ids: Sequence[int]) -> list[str]:
+    """The stored paths of ``image_ids`` (ids that no longer exist are left out), in the order given."""
+    rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(list(image_ids))))
+    found = {int(image_id): str(path) for image_id, path in rows}
+    return [found[i] for i in image_ids if i in found]

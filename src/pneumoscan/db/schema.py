@@ -1,0 +1,100 @@
+"""Database schema: images, predictions (one per image and model version) and reviews."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATUSES = ("pending", "queued", "done", "failed", "rejected")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the database layer uses."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Image(Base):
+    """One distinct file content (by SHA-256), wherever it was seen last."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # NULL only for files that could not be read at all (status failed); they are keyed by path.
+    sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    patient_ref: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
+
+    __table_args__ = (
+        Index("ix_images_status", "status"),
+        Index("ix_images_path", "path"),
+        Index("ix_images_updated_at", "updated_at"),
+        Index("ix_images_study_uid", "study_uid"),
+        Index("ix_images_patient_ref", "patient_ref"),
+    )
+
+
+class Prediction(Base):
+    """The output of one model version on one image."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="predictions")
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version", name="uq_predictions_image_model"),
+        Index("ix_predictions_model_created", "model_version", "created_at"),
+        Index("ix_predictions_model_label_probability", "model_version", "label", "probability"),
+    )
+
+
+class Review(Base):
+    """A person's reading of an image, kept beside the model's."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,137 @@
+"""Model bundles: a Keras model file plus a JSON card, loaded lazily and run in whole batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+LABELS = ("NORMAL", "PNEUMONIA")
+
+
+class BundleError(Exception):
+    """A model bundle that is missing or unusable; the message says what to do."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def configure_devices() -> list[str]:
+    """Turn on GPU memory growth so several processes can share one device; return the GPUs seen.
+
+    Must run in the process that will do inference, before its first TensorFlow op.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off stderr
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialized in this process; growth can no longer change
+            log.warning("GPU %s already initialized; memory growth unchanged", gpu.name)
+    log.info("inference devices: %s", [g.name for g in gpus] or ["CPU"])
+    return [g.name for g in gpus]
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A trained model and its card. The Keras model loads on first use of ``predict``."""
+
+    path: Path
+    card: dict[str, Any]
+    _state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def version(self) -> str:
+        return str(self.card["version"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.card["input_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card["threshold"])
+
+    @property
+    def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A compiled function from a (n, size, size, 1) float32 batch to pneumonia probabilities."""
+        with self._lock:
+            if "predictor" not in self._state:
+                self._state["predictor"] = self._load()
+            return self._state["predictor"]
+
+    def _load(self) -> Callable[[np.ndarray], np.ndarray]:
+        configure_devices()
+        import keras
+        import tensorflow as tf
+
+        import pneumoscan.models.layers  # noqa: F401  (registers the custom layers)
+
+        model = keras.models.load_model(self.path / MODEL_FILE, compile=False)
+        size = self.input_size
+        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                           input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
+        log.info("loaded model %s from %s", self.version, self.path)
+        return lambda batch: call(tf.convert_to_tensor(batch, tf.float32)).numpy().reshape(-1)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1]."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[..., None]
+        if len(batch) == 0:
+            return np.zeros(0, np.float32)
+        return np.asarray(self.predictor(batch), dtype=np.float32)
+
+    def label(self, probability: float) -> str:
+        """NORMAL or PNEUMONIA at this bundle's threshold."""
+        return LABELS[int(probability >= self.threshold)]
+
+
+def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
+    """Read a bundle's card (and with ``verify``, check the model file's SHA-256 against it)."""
+    card_path, model_path = path / CARD_FILE, path / MODEL_FILE
+    if not card_path.is_file() or not model_path.is_file():
+        raise BundleError(
+            f"no model bundle at {path} (need {MODEL_FILE} and {CARD_FILE}): train one with "
+            "`pneumoscan train DATA_DIR --out BUNDLE_DIR` or set PNEUMOSCAN_MODEL to a bundle directory"
+        )
+    try:
+        card = json.loads(card_path.read_text())
+        for key in ("version", "input_size", "threshold"):
+            card[key]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"model card {card_path} is unreadable or incomplete: {exc}") from None
+    if verify and card.get("sha256") != file_sha256(model_path):
+        raise BundleError(f"model file {model_path} does not match the sha256 in its card")
+    return ModelBundle(path, card)
+
+
+def write_bundle(out: Path, model: Any, card: dict[str, Any]) -> ModelBundle:
+    """Save ``model`` and ``card`` (with the file's SHA-256 added) as a bundle in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / MODEL_FILE)
+    card = {**card, "sha256": file_sha256(out / MODEL_FILE)}
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return ModelBundle(out, card)

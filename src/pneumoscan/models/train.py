@@ -1,0 +1,230 @@
+"""Training: patient-wise validation, augmentation, class weights, best-AUC checkpoints and a bundle."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan.models import metrics
+from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
+from pneumoscan.models.dataset import Example, labels_of, list_split, load_images, patient_split
+
+log = logging.getLogger(__name__)
+
+PREPROCESSING = (
+    "decode with pneumoscan.imaging.decode (JPEG/PNG to 8-bit gray; DICOM modality LUT, VOI LUT or "
+    "robust min-max, MONOCHROME1 inverted), resize to input_size x input_size bilinear without "
+    "keeping the aspect ratio, scale to [0, 1]; the model standardizes each image itself"
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; stored in the model card."""
+
+    architecture: str = "pneumonet"
+    input_size: int = 224
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # cosine | constant | step
+    weight_decay: float = 1e-4
+    weights: str | None = None  # "imagenet" for backbones, with internet access
+    val_fraction: float = 0.15
+    min_sensitivity: float = 0.97
+    seed: int = 0
+    augment: bool = True
+    version: str | None = None
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
+    import keras
+
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "step":
+        bounds = [int(total * 0.5), int(total * 0.75)]
+        lr = config.learning_rate
+        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr / 10, lr / 100])
+    if config.schedule == "cosine":
+        warmup = min(steps_per_epoch, total // 10)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup, alpha=0.01)
+    raise ValueError(f"unknown learning-rate schedule {config.schedule!r}: use cosine, constant or step")
+
+
+def _augmenter(seed: int) -> Any:
+    """Small rotations, zoom, shifts and contrast/gamma changes. No flips: anatomy is not symmetric."""
+    import keras
+    import tensorflow as tf
+
+    geometric = keras.Sequential([
+        keras.layers.RandomRotation(0.025, fill_mode="nearest", seed=seed),  # about +/- 9 degrees
+        keras.layers.RandomZoom(0.12, fill_mode="nearest", seed=seed + 1),
+        keras.layers.RandomTranslation(0.06, 0.06, fill_mode="nearest", seed=seed + 2),
+        keras.layers.RandomContrast(0.3, seed=seed + 3),
+    ])
+
+    def augment(x: Any) -> Any:
+        x = geometric(x, training=True)
+        gamma = tf.exp(tf.random.uniform((tf.shape(x)[0], 1, 1, 1), -0.35, 0.35))
+        return tf.clip_by_value(x, 0.0, 1.0) ** gamma
+
+    return augment
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, train: bool) -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+    if train:
+        ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(config.batch_size).map(lambda x, y: (tf.cast(x, tf.float32)[..., None] / 255.0, y),
+                                         num_parallel_calls=tf.data.AUTOTUNE)
+    if train and config.augment:
+        augment = _augmenter(config.seed)
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _best_so_far(history_csv: Path) -> float | None:
+    if not history_csv.is_file():
+        return None
+    with history_csv.open() as fh:
+        values = [float(row["val_auc"]) for row in csv.DictReader(fh) if row.get("val_auc")]
+    return max(values) if values else None
+
+
+def _plot_curves(history_csv: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with history_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax_loss), ("auc", ax_auc)):
+        ax.plot(epochs, [float(r[key]) for r in rows], label=f"train {key}")
+        ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    data_dir: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> ModelBundle:
+    """Train on ``data_dir/train`` (plus ``val`` if present), write a bundle to ``out`` and return it.
+
+    Validation is carved from train by patient. The best epoch by validation ROC AUC is kept, and
+    the threshold is chosen on validation. The test split is never read. Interrupted runs resume
+    from ``out/checkpoints`` when called again with the same ``out``.
+    """
+    configure_devices()
+    import keras
+
+    from pneumoscan.models.architectures import build_model
+
+    keras.utils.set_random_seed(config.seed)
+    examples = list_split(data_dir, "train")
+    train_set, val_set = patient_split(examples, config.val_fraction, config.seed)
+    if (data_dir / "val").is_dir():
+        val_set += list_split(data_dir, "val")
+    if not val_set or len({e.label for e in val_set}) < 2:
+        raise ValueError("validation split needs both classes: add images or raise --val-fraction")
+    log.info("train %d images, validation %d images (%d patients)", len(train_set), len(val_set),
+             len({e.patient for e in val_set}))
+    x_train, y_train = load_images(train_set, config.input_size), labels_of(train_set)
+    x_val, y_val = load_images(val_set, config.input_size), labels_of(val_set)
+
+    counts = np.bincount(y_train, minlength=2)
+    class_weight = {c: float(len(y_train) / (2 * max(counts[c], 1))) for c in (0, 1)}
+    steps = math.ceil(len(x_train) / config.batch_size)
+
+    model = build_model(config.architecture, config.input_size, weights=config.weights)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    history_csv = checkpoints / "history.csv"
+    best_path = checkpoints / "best.keras"
+    callbacks: list[Any] = [
+        keras.callbacks.BackupAndRestore(str(checkpoints / "resume"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_auc", mode="max", save_best_only=True,
+                                        initial_value_threshold=_best_so_far(history_csv)),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+    ]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, logs or {})))
+    model.fit(_dataset(x_train, y_train, config, train=True), epochs=config.epochs,
+              validation_data=_dataset(x_val, y_val, config, train=False), class_weight=class_weight,
+              callbacks=callbacks, verbose=0, shuffle=False)
+
+    import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
+
+    best = keras.models.load_model(best_path, compile=False)
+    val_scores = best.predict(x_val[..., None].astype(np.float32) / 255.0, batch_size=64, verbose=0).ravel()
+    threshold = metrics.choose_threshold(y_val, val_scores, config.min_sensitivity)
+    _plot_curves(history_csv, out / "training_curves.png")
+    now = datetime.now(UTC)
+    card = {
+        "version": config.version or f"{config.architecture}-{now:%Y%m%d-%H%M%S}",
+        "architecture": config.architecture,
+        "input_size": config.input_size,
+        "preprocessing": PREPROCESSING,
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
+        "labels": ["NORMAL", "PNEUMONIA"],
+        "output": "probability of PNEUMONIA",
+        "created_at": now.isoformat(timespec="seconds"),
+        "parameters": int(best.count_params()),
+        "training": {
+            "data": str(data_dir.name),
+            "config": dataclasses.asdict(config),
+            "split": (f"validation carved from train by patient ({config.val_fraction:.0%} of each class's "
+                      f"images, seed {config.seed}); the test split was not read"),
+            "train_images": _class_counts(train_set),
+            "validation_images": _class_counts(val_set),
+            "class_weight": class_weight,
+            "epochs_run": len(_read_rows(history_csv)),
+        },
+        "validation_metrics": metrics.summarize(y_val, val_scores, threshold),
+        "test_metrics": None,
+    }
+    bundle = write_bundle(out, best, card)
+    log.info("bundle written to %s: %s", out, json.dumps(card["validation_metrics"]))
+    return bundle
+
+
+def _class_counts(examples: list[Example]) -> dict[str, int]:
+    counts = np.bincount(labels_of(examples), minlength=2)
+    return {"NORMAL": int(counts[0]), "PNEUMONIA": int(counts[1]), "patients": len({e.patient for e in examples})}
+
+
+def _read_rows(history_csv: Path) -> list[dict[str, str]]:
+    with history_csv.open() as fh:
+        return list(csv.DictReader(fh))

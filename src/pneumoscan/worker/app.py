@@ -1,0 +1,62 @@
+"""Celery app for distributed mode, built from Settings (no TensorFlow here: the scheduler must start fast)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.schedules import crontab
+
+from pneumoscan.config import Settings
+
+CLASSIFY_BATCH = "pneumoscan.classify_batch"
+RECLASSIFY_IMAGES = "pneumoscan.reclassify_images"
+NIGHTLY_RECLASSIFY = "pneumoscan.nightly_reclassify"
+TASK_MODULES = ["pneumoscan.worker.tasks", "pneumoscan.scheduler.reclassify"]
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app on ``settings.broker_url`` with at-least-once delivery and the nightly schedule.
+
+    Messages are acknowledged after the task ran (``acks_late``), one at a time (prefetch 1), and a
+    task whose process died (SIGKILL, out of memory) goes back to the queue instead of being lost.
+    Idempotent writes make the redelivery harmless. Results live in the database, so no result
+    backend is used.
+    """
+    app = Celery("pneumoscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=TASK_MODULES)
+    hour, minute = settings.nightly_hour_minute
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=settings.max_tasks_per_child,
+        # Loading TensorFlow and the model in a fresh pool process can take far longer than the 4 s
+        # Celery allows by default before it declares the process dead.
+        worker_proc_alive_timeout=300.0,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Crontab entries are read in the machine's local time (set TZ in containers).
+        enable_utc=False,
+        beat_schedule={
+            "nightly-reclassification": {
+                "task": NIGHTLY_RECLASSIFY,
+                "schedule": crontab(hour=str(hour), minute=str(minute)),
+            },
+        },
+    )
+    return app
+
+
+def worker_argv(*, concurrency: int | None, max_tasks_per_child: int, loglevel: str,
+                extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Arguments for ``app.worker_main``: a prefork pool, fair scheduling, no start-up chatter between nodes."""
+    argv = ["worker", f"--loglevel={loglevel}", "--pool=prefork", f"--max-tasks-per-child={max_tasks_per_child}",
+            "--without-gossip", "--without-mingle"]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    return [*argv, *extra]
+
+
+app = make_app(Settings())

@@ -1,0 +1,131 @@
+"""Worker tasks: thin Celery tasks that run batches through the same pipeline as embedded mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task, shared_task
+from celery.signals import worker_process_init
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from pneumoscan.config import Settings
+from pneumoscan.db import DatabaseError, open_database
+from pneumoscan.db.queries import image_paths
+from pneumoscan.models.bundle import ModelBundle, load_bundle
+from pneumoscan.worker.app import CLASSIFY_BATCH, RECLASSIFY_IMAGES
+
+log = logging.getLogger(__name__)
+
+# Errors that say "the database is not there right now", not "this input is bad": retried with backoff.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, DatabaseError,
+)
+MAX_RETRIES = 100  # with the backoff cap, about eight hours of outage before a batch is given up
+FILE_RETRIES = 3  # unreadable files are retried a few times, then left failed for the nightly run
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 300.0
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential, capped, with jitter against herds."""
+    return min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** retries) * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class Runtime:
+    """What one worker process needs: its settings, its model bundle and its database sessions."""
+
+    settings: Settings
+    bundle: ModelBundle
+    _sessions: sessionmaker[Session] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory, connecting (and migrating) on first use; raises if the database is down."""
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = open_database(self.settings.sqlalchemy_url)
+            return self._sessions
+
+    def dispose(self) -> None:
+        """Forget connections inherited from a parent process without closing the parent's sockets."""
+        if self._sessions is not None:
+            self._sessions.kw["bind"].dispose(close=False)
+            self._sessions = None
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's runtime, created on first use (the model itself loads on its first batch)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            settings = Settings()
+            _runtime = Runtime(settings, load_bundle(settings.model_path))
+        return _runtime
+
+
+@worker_process_init.connect
+def _init_worker_process(**_: Any) -> None:
+    """In each pool process, after the fork: drop inherited connections, load the model, connect."""
+    if _runtime is not None:
+        _runtime.dispose()
+    try:
+        state = runtime()
+        state.bundle.predictor  # noqa: B018  (loads TensorFlow and the model now, with GPU memory growth on)
+    except Exception:  # raising here would only make the pool restart this process in a loop
+        log.exception("cannot load the model; tasks in this process will fail until it is fixed")
+        return
+    try:
+        state.sessions()
+    except DatabaseError as exc:  # the first task retries until the database is back
+        log.warning("database not available yet: %s", exc)
+    log.info("worker process ready: model %s", state.bundle.version)
+
+
+def _classify(task: Task, paths: Sequence[str]) -> dict[str, int]:
+    from pneumoscan.pipeline import classify_paths
+
+    state = runtime()
+    try:
+        results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings)
+    except TRANSIENT_ERRORS as exc:
+        delay = backoff(task.request.retries)
+        log.warning("database unavailable (%s); batch of %d retried in %.1f s",
+                    type(exc).__name__, len(paths), delay)
+        raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES) from exc
+    counts = Counter(r.status for r in results)
+    log.info("batch of %d: %s", len(results), dict(counts))
+    unreadable = [r.path for r in results if r.status == "failed" and os.path.exists(r.path)]
+    if unreadable and task.name == CLASSIFY_BATCH and task.request.retries < FILE_RETRIES:
+        # Only the failed files go round again; the rest of the batch is stored already.
+        raise task.retry(args=[unreadable], countdown=backoff(task.request.retries), max_retries=MAX_RETRIES)
+    return dict(counts)
+
+
+@shared_task(bind=True, name=CLASSIFY_BATCH, max_retries=MAX_RETRIES)
+def classify_batch(self: Task, paths: list[str]) -> dict[str, int]:
+    """Classify a batch of files (paths as seen by the workers) and store the results."""
+    return _classify(self, paths)
+
+
+@shared_task(bind=True, name=RECLASSIFY_IMAGES, max_retries=MAX_RETRIES)
+def reclassify_images(self: Task, image_ids: list[int]) -> dict[str, int]:
+    """Run stored images (by id) through the current model again, reading each from its stored path."""
+    try:
+        with runtime().sessions()() as session:
+            paths = image_paths(session, image_ids)
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    return _classify(self, paths)

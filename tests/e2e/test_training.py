@@ -1,0 +1,126 @@
+"""Training and evaluation end to end on a tiny folder of real X-rays (seconds, not the full model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscan.models import metrics
+from pneumoscan.models.bundle import file_sha256, load_bundle
+from pneumoscan.models.dataset import labels_of, list_split, load_images, patient_split
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+CLI = str(Path(sys.executable).with_name("pneumoscan"))
+
+
+def _real_images(label: str) -> list[Path]:
+    folders = (FIXTURES / "images" / label, FIXTURES / "test_images" / label)
+    return [path for folder in folders for path in sorted(folder.glob("*.jpeg"))]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA/train/{NORMAL,PNEUMONIA} from the committed real images; DATA/test is a dangling link.
+
+    Anything that tried to read the test split during training would fail on the dangling link.
+    """
+    root = tmp_path_factory.mktemp("data")
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / "train" / label).mkdir(parents=True)
+        for path in _real_images(label):
+            shutil.copy(path, root / "train" / label / path.name)
+    (root / "test").symlink_to(root / "does-not-exist")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "bundle"
+    result = subprocess.run(
+        [CLI, "train", str(data_dir), "--out", str(out), "--architecture", "tiny", "--input-size", "64",
+         "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.3", "--version", "tiny-trained"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch 2/2" in result.stderr
+    return out
+
+
+def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -> None:
+    bundle = load_bundle(trained, verify=True)  # verify: the card's sha256 matches the model file
+    card = bundle.card
+    assert card["version"] == "tiny-trained"
+    assert card["architecture"] == "tiny" and card["input_size"] == 64
+    assert card["sha256"] == file_sha256(trained / "model.keras")
+    for key in ("preprocessing", "threshold_rule", "training", "validation_metrics"):
+        assert card[key], key
+    assert "test split was not read" in card["training"]["split"]
+    assert (trained / "training_curves.png").stat().st_size > 1000
+    probabilities = bundle.predict(np.random.default_rng(0).random((3, 64, 64), dtype=np.float32))
+    assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Path) -> None:
+    bundle = load_bundle(trained)
+    config = bundle.card["training"]["config"]
+    _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
+    scores = bundle.predict(load_images(val, 64).astype(np.float32) / 255.0)
+    expected = metrics.choose_threshold(labels_of(val), scores, config["min_sensitivity"])
+    assert bundle.threshold == pytest.approx(expected, abs=1e-6)
+    assert bundle.card["validation_metrics"]["n"] == len(val)
+
+
+def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path: Path) -> None:
+    from pneumoscan.models.train import TrainConfig, train
+
+    config = TrainConfig("tiny", input_size=64, epochs=3, batch_size=8, val_fraction=0.3, version="resumed")
+    out = tmp_path / "bundle"
+
+    def crash_after_second_epoch(epoch: int, _logs: dict[str, float]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data_dir, out, config, on_epoch=crash_after_second_epoch)
+    assert not (out / "model.keras").exists()
+    epochs_seen: list[int] = []
+    bundle = train(data_dir, out, config, on_epoch=lambda epoch, _logs: epochs_seen.append(epoch))
+    assert epochs_seen == [2]  # only the epoch that was missing
+    history = (out / "checkpoints" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
+    assert bundle.card["training"]["epochs_run"] == 3
+
+
+def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "train", data / "test")  # a labelled split to evaluate on
+    out = tmp_path / "eval"
+    result = subprocess.run([CLI, "evaluate", str(trained), str(data), "--split", "test", "--out", str(out)],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "metrics.json").read_text())
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    labels = np.array([row.split(",")[1] == "PNEUMONIA" for row in rows])
+    scores = np.array([float(row.split(",")[2]) for row in rows])
+    assert report["n"] == len(rows) == sum(1 for _ in (data / "test").rglob("*.jpeg"))
+    assert report["roc_auc"] == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-6)
+    expected = metrics.confusion(labels, scores, report["threshold"])
+    assert report["confusion_matrix"]["rows_true_cols_predicted"] == [[expected["tn"], expected["fp"]],
+                                                                      [expected["fn"], expected["tp"]]]
+    for name in ("roc", "pr", "confusion_matrix", "calibration"):
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+
+
+def test_train_on_a_folder_without_the_layout_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    result = subprocess.run([CLI, "train", str(tmp_path), "--out", str(tmp_path / "b")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "must contain the folders NORMAL and PNEUMONIA" in result.stderr
+    assert "Traceback" not in result.stderr

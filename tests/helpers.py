@@ -1,0 +1,205 @@
+"""Test helpers: the committed real chest X-rays, and builders that turn them into PNG and DICOM files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
+NORMAL_IMAGES = sorted((FIXTURE_IMAGES / "NORMAL").glob("*.jpeg"))
+PNEUMONIA_IMAGES = sorted((FIXTURE_IMAGES / "PNEUMONIA").glob("*.jpeg"))
+ALL_IMAGES = NORMAL_IMAGES + PNEUMONIA_IMAGES
+
+DIGITAL_XRAY_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+# The identifying attributes written into every test DICOM, which must never reach the database.
+PATIENT_ID = "PAT123"
+PATIENT_NAME = "Doe^Jane"
+PATIENT_BIRTH_DATE = "19800101"
+
+
+def gray(source: Path) -> np.ndarray:
+    """A real fixture image as a (height, width) uint8 grayscale array."""
+    with Image.open(source) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def jpeg_bytes(source: Path) -> bytes:
+    """The original JPEG bytes of a fixture image."""
+    return source.read_bytes()
+
+
+def png_bytes(source: Path, mode: str = "L") -> bytes:
+    """A real image re-encoded as PNG: ``mode`` "L" (8-bit), "RGB", or "I;16" (16-bit gray)."""
+    pixels = gray(source)
+    if mode == "L":
+        image = Image.fromarray(pixels, mode="L")
+    elif mode == "RGB":
+        image = Image.fromarray(np.stack([pixels] * 3, axis=-1), mode="RGB")
+    elif mode == "I;16":
+        image = Image.fromarray(pixels.astype(np.uint16) * 257)
+        assert image.mode == "I;16", image.mode
+    else:
+        raise ValueError(mode)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def twelve_bit(source: Path) -> np.ndarray:
+    """A real image scaled from 8 to 12 bits (0..4095) as uint16: the stored values of a MONOCHROME2 DICOM."""
+    return np.round(gray(source).astype(np.float64) * 4095.0 / 255.0).astype(np.uint16)
+
+
+def dicom_dataset(
+    source: Path,
+    *,
+    photometric: str = "MONOCHROME2",
+    stored: np.ndarray | None = None,
+    modality: str = "DX",
+    body_part: str | None = "CHEST",
+    patient_id: str = PATIENT_ID,
+    **extra: Any,
+) -> Any:
+    """A Digital X-Ray DICOM dataset (Explicit VR Little Endian, 16 bits allocated, 12 stored).
+
+    The pixels are the real image scaled to 12 bits; for MONOCHROME1 they are inverted (4095 - v)
+    so that the picture looks the same. ``stored`` overrides the stored values. ``extra`` sets
+    further attributes by keyword (for example RescaleSlope, WindowCenter).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    values = twelve_bit(source) if stored is None else np.asarray(stored, dtype=np.uint16)
+    if stored is None and photometric == "MONOCHROME1":
+        values = (4095 - values).astype(np.uint16)
+
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DIGITAL_XRAY_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DIGITAL_XRAY_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
+    ds.ViewPosition = "AP"
+    ds.StudyDate = "20240315"
+    ds.Manufacturer = "pneumoscan tests"
+    ds.PatientID = patient_id
+    ds.PatientName = PATIENT_NAME
+    ds.PatientBirthDate = PATIENT_BIRTH_DATE
+    ds.PatientSex = "F"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = values.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = values.astype("<u2").tobytes()
+    return ds
+
+
+def dicom_bytes(source: Path, **kwargs: Any) -> bytes:
+    """A DICOM Part 10 file (128-byte preamble, ``DICM``, file meta) built from a real image."""
+    out = io.BytesIO()
+    dicom_dataset(source, **kwargs).save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def write_png(source: Path, dest: Path, mode: str = "L") -> Path:
+    """Write ``source`` re-encoded as PNG to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(png_bytes(source, mode))
+    return dest
+
+
+def write_jpeg(source: Path, dest: Path) -> Path:
+    """Copy a fixture JPEG's bytes to ``dest`` (permissions not copied: the copy is writable)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(jpeg_bytes(source))
+    return dest
+
+
+def write_dicom(source: Path, dest: Path, **kwargs: Any) -> Path:
+    """Write a DICOM built from ``source`` (see ``dicom_dataset``) to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(dicom_bytes(source, **kwargs))
+    return dest
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+def distinct_pngs(folder: Path, count: int, *, prefix: str = "x", start: int = 0) -> list[Path]:
+    """``count`` PNGs of real chest X-rays named prefix-NNNN.png, each with different pixels (one flipped).
+
+    Contents depend only on the number (``start`` up to ``start + count``), so calls with
+    overlapping numbers make the same contents.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [gray(source) for source in ALL_IMAGES]
+    paths = []
+    for i in range(start, start + count):
+        pixels = sources[i % len(sources)].copy()
+        pixels.flat[i // len(sources)] ^= 0xFF
+        path = folder / f"{prefix}-{i:04d}.png"
+        Image.fromarray(pixels, mode="L").save(path, format="PNG")
+        paths.append(path)
+    return paths
+
+
+def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str, str]:
+    """The environment for running `pneumoscan` as a user would: this process's, less any PNEUMOSCAN_* setting,
+    plus a data folder, a model, a fixed salt, short waits and small batches; ``extra`` adds or overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
+    env.update({
+        "PNEUMOSCAN_DATA_DIR": str(data_dir),
+        "PNEUMOSCAN_MODEL": str(model),
+        "PNEUMOSCAN_PATIENT_SALT": "test-salt",
+        "PNEUMOSCAN_QUIET_PERIOD": "0.5",
+        "PNEUMOSCAN_MAX_BATCH_WAIT": "0.3",
+        "PNEUMOSCAN_BATCH_SIZE": "8",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "COLUMNS": "250",  # keep rich tables on one line per row
+    })
+    env.update(extra)
+    return env
+
+
+def bundle_as_version(bundle: Any, folder: Path, version: str) -> Any:
+    """A copy of a model bundle under another version: the same model, as an older or newer release."""
+    from pneumoscan.models.bundle import load_bundle
+
+    shutil.copytree(bundle.path, folder)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "version": version}))
+    return load_bundle(folder)

@@ -1,0 +1,310 @@
+"""Imaging stage: kind detection by content, decoding JPEG/PNG/DICOM, DICOM metadata and rejections."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan.imaging import (
+    DICOM,
+    JPEG,
+    PNG,
+    DecodedImage,
+    DicomMeta,
+    Rejected,
+    decode,
+    detect_kind,
+    looks_complete,
+    patient_ref,
+)
+
+SOURCE = helpers.PNEUMONIA_IMAGES[0]
+SIZE = (64, 64)
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(132)
+
+
+# --- detect_kind ---------------------------------------------------------------------------------
+
+
+def test_detect_kind_by_content(tmp_path: Path) -> None:
+    jpeg = helpers.write_jpeg(SOURCE, tmp_path / "a.jpeg")
+    png = helpers.write_png(SOURCE, tmp_path / "a.png")
+    dcm = helpers.write_dicom(SOURCE, tmp_path / "a.dcm")
+    assert detect_kind(_head(jpeg)) == JPEG
+    assert detect_kind(_head(png)) == PNG
+    assert detect_kind(_head(dcm)) == DICOM
+
+
+def test_detect_kind_ignores_the_file_name(tmp_path: Path) -> None:
+    png_named_jpg = helpers.write_png(SOURCE, tmp_path / "really-a-png.jpg")
+    dicom_named_png = helpers.write_dicom(SOURCE, tmp_path / "really-a-dicom.png")
+    jpeg_without_suffix = helpers.write_jpeg(SOURCE, tmp_path / "IMG0001")
+    assert detect_kind(_head(png_named_jpg)) == PNG
+    assert detect_kind(_head(dicom_named_png)) == DICOM
+    assert detect_kind(_head(jpeg_without_suffix)) == JPEG
+    # ... and decode agrees with detect_kind rather than with the suffix.
+    assert decode(png_named_jpg.read_bytes(), SIZE).kind == PNG
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"GIF89a" + bytes(200),
+        b"BM" + bytes(200),  # BMP
+        b"hello, this is text" * 10,
+        bytes(128) + b"DIC",  # too short to hold the DICM marker
+        bytes(127) + b"DICM" + bytes(10),  # marker at the wrong offset
+    ],
+)
+def test_detect_kind_unknown(head: bytes) -> None:
+    assert detect_kind(head) is None
+
+
+def test_detect_kind_dicom_without_preamble_is_not_dicom() -> None:
+    # A raw dataset with no Part 10 preamble is not a file pneumoscan accepts.
+    ds = helpers.dicom_dataset(SOURCE)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert out.getvalue()[128:132] != b"DICM"
+    assert detect_kind(out.getvalue()[:132]) is None
+
+
+def test_looks_complete() -> None:
+    data = helpers.jpeg_bytes(SOURCE)
+    png = helpers.png_bytes(SOURCE)
+    assert looks_complete(JPEG, data[-16:])
+    assert not looks_complete(JPEG, data[: len(data) // 2][-16:])
+    assert looks_complete(PNG, png[-16:])
+    assert not looks_complete(PNG, png[:-1][-16:])
+    assert not looks_complete(DICOM, helpers.dicom_bytes(SOURCE)[-16:])
+    assert not looks_complete(None, data[-16:])
+
+
+# --- decode: rasters -----------------------------------------------------------------------------
+
+
+def _check_image(image: DecodedImage, size: tuple[int, int]) -> None:
+    assert isinstance(image, DecodedImage)
+    assert image.pixels.shape == size
+    assert image.pixels.dtype == np.float32
+    assert float(image.pixels.min()) >= 0.0
+    assert float(image.pixels.max()) <= 1.0
+    assert float(image.pixels.std()) > 0.05  # a real radiograph, not a flat field
+
+
+@pytest.mark.parametrize("size", [(64, 64), (224, 224), (100, 80)])
+def test_decode_jpeg_shape_and_range(size: tuple[int, int]) -> None:
+    image = decode(helpers.jpeg_bytes(SOURCE), size)
+    _check_image(image, size)
+    assert image.kind == JPEG
+    assert image.dicom is None
+
+
+def test_decode_jpeg_matches_pillow_at_native_size() -> None:
+    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(helpers.jpeg_bytes(SOURCE), reference.shape)
+    # draft("L") takes the JPEG's own luma plane, Pillow's convert("L") recomputes it from RGB.
+    assert np.abs(image.pixels - reference).mean() < 0.01
+    assert np.abs(image.pixels - reference).max() < 0.05
+
+
+def test_decode_png_8bit_is_exact() -> None:
+    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(helpers.png_bytes(SOURCE, "L"), reference.shape)
+    assert image.kind == PNG
+    np.testing.assert_allclose(image.pixels, reference, atol=1e-6)
+
+
+def test_decode_png_rgb_is_gray() -> None:
+    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(helpers.png_bytes(SOURCE, "RGB"), reference.shape)
+    np.testing.assert_allclose(image.pixels, reference, atol=1.5 / 255)
+
+
+def test_decode_png_16bit_is_min_max_normalized() -> None:
+    values = helpers.gray(SOURCE).astype(np.float64) * 257
+    expected = (values - values.min()) / (values.max() - values.min())
+    image = decode(helpers.png_bytes(SOURCE, "I;16"), values.shape)
+    assert image.kind == PNG
+    np.testing.assert_allclose(image.pixels, expected, atol=1e-5)
+
+
+def test_decode_resizes_without_transposing() -> None:
+    # A non-square target: height 100, width 50. The left half of the picture must stay on the left.
+    pixels = np.zeros((224, 224), np.uint8)
+    pixels[:, :112] = 255
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    image = decode(out.getvalue(), (100, 50))
+    assert image.pixels.shape == (100, 50)
+    assert image.pixels[:, :20].mean() > 0.99
+    assert image.pixels[:, -20:].mean() < 0.01
+
+
+# --- decode: DICOM -------------------------------------------------------------------------------
+
+
+def test_decode_dicom_shape_range_and_metadata() -> None:
+    ds = helpers.dicom_dataset(SOURCE)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    image = decode(out.getvalue(), SIZE, salt=b"pepper")
+    _check_image(image, SIZE)
+    assert image.kind == DICOM
+    meta = image.dicom
+    assert meta is not None
+    assert meta.study_uid == ds.StudyInstanceUID
+    assert meta.series_uid == ds.SeriesInstanceUID
+    assert meta.sop_instance_uid == ds.SOPInstanceUID
+    assert (meta.modality, meta.body_part, meta.view_position, meta.study_date) == ("DX", "CHEST", "AP", "20240315")
+    assert meta.patient_ref is not None and len(meta.patient_ref) == 64
+    int(meta.patient_ref, 16)  # hex
+    assert helpers.PATIENT_ID not in meta.patient_ref
+    # Nothing identifying is carried at all: no field holds the name, ID or birth date.
+    values = [str(getattr(meta, f.name)) for f in fields(DicomMeta)]
+    for secret in (helpers.PATIENT_ID, helpers.PATIENT_NAME, "Doe", helpers.PATIENT_BIRTH_DATE):
+        assert not any(secret in v for v in values)
+
+
+def test_patient_ref_is_salted_and_stable() -> None:
+    a = decode(helpers.dicom_bytes(SOURCE), SIZE, salt=b"one").dicom
+    b = decode(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]), SIZE, salt=b"one").dicom
+    c = decode(helpers.dicom_bytes(SOURCE), SIZE, salt=b"two").dicom
+    d = decode(helpers.dicom_bytes(SOURCE, patient_id="OTHER9"), SIZE, salt=b"one").dicom
+    assert a is not None and b is not None and c is not None and d is not None
+    assert a.patient_ref == b.patient_ref  # same patient, different studies: linkable
+    assert a.patient_ref != c.patient_ref  # another salt: not linkable across installs
+    assert a.patient_ref != d.patient_ref  # another patient
+    assert a.patient_ref == patient_ref(helpers.PATIENT_ID, b"one")
+
+
+def test_decode_dicom_follows_the_picture() -> None:
+    # The DICOM was made from the JPEG: decoded, they must show the same picture.
+    size = (224, 224)
+    from_jpeg = decode(helpers.jpeg_bytes(SOURCE), size).pixels
+    from_dicom = decode(helpers.dicom_bytes(SOURCE), size).pixels
+    assert np.corrcoef(from_jpeg.ravel(), from_dicom.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("size", [(224, 224), (64, 64)])
+def test_monochrome1_is_inverted(size: tuple[int, int]) -> None:
+    mono2 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME2"), size).pixels
+    mono1 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1"), size).pixels
+    # Stored values are inverted (4095 - v) and the decoder inverts them back: same picture.
+    np.testing.assert_allclose(mono1, mono2, atol=1e-4)
+    # Read the other way round: the same stored values labelled MONOCHROME1 give ~1 - x.
+    stored = helpers.twelve_bit(SOURCE)
+    relabelled = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1", stored=stored), size).pixels
+    np.testing.assert_allclose(relabelled, 1.0 - mono2, atol=1e-4)
+
+
+def test_rescale_slope_and_intercept_feed_the_window() -> None:
+    # Stored v in 0..4095; modality values m = 2 v - 1000. The window is given in modality units,
+    # so it only lands where intended when the rescale is applied first.
+    v = helpers.twelve_bit(SOURCE).astype(np.float64)
+    slope, intercept, center, width = 2.0, -1000.0, 3000.0, 4000.0
+    m = slope * v + intercept
+    # DICOM PS3.3 C.11.2.1.2.1 linear window, then the decoder's min-max stretch.
+    expected = np.clip((m - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    assert 0.01 < (expected == 0).mean() < 0.9 and 0.01 < (expected == 1).mean() < 0.9  # both ends clip
+
+    data = helpers.dicom_bytes(SOURCE, RescaleSlope=slope, RescaleIntercept=intercept,
+                               WindowCenter=center, WindowWidth=width)
+    pixels = decode(data, v.shape).pixels
+    np.testing.assert_allclose(pixels, expected, atol=1e-3)
+
+    # Windowing the raw stored values instead would give a clearly different picture.
+    raw = np.clip((v - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    raw = (raw - raw.min()) / (raw.max() - raw.min())
+    assert np.abs(raw - expected).mean() > 0.1
+
+
+def test_rescale_without_window_keeps_the_picture() -> None:
+    plain = decode(helpers.dicom_bytes(SOURCE), (224, 224)).pixels
+    rescaled = decode(helpers.dicom_bytes(SOURCE, RescaleSlope=0.5, RescaleIntercept=-1024.0), (224, 224)).pixels
+    np.testing.assert_allclose(rescaled, plain, atol=1e-4)
+
+
+def test_real_pydicom_ct_file_is_rejected_by_modality() -> None:
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert detect_kind(data[:132]) == DICOM
+    with pytest.raises(Rejected, match="modality CT"):
+        decode(data, SIZE)
+    # ... but it decodes when CT is allowed, which shows the decoder handles third-party files.
+    image = decode(data, SIZE, modalities=frozenset({"CT"}), body_parts=frozenset())
+    _check_image(image, SIZE)
+
+
+def test_dicom_body_part_rules() -> None:
+    with pytest.raises(Rejected, match="body part HAND"):
+        decode(helpers.dicom_bytes(SOURCE, body_part="HAND"), SIZE)
+    # An absent BodyPartExamined is accepted.
+    assert decode(helpers.dicom_bytes(SOURCE, body_part=None), SIZE).kind == DICOM
+
+
+# --- decode: rejections --------------------------------------------------------------------------
+
+
+def test_rejects_empty() -> None:
+    with pytest.raises(Rejected, match="empty"):
+        decode(b"", SIZE)
+
+
+def test_rejects_unknown_bytes() -> None:
+    with pytest.raises(Rejected, match="unrecognized format"):
+        decode(os.urandom(4096), SIZE)
+
+
+def test_rejects_jpeg_magic_followed_by_garbage() -> None:
+    with pytest.raises(Rejected, match="JPEG") as info:
+        decode(b"\xff\xd8\xff" + os.urandom(4096), SIZE)
+    assert "Traceback" not in info.value.reason
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_rejects_truncated_jpeg(fraction: float) -> None:
+    data = helpers.jpeg_bytes(SOURCE)
+    with pytest.raises(Rejected, match="truncated JPEG"):
+        decode(data[: int(len(data) * fraction)], SIZE)
+
+
+def test_rejects_truncated_png() -> None:
+    data = helpers.png_bytes(SOURCE)
+    with pytest.raises(Rejected, match="truncated PNG"):
+        decode(data[: len(data) // 2], SIZE)
+
+
+@pytest.mark.parametrize("cut", [200, 2000, -5000])
+def test_rejects_truncated_dicom(cut: int) -> None:
+    data = helpers.dicom_bytes(SOURCE)
+    with pytest.raises(Rejected, match="DICOM"):
+        decode(data[:cut], SIZE)
+
+
+def test_rejects_blank_dicom() -> None:
+    flat = np.full((64, 64), 1000, np.uint16)
+    with pytest.raises(Rejected, match="blank"):
+        decode(helpers.dicom_bytes(SOURCE, stored=flat), SIZE)
+
+
+def test_rejects_too_many_pixels() -> None:
+    with pytest.raises(Rejected, match="too large"):
+        decode(helpers.jpeg_bytes(SOURCE), SIZE, max_pixels=224 * 224 - 1)
+    with pytest.raises(Rejected, match="too large"):
+        decode(helpers.dicom_bytes(SOURCE), SIZE, max_pixels=224 * 224 - 1)
+    assert decode(helpers.jpeg_bytes(SOURCE), SIZE, max_pixels=224 * 224).kind == JPEG
