@@ -1,0 +1,320 @@
+"""Shared pieces of the benchmark scripts: the machine, the bundle under test, timing, child processes, JSON output.
+
+Not part of the package: the scripts in bench/ import it as ``common`` (bench/ is on sys.path when a
+script there runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+DEFAULT_WORK = Path(os.environ.get("PNEUMOSCAN_BENCH_WORK", "/tmp/pneumoscan-bench"))
+DATASET = REPO.parent / "shared" / "datasets" / "chest_xray_224"
+STAND_IN_VERSION = "stand-in-untrained"
+PNEUMOSCAN_EXE = Path(sys.executable).parent / "pneumoscan"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    """pid -> (command name, utime + stime in clock ticks) for every process we can read."""
+    ticks: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        ticks[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def competing_load(seconds: float = 1.0, min_cores: float = 0.2) -> list[dict[str, Any]]:
+    """Processes other than this one that used at least ``min_cores`` of CPU over ``seconds``.
+
+    A benchmark on a shared machine is only as good as what else ran beside it; the figures are
+    recorded with this list so a reader can tell a clean run from a contended one.
+    """
+    before = _cpu_ticks()
+    time.sleep(seconds)
+    after = _cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (name, total) in after.items():
+        if pid == os.getpid() or pid not in before:
+            continue
+        cores = (total - before[pid][1]) / hz / seconds
+        if cores >= min_cores:
+            busy.append({"pid": pid, "name": name, "cores": round(cores, 2), "cmd": _cmdline(pid)[:160]})
+    return sorted(busy, key=lambda p: -p["cores"])
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model, memory, load, accelerators and the versions that matter, for the JSON record."""
+    import numpy
+    import PIL
+
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "loadavg_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "hostname": platform.node(),
+    }
+    competing = competing_load()
+    info["competing_processes"] = competing
+    info["contended"] = sum(p["cores"] for p in competing) >= 0.5
+    return info
+
+
+def gpus() -> list[str]:
+    """GPUs TensorFlow sees (imports TensorFlow)."""
+    import tensorflow as tf
+
+    return [g.name for g in tf.config.list_physical_devices("GPU")]
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    line = f"machine: {info['cores']} cores, {info['cpu_model']}, {info['memory_gib']} GiB"
+    if info.get("gpus"):
+        line += f", GPUs {info['gpus']}"
+    if info["contended"]:
+        names = ", ".join(f"{p['name']} ({p['cores']} cores)" for p in info["competing_processes"])
+        line += f"\n  CONTENDED: other processes were using the CPU: {names} -> figures are PRELIMINARY"
+    return line
+
+
+# --- the bundle under test -----------------------------------------------------------------------
+
+def add_bundle_args(parser: argparse.ArgumentParser) -> None:
+    from pneumoscan.config import SHIPPED_MODEL_DIR
+
+    parser.add_argument("--bundle", type=Path, default=SHIPPED_MODEL_DIR,
+                        help="model bundle to measure [default: the shipped one]")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="use an untrained pneumonet of the same architecture (speed only; also the "
+                             "fallback when --bundle does not exist)")
+
+
+def stand_in_bundle(work: Path, input_size: int = 224) -> Path:
+    """An untrained pneumonet bundle (cached under ``work``): the same graph and cost as the shipped model."""
+    out = work / f"stand-in-pneumonet-{input_size}"
+    if (out / "card.json").is_file() and (out / "model.keras").is_file():
+        return out
+    import keras
+
+    from pneumoscan.models.architectures import build_model
+    from pneumoscan.models.bundle import write_bundle
+
+    keras.utils.set_random_seed(0)
+    model = build_model("pneumonet", input_size)
+    card = {"version": STAND_IN_VERSION, "architecture": "pneumonet", "input_size": input_size,
+            "threshold": 0.5, "note": "untrained weights, for speed benchmarks only"}
+    write_bundle(out, model, card)
+    return out
+
+
+def resolve_bundle(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
+    """The bundle directory to use and a description of it for the record (stand-in or real)."""
+    from pneumoscan.models.bundle import load_bundle
+
+    path: Path = args.bundle
+    if args.stand_in or not (path / "card.json").is_file():
+        if not args.stand_in:
+            print(f"WARNING: no bundle at {path}; using an untrained stand-in (figures are PRELIMINARY)",
+                  file=sys.stderr)
+        path = stand_in_bundle(work)
+    bundle = load_bundle(path)
+    return path, {"path": str(path), "version": bundle.version, "input_size": bundle.input_size,
+                  "architecture": bundle.card.get("architecture"), "stand_in": bundle.version == STAND_IN_VERSION}
+
+
+# --- timing and statistics -----------------------------------------------------------------------
+
+@dataclass
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    seconds: float = 0.0
+    _start: float = 0.0
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between order statistics."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else math.nan
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+def pneumoscan_env(data_dir: Path, bundle: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any PNEUMOSCAN_* setting, plus a fresh data folder and the bundle."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
+    env.update({"PNEUMOSCAN_DATA_DIR": str(data_dir), "PNEUMOSCAN_MODEL": str(bundle),
+                "PNEUMOSCAN_PATIENT_SALT": "bench-salt", "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"})
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ChildRun:
+    """A finished child process: exit code, wall time, peak RSS (from the kernel) and RSS samples."""
+
+    returncode: int
+    seconds: float
+    max_rss_mib: float
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MiB)
+    output: str = ""
+
+
+def _tree_rss_mib(pid: int) -> float:
+    """Current RSS of ``pid`` and its descendants, in MiB."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def run_child(argv: Sequence[str], env: dict[str, str], *, sample_every: float = 0.0,
+              log_path: Path | None = None, timeout: float | None = None) -> ChildRun:
+    """Run ``argv`` to completion; peak RSS comes from wait4's rusage (the kernel's high-water mark).
+
+    Output goes to ``log_path`` (or a temporary file) and comes back in ``output``. With
+    ``sample_every`` the RSS of the process tree is also sampled from /proc while it runs.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        log = log_path or Path(scratch) / "output.log"
+        with log.open("wb") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        samples: list[tuple[float, float]] = []
+        deadline = None if timeout is None else start + timeout
+        next_sample = start
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            now_ = time.perf_counter()
+            if sample_every and now_ >= next_sample:
+                samples.append((round(now_ - start, 2), round(_tree_rss_mib(proc.pid), 1)))
+                next_sample = now_ + sample_every
+            if deadline is not None and now_ > deadline:
+                proc.kill()
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        output = log.read_text(errors="replace")
+    # ru_maxrss is in KiB on Linux
+    return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024, samples, output)
+
+
+def self_max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (with a timestamp and the command line) to bench/results/NAME.json."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    record = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "argv": sys.argv, **payload}
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def preliminary(info: dict[str, Any], bundle: dict[str, Any] | None = None) -> list[str]:
+    """Reasons the figures of this run are preliminary (empty when it was a clean run of the real model)."""
+    reasons = []
+    if bundle is not None and bundle.get("stand_in"):
+        reasons.append("untrained stand-in bundle")
+    if info.get("contended"):
+        reasons.append("other processes competed for the CPU")
+    return reasons
+
+
+def now() -> float:
+    """Wall-clock seconds (for comparing with timestamps written by another process)."""
+    return time.time()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+        time.sleep(interval)
