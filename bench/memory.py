@@ -1,0 +1,109 @@
+"""Peak memory of embedded `pneumoscan reclassify` on backlogs of 1,000, 5,000 and 20,000 images.
+
+python bench/memory.py [--sizes 1000,5000,20000] [--bundle DIR | --stand-in]
+
+For each size N: a fresh SQLite database is bulk-loaded with N images, each with a prediction from
+an older model version (the nightly case: a new model was installed), pointing at N small real
+JPEGs with distinct contents. Then `pneumoscan reclassify` runs in a child process and
+reclassifies all N with the bundle under test. Peak RSS is the kernel's high-water mark for the
+child (wait4 rusage); the RSS is also sampled every --sample seconds to show its course. The
+reference is the peak at the smallest N: streaming in batches means the ratio stays near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sqlite3
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from make_inputs import small_jpegs  # noqa: E402
+
+OLD_VERSION = "bench-old-model"
+
+
+def build_backlog(db_url: str, files: list[Path]) -> None:
+    """Images (one per file, by real SHA-256) classified by OLD_VERSION, inserted in bulk."""
+    from sqlalchemy import insert, select
+
+    from pneumoscan.db import open_database
+    from pneumoscan.db.schema import Image, Prediction
+
+    sessions = open_database(db_url)
+    then = datetime.now(UTC) - timedelta(days=1)
+    images = [{"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "path": str(p), "kind": "jpeg",
+               "byte_size": p.stat().st_size, "status": "done", "first_seen_at": then, "updated_at": then}
+              for p in files]
+    with sessions.begin() as session:
+        session.execute(insert(Image), images)
+        ids = [row[0] for row in session.execute(select(Image.id))]
+        session.execute(insert(Prediction), [
+            {"image_id": i, "model_version": OLD_VERSION, "probability": 0.5, "label": "PNEUMONIA",
+             "threshold": 0.5, "created_at": then} for i in ids])
+    sessions.kw["bind"].dispose()
+
+
+def run_size(n: int, files: list[Path], args: argparse.Namespace, bundle_path: Path, version: str) -> dict[str, Any]:
+    data = args.work / "memory" / f"data-{n}"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    with common.Timer() as load:
+        build_backlog(f"sqlite:///{data / 'pneumoscan.db'}", files[:n])
+    env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_BATCH_SIZE=str(args.batch_size))
+    run = common.run_child([str(common.PNEUMOSCAN_EXE), "reclassify"], env, sample_every=args.sample)
+    if run.returncode != 0:
+        raise RuntimeError(f"reclassify failed ({run.returncode}):\n{run.output[-3000:]}")
+    with sqlite3.connect(data / "pneumoscan.db") as db:
+        done = db.execute("SELECT count(*) FROM predictions WHERE model_version = ?", (version,)).fetchone()[0]
+    rss = [mib for _, mib in run.rss_samples]
+    half = len(rss) // 2
+    return {"n": n, "reclassified": done, "seconds": run.seconds, "images_per_s": done / run.seconds,
+            "peak_rss_mib": run.max_rss_mib, "load_seconds": load.seconds,
+            "median_rss_first_half_mib": common.median(rss[:half]) if half else None,
+            "median_rss_second_half_mib": common.median(rss[half:]) if half else None,
+            "rss_samples": run.rss_samples[:: max(1, len(run.rss_samples) // 200)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,5000,20000")
+    parser.add_argument("--batch-size", type=int, default=None, help="[default: the Settings default]")
+    parser.add_argument("--sample", type=float, default=0.5, help="RSS sampling interval, seconds")
+    parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_bundle_args(parser)
+    args = parser.parse_args()
+
+    from pneumoscan.config import Settings
+
+    args.batch_size = args.batch_size or Settings(data_dir=args.work / "unused").batch_size
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    bundle_path, bundle = common.resolve_bundle(args, args.work)
+    info = common.machine()
+    print(common.describe_machine(info))
+    print(f"bundle {bundle['version']}, batch {args.batch_size}; backlog classified by {OLD_VERSION}")
+    files = small_jpegs(sizes[-1], args.work / "memory" / "files")
+    results = []
+    for n in sizes:
+        result = run_size(n, files, args, bundle_path, bundle["version"])
+        result["peak_over_smallest"] = result["peak_rss_mib"] / (results[0] if results else result)["peak_rss_mib"]
+        results.append(result)
+        print(f"N={n:>6}  peak RSS {result['peak_rss_mib']:7.0f} MiB  ({result['peak_over_smallest']:.2f}x N={sizes[0]})"
+              f"  median RSS 1st/2nd half {result['median_rss_first_half_mib'] or 0:.0f}/"
+              f"{result['median_rss_second_half_mib'] or 0:.0f} MiB  {result['reclassified']} reclassified in "
+              f"{result['seconds']:.0f} s ({result['images_per_s']:.1f} images/s)", flush=True)
+    payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "results": results,
+               "preliminary": common.preliminary(info, bundle)}
+    path = common.write_result("memory", payload)
+    if payload["preliminary"]:
+        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

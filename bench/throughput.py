@@ -1,0 +1,230 @@
+"""End-to-end throughput of embedded `pneumoscan scan` (folder -> database rows), beside three references.
+
+python bench/throughput.py [--n 2000] [--dicom-n 500] [--kinds jpeg,dicom,dicom-j2k] [--bundle DIR | --stand-in]
+
+For each input kind, in one run:
+  e2e  `pneumoscan scan FOLDER` in a child process with a fresh data folder (SQLite): N full-size files
+       to N rows. Reported two ways: steady state (rows after the first batch over the time from the
+       first to the last batch commit, read from predictions.created_at) and wall clock including the
+       process start, TensorFlow import and model load.
+  (a)  ceiling: the bundle's compiled predictor alone on already-decoded tensors, same batch size.
+       Measured before and after the e2e run, and averaged (likewise (c)).
+  (b)  the seed notebooks' way: Pillow/pydicom load, resize, then keras `model.predict` on one image
+       at a time (on a subset, --seed-n).
+  (c)  decoding alone: read + pneumoscan.imaging.decode in a thread pool on all cores, no model.
+  limit = 1/(1/a + 1/c) on a CPU-only machine (decode and inference share the cores), min(a, c) with a GPU.
+Targets: e2e >= 0.9 x limit for JPEG, e2e >= 5 x (b).
+
+Inputs come from bench/make_inputs.py (cached under --work). Files are read from the page cache:
+every reference and the e2e run read the same, already cached files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from make_inputs import cached_inputs, input_set  # noqa: E402
+
+SALT = b"bench-salt"
+
+
+def decode_file(path: Path, size: int) -> np.ndarray:
+    from pneumoscan.imaging import decode
+
+    return decode(path.read_bytes(), (size, size), salt=SALT).pixels
+
+
+def decode_alone(paths: list[Path], size: int, workers: int) -> dict[str, Any]:
+    """(c): read and decode every file on ``workers`` threads; images/s."""
+    decode_file(paths[0], size)  # import pydicom / codecs outside the timing
+    with ThreadPoolExecutor(workers) as pool, common.Timer() as t:
+        for _ in pool.map(lambda p: decode_file(p, size), paths):
+            pass
+    return {"images": len(paths), "seconds": t.seconds, "images_per_s": len(paths) / t.seconds,
+            "threads": workers}
+
+
+def ceiling(bundle_path: Path, batch: np.ndarray, min_seconds: float = 5.0, min_rounds: int = 10) -> dict[str, Any]:
+    """(a): the bundle's compiled predictor (what the pipeline calls) on one decoded batch, repeated."""
+    from pneumoscan.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    bundle.predict(batch)  # load, trace and warm up
+    bundle.predict(batch)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_rounds or time.perf_counter() - start < min_seconds:
+        with common.Timer() as t:
+            bundle.predict(batch)
+        times.append(t.seconds)
+    per_batch = common.median(times)
+    return {"batch_size": len(batch), "rounds": len(times), "median_batch_s": per_batch,
+            "images_per_s": len(batch) / per_batch}
+
+
+def _seed_load(path: Path, size: int) -> np.ndarray:
+    """How the seed notebooks loaded an image: full decode, no draft, no triage."""
+    from PIL import Image
+
+    if path.suffix == ".dcm":
+        import pydicom
+
+        values = pydicom.dcmread(path).pixel_array.astype(np.float32)
+        values = (values - values.min()) / max(float(values.max() - values.min()), 1e-6)
+        image = Image.fromarray(values, mode="F")
+    else:
+        with Image.open(path) as opened:
+            image = opened.convert("L")
+    pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    return pixels / 255.0 if path.suffix != ".dcm" else pixels
+
+
+def seed_way(bundle_path: Path, paths: list[Path], size: int) -> dict[str, Any]:
+    """(b): load each image and call ``model.predict`` on it alone, as the seed notebooks did."""
+    import keras
+
+    import pneumoscan.models.layers  # noqa: F401  (custom layers)
+    from pneumoscan.models.bundle import MODEL_FILE
+
+    model = keras.models.load_model(bundle_path / MODEL_FILE, compile=False)
+    model.predict(_seed_load(paths[0], size)[None, ..., None], verbose=0)  # warm-up, not timed
+    with common.Timer() as t:
+        for path in paths:
+            model.predict(_seed_load(path, size)[None, ..., None], verbose=0)
+    return {"images": len(paths), "seconds": t.seconds, "images_per_s": len(paths) / t.seconds,
+            "ms_per_image": t.seconds / len(paths) * 1000}
+
+
+def _timestamp(value: str) -> float:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:  # SQLite stores the UTC time without its offset
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def end_to_end(folder: Path, bundle_path: Path, work: Path, batch_size: int, decode_workers: int,
+               kind: str) -> dict[str, Any]:
+    """`pneumoscan scan FOLDER` with a fresh SQLite database; rates from the batch commit times."""
+    data = work / "e2e-data" / kind
+    shutil.rmtree(data, ignore_errors=True)
+    env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_BATCH_SIZE=str(batch_size),
+                                PNEUMOSCAN_DECODE_WORKERS=str(decode_workers))
+    run = common.run_child([str(common.PNEUMOSCAN_EXE), "scan", str(folder)], env)
+    if run.returncode != 0:
+        raise RuntimeError(f"pneumoscan scan failed ({run.returncode}):\n{run.output[-3000:]}")
+    with sqlite3.connect(data / "pneumoscan.db") as db:
+        statuses = dict(db.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall())
+        batches = [(_timestamp(t), n) for t, n in db.execute(
+            "SELECT created_at, count(*) FROM predictions GROUP BY created_at ORDER BY created_at")]
+    done = statuses.get("done", 0)
+    result: dict[str, Any] = {"files": len(os.listdir(folder)), "statuses": statuses, "batches": len(batches),
+                              "wall_s": run.seconds, "wall_images_per_s": done / run.seconds,
+                              "max_rss_mib": run.max_rss_mib}
+    if len(batches) >= 2:
+        span = batches[-1][0] - batches[0][0]
+        rows = sum(n for _, n in batches[1:])
+        result.update(steady_s=span, steady_rows=rows, images_per_s=rows / span)
+        result["startup_and_first_batch_s"] = run.seconds - span
+    else:
+        result["images_per_s"] = result["wall_images_per_s"]
+    return result
+
+
+def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path, size: int,
+                 on_gpu: bool) -> dict[str, Any]:
+    folder = input_set(kind, n, args.work)
+    paths = sorted(folder.iterdir())
+    ref = paths[: min(len(paths), args.ref_n)]
+    print(f"\n[{kind}] {n} files in {folder}", flush=True)
+    batch = np.stack([decode_file(p, size) for p in paths[: args.batch_size]])[..., None]
+    # (a) and (c) are measured before and after the e2e run and averaged, so that a change in the
+    # machine's load during the run does not favour either side of the ratio.
+    c1 = decode_alone(ref, size, args.decode_workers)
+    a1 = ceiling(bundle_path, batch)
+    b = seed_way(bundle_path, paths[: args.seed_n], size)
+    print(f"  (b) seed notebooks    {b['images_per_s']:8.1f} images/s  ({b['ms_per_image']:.0f} ms/image, "
+          f"{b['images']} files)", flush=True)
+    e2e = end_to_end(folder, bundle_path, args.work, args.batch_size, args.decode_workers, kind)
+    c2 = decode_alone(ref, size, args.decode_workers)
+    a2 = ceiling(bundle_path, batch)
+    c = {**c2, "images_per_s": (c1["images_per_s"] + c2["images_per_s"]) / 2,
+         "before_after": [c1["images_per_s"], c2["images_per_s"]]}
+    a = {**a2, "images_per_s": (a1["images_per_s"] + a2["images_per_s"]) / 2,
+         "before_after": [a1["images_per_s"], a2["images_per_s"]]}
+    print(f"  (c) decode alone      {c['images_per_s']:8.1f} images/s  ({c['images']} files, {c['threads']} threads; "
+          f"before/after {c1['images_per_s']:.1f}/{c2['images_per_s']:.1f})", flush=True)
+    print(f"  (a) model alone       {a['images_per_s']:8.1f} images/s  (batch {a['batch_size']}; "
+          f"before/after {a1['images_per_s']:.1f}/{a2['images_per_s']:.1f})", flush=True)
+    limit = min(a["images_per_s"], c["images_per_s"]) if on_gpu else \
+        1 / (1 / a["images_per_s"] + 1 / c["images_per_s"])
+    out = {"kind": kind, "n": n, "e2e": e2e, "a_ceiling": a, "b_seed": b, "c_decode": c,
+           "limit_images_per_s": limit, "limit_rule": "min(a, c)" if on_gpu else "1/(1/a + 1/c)",
+           "e2e_over_limit": e2e["images_per_s"] / limit, "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"],
+           "wall_e2e_over_limit": e2e["wall_images_per_s"] / limit}
+    print(f"  e2e scan              {e2e['images_per_s']:8.1f} images/s  steady state; "
+          f"{e2e['wall_images_per_s']:.1f} images/s over the whole {e2e['wall_s']:.1f} s run, of which "
+          f"{e2e.get('startup_and_first_batch_s', 0):.1f} s start-up and first batch; {e2e['statuses']}")
+    print(f"  limit {out['limit_rule']} = {limit:.1f} images/s -> e2e/limit {out['e2e_over_limit']:.2f}"
+          f"{'  (target >= 0.9)' if kind == 'jpeg' else ''}; e2e/(b) {out['e2e_over_seed']:.1f} (target >= 5)",
+          flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="JPEG files end to end [default: 2000]")
+    parser.add_argument("--dicom-n", type=int, default=500,
+                        help="DICOM files end to end, per DICOM kind (6.8 MB each uncompressed) [default: 500]")
+    parser.add_argument("--kinds", default="jpeg,dicom,dicom-j2k")
+    parser.add_argument("--ref-n", type=int, default=500, help="files for the decode-alone reference (c)")
+    parser.add_argument("--seed-n", type=int, default=100, help="files for the one-at-a-time reference (b)")
+    parser.add_argument("--batch-size", type=int, default=None, help="[default: the Settings default]")
+    parser.add_argument("--decode-workers", type=int, default=None, help="[default: the Settings default]")
+    parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_bundle_args(parser)
+    args = parser.parse_args()
+
+    from pneumoscan.config import Settings
+
+    defaults = Settings(data_dir=args.work / "unused")
+    args.batch_size = args.batch_size or defaults.batch_size
+    args.decode_workers = args.decode_workers or defaults.decode_workers
+    bundle_path, bundle = common.resolve_bundle(args, args.work)
+    info = common.machine()
+    info["gpus"] = common.gpus()
+    print(common.describe_machine(info))
+    print(f"bundle {bundle['version']} ({bundle['input_size']} px), batch {args.batch_size}, "
+          f"{args.decode_workers} decode threads")
+    kinds = args.kinds.split(",")
+    for kind in kinds:  # make every input first, so that generation never overlaps a measurement
+        cached_inputs(kind, args.n if kind == "jpeg" else args.dicom_n, args.work)
+    results = [measure_kind(kind, args.n if kind == "jpeg" else args.dicom_n, args, bundle_path,
+                            bundle["input_size"], bool(info["gpus"])) for kind in kinds]
+    after = common.competing_load()
+    payload = {"machine": info, "competing_after": after, "bundle": bundle, "batch_size": args.batch_size,
+               "decode_workers": args.decode_workers, "results": results,
+               "preliminary": common.preliminary(info, bundle) or (["other processes competed for the CPU"]
+                                                                    if after else [])}
+    path = common.write_result("throughput", payload)
+    if payload["preliminary"]:
+        print(f"\nPRELIMINARY: {'; '.join(payload['preliminary'])}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
