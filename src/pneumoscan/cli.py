@@ -245,8 +245,8 @@ def _reclassify_submit(settings: Settings, bundle: ModelBundle,
     from pneumoscan.pipeline import classify_paths
 
 
-    def classify(_ids: list[int], paths: list[str]) -> None:
-        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings)
+    def classify(ids: list[int], paths: list[str]) -> None:
+        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids)
 
     return classify
 

@@ -4,16 +4,61 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
+import re
+import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-JPEG, PNG, DICOM = "jpeg", "png", "dicom"
+JPEG, PNG, TIFF, GIF, DICOM = "jpeg", "png", "tiff", "gif", "dicom"
+KINDS = (JPEG, PNG, TIFF, GIF, DICOM)
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_MAGIC = (
+    (b"\xff\xd8\xff", JPEG),
+    (b"\x89PNG\r\n\x1a\n", PNG),
+    (b"II*\x00", TIFF),
+    (b"MM\x00*", TIFF),
+    (b"GIF87a", GIF),
+    (b"GIF89a", GIF),
+)
+_PILLOW_FORMAT = {JPEG: "JPEG", PNG: "PNG", TIFF: "TIFF", GIF: "GIF"}
+_ACCEPTED = "JPEG, PNG, TIFF, GIF or DICOM"
+
+# Explicit VR codes, to recognise a DICOM data set written without the Part 10 preamble.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+
+# SOP classes that hold no radiograph, by UID prefix (a trailing dot covers the whole family).
+_NOT_IMAGES = (
+    ("1.2.840.10008.1.3.10", "a DICOMDIR (media directory)"),
+    ("1.2.840.10008.5.1.4.1.1.88.", "a structured report or key object selection"),
+    ("1.2.840.10008.5.1.4.1.1.11.", "a presentation state"),
+    ("1.2.840.10008.5.1.4.1.1.481.", "a radiotherapy object"),
+    ("1.2.840.10008.5.1.4.1.1.104.", "an encapsulated document"),
+    ("1.2.840.10008.5.1.4.1.1.9.", "a waveform"),
+    ("1.2.840.10008.5.1.4.1.1.66", "raw data, a registration, a segmentation or fiducials"),
+)
+
+# DicomMeta field -> (DICOM keyword, the database column's width).
+_META = {
+    "study_uid": ("StudyInstanceUID", 64),
+    "series_uid": ("SeriesInstanceUID", 64),
+    "sop_instance_uid": ("SOPInstanceUID", 64),
+    "modality": ("Modality", 16),
+    "body_part": ("BodyPartExamined", 64),
+    "view_position": ("ViewPosition", 16),
+    "study_date": ("StudyDate", 8),
+    "manufacturer": ("Manufacturer", 64),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean_text(text: str, limit: int = 300) -> str:
+    """One line of printable text, at most ``limit`` characters: safe to store and to log."""
+    return " ".join(_CONTROL.sub(" ", text).split())[:limit]
 
 
 class ImagingError(Exception):
@@ -22,6 +67,7 @@ class ImagingError(Exception):
     transient = False
 
     def __init__(self, reason: str) -> None:
+        reason = clean_text(reason)
         super().__init__(reason)
         self.reason = reason
 
@@ -31,7 +77,7 @@ class Rejected(ImagingError):
 
 
 class Unavailable(ImagingError):
-    """Transient: the file could not be read right now (permissions, vanished, locked)."""
+    """Transient: the file could not be read or decoded right now (permissions, vanished, memory)."""
 
     transient = True
 
@@ -62,14 +108,32 @@ class DecodedImage:
 
 
 def detect_kind(head: bytes) -> str | None:
-    """Name the format of a file from its first bytes (at least 132), or None when unknown."""
-    if head.startswith(_JPEG_MAGIC):
-        return JPEG
-    if head.startswith(_PNG_MAGIC):
-        return PNG
+    """Name the format of a file from its first bytes (at least 132), or None when unknown.
+
+    DICOM is recognised by the ``DICM`` marker after the 128-byte preamble, or, for a data set
+    written without the preamble, by an opening element of group 0002 or 0008.
+    """
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return DICOM
-    return None
+        return DICOM  # first: a preamble may itself hold a TIFF header (dual-personality files)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return DICOM if _is_raw_dataset(head) else None
+
+
+def _is_raw_dataset(head: bytes) -> bool:
+    if len(head) < 12:
+        return False
+    for order in "<>":
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group not in (0x0002, 0x0008) or element > 0x00FF:
+            continue
+        if head[4:6] in _VRS:  # explicit VR, little or big endian
+            return True
+        length = struct.unpack(order + "I", head[4:8])[0]
+        if order == "<" and 0 < length < 1024:  # implicit VR exists only in little endian
+            return True
+    return False
 
 
 def looks_complete(kind: str | None, tail: bytes) -> bool:
@@ -97,16 +161,29 @@ def decode(
 ) -> DecodedImage:
     """Decode file bytes to a (height, width) = ``size`` float32 image in [0, 1].
 
-    Raises ``Rejected`` with a human-readable reason for anything that is not a usable image.
+    Raises ``Rejected`` with a human-readable reason for anything that is not a usable image, and
+    ``Unavailable`` when decoding ran out of memory. Nothing else escapes, whatever the bytes.
     """
     if not data:
         raise Rejected("empty file (0 bytes)")
     kind = detect_kind(data[:132])
     if kind is None:
-        raise Rejected("unrecognized format: not JPEG, PNG or DICOM (checked by content, not name)")
-    if kind == DICOM:
-        return _decode_dicom(data, size, salt, max_pixels, modalities, body_parts)
-    return _decode_raster(data, kind, size, max_pixels)
+        raise Rejected(f"unrecognized format: not {_ACCEPTED} (checked by content, not name)")
+    try:
+        if kind == DICOM:
+            return _decode_dicom(data, size, salt, max_pixels, modalities, body_parts)
+        return _decode_raster(data, kind, size, max_pixels)
+    except ImagingError:
+        raise
+    except MemoryError:
+        raise Unavailable("not enough memory to decode the image") from None
+    except Exception as exc:  # the codecs raise many types on damaged data; all mean "unusable bytes"
+        raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = clean_text(str(exc), 200)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -117,46 +194,43 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def _too_large(width: int, height: int, max_pixels: int) -> Rejected | None:
+    if width * height > max_pixels:
+        return Rejected(f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    return None
+
+
 def _decode_raster(data: bytes, kind: str, size: tuple[int, int], max_pixels: int) -> DecodedImage:
-    height, width = size
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise Rejected(
-                    f"image too large: {image.width}x{image.height} pixels exceeds the limit of {max_pixels}"
-                )
-            frames = int(getattr(image, "n_frames", 1))
-            if frames > 1:
-                raise Rejected(f"animated {kind.upper()} with {frames} frames is not a radiograph")
-            if kind == JPEG:
-                # Decode at reduced scale straight from the DCT; never smaller than the target.
-                image.draft("L", (width, height))
-            pixels = _to_gray(image)
-    except ImagingError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise Rejected(f"corrupt or truncated {kind.upper()}: {exc}") from None
+        # Only the plugin of the detected format parses the bytes; open() reads the header alone.
+        image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[kind]])
+    except Image.DecompressionBombError as exc:
+        raise Rejected(f"image too large: {exc}") from None
+    if error := _too_large(image.width, image.height, max_pixels):
+        raise error
+    frames = int(getattr(image, "n_frames", 1))
+    if frames > 1:
+        what = "animated GIF" if kind == GIF else f"multi-page {kind.upper()}"
+        raise Rejected(f"{what} with {frames} frames: not a single radiograph")
+    if kind == JPEG:
+        # Decode at reduced scale straight from the DCT; never smaller than the target.
+        image.draft("L", (size[1], size[0]))
+    image.load()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit gray: stretch the stored range, as there is no window to apply.
+        pixels = _stretch(np.asarray(image, dtype=np.float64), robust=False)
+    else:  # palette, CMYK, RGB(A), YCbCr, bilevel: Pillow's luma conversion
+        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     return DecodedImage(_resize(pixels, size), kind)
 
 
-def _to_gray(image: Image.Image) -> np.ndarray:
-    """Pixels of a Pillow image as float32 in [0, 1], whatever its mode."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _normalize(np.asarray(image, dtype=np.float32), robust=False)
-    if image.mode == "F":
-        return _normalize(np.asarray(image, dtype=np.float32), robust=False)
-    if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1", "RGB", "L"):
-        image.load()
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    raise Rejected(f"unsupported pixel mode {image.mode!r}")
-
-
-def _normalize(values: np.ndarray, *, robust: bool) -> np.ndarray:
+def _stretch(values: np.ndarray, *, robust: bool) -> np.ndarray:
+    """Map values linearly onto [0, 1]: min-max, or the 0.5th-99.5th percentiles when ``robust``."""
     if robust:
-        low, high = np.percentile(values, (0.5, 99.5))
+        step = max(1, int(np.sqrt(values.size / 1_000_000)))  # about a million samples is plenty
+        low, high = np.percentile(values[::step, ::step], (0.5, 99.5))
+        if high <= low:
+            low, high = float(values.min()), float(values.max())
     else:
         low, high = float(values.min()), float(values.max())
     if not np.isfinite(low) or not np.isfinite(high) or high <= low:
@@ -164,11 +238,63 @@ def _normalize(values: np.ndarray, *, robust: bool) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _text(ds: object, keyword: str) -> str | None:
-    value = getattr(ds, keyword, None)
+# --- DICOM -----------------------------------------------------------------------------------------
+
+
+def _text(ds: Any, keyword: str, limit: int = 64) -> str | None:
+    value = ds.get(keyword) if ds is not None else None
     if value is None or value == "":
         return None
-    return str(value).strip() or None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return clean_text(str(value), limit) or None
+
+
+def _read_dicom(data: bytes, *, header_only: bool) -> Any:
+    """Parse a DICOM file; a data set without preamble is read only because detect_kind vouched for it."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    # Values are never validated on reading: pydicom's warnings quote the offending value, and that
+    # value could be a patient's name or birth date.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    has_preamble = data[128:132] == b"DICM"
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=not has_preamble)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        # No file meta: the encoding pydicom found is the transfer syntax.
+        implicit, little = ds.original_encoding
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
+def _metadata(header: Any, salt: bytes) -> DicomMeta:
+    values = {name: _text(header, keyword, limit) for name, (keyword, limit) in _META.items()}
+    pid = _text(header, "PatientID", 256)
+    return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None)
+
+
+def _triage(header: Any, meta: DicomMeta, modalities: frozenset[str], body_parts: frozenset[str],
+            max_pixels: int) -> None:
+    """Reject, from the header alone, what is not a chest radiograph or is too large to decode."""
+    from pydicom.uid import UID
+
+    sop = _text(header, "SOPClassUID") or _text(header.file_meta, "MediaStorageSOPClassUID")
+    for prefix, what in _NOT_IMAGES:
+        if sop is not None and (sop == prefix.rstrip(".") or sop.startswith(prefix)):
+            raise Rejected(f"not an image: {UID(sop).name} is {what}")
+    if "DirectoryRecordSequence" in header:
+        raise Rejected("not an image: a DICOMDIR (media directory)")
+    if meta.modality is not None and modalities and meta.modality.upper() not in modalities:
+        raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
+    if meta.body_part is not None and body_parts and meta.body_part.upper() not in body_parts:
+        raise Rejected(f"body part {meta.body_part} is not allowed (allowed: {', '.join(sorted(body_parts))})")
+    if error := _too_large(int(header.get("Columns") or 0), int(header.get("Rows") or 0), max_pixels):
+        raise error
 
 
 def _decode_dicom(
@@ -179,54 +305,116 @@ def _decode_dicom(
     modalities: frozenset[str],
     body_parts: frozenset[str],
 ) -> DecodedImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     try:
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Rejected(f"corrupt or truncated DICOM header: {exc}") from None
-    meta = DicomMeta(
-        study_uid=_text(header, "StudyInstanceUID"),
-        series_uid=_text(header, "SeriesInstanceUID"),
-        sop_instance_uid=_text(header, "SOPInstanceUID"),
-        modality=_text(header, "Modality"),
-        body_part=_text(header, "BodyPartExamined"),
-        view_position=_text(header, "ViewPosition"),
-        study_date=_text(header, "StudyDate"),
-        manufacturer=_text(header, "Manufacturer"),
-        patient_ref=patient_ref(pid, salt) if (pid := _text(header, "PatientID")) else None,
-    )
-    if meta.modality is not None and modalities and meta.modality.upper() not in modalities:
-        raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
-    if meta.body_part is not None and body_parts and meta.body_part.upper() not in body_parts:
-        raise Rejected(f"body part {meta.body_part} is not allowed (allowed: {', '.join(sorted(body_parts))})")
-    rows, cols = int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0)
-    if rows * cols > max_pixels:
-        raise Rejected(f"image too large: {cols}x{rows} pixels exceeds the limit of {max_pixels}")
+        header = _read_dicom(data, header_only=True)
+    except Exception as exc:
+        raise Rejected(f"corrupt or truncated DICOM header: {_describe(exc)}") from None
+    meta = _metadata(header, salt)
+    _triage(header, meta, modalities, body_parts, max_pixels)
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        if "PixelData" not in ds:
-            raise Rejected("DICOM file has no pixel data")
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        array = ds.pixel_array
-        notes: tuple[str, ...] = ()
-        if frames > 1:
-            array = array[0]
-            notes = (f"multi-frame ({frames} frames): used the first",)
-        if array.ndim == 3:  # colour: pydicom hands YBR over as RGB
-            array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        values = apply_modality_lut(array, ds).astype(np.float32)
-        has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-        if has_voi:
-            values = apply_voi_lut(values, ds, index=0).astype(np.float32)
-        pixels = _normalize(values, robust=not has_voi)
-    except ImagingError:
-        raise
-    except Exception as exc:  # pydicom and its codecs raise many types on damaged data
-        raise Rejected(f"corrupt or truncated DICOM pixel data: {type(exc).__name__}: {exc}") from None
-    if str(getattr(ds, "PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        pixels = 1.0 - pixels
+    ds = _read_dicom(data, header_only=False)
+    if "PixelData" not in ds:
+        raise Rejected("DICOM file has no pixel data")
+    _check_codestream(ds, max_pixels)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    ds.pixel_array_options(index=0)  # decode the first frame only, whatever the number of frames
+    array = ds.pixel_array
+    notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
+
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        array = apply_color_lut(array, ds)
+    if array.ndim == 3:  # colour (pydicom hands YBR over as RGB): Rec. 601 luma
+        top = float(np.iinfo(array.dtype).max) if photometric == "PALETTE COLOR" else 2.0 ** int(ds.BitsStored) - 1
+        luma = array[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        pixels = np.clip(luma / top, 0.0, 1.0).astype(np.float32)
+    elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
+    else:
+        pixels, note = _grayscale(apply_modality_lut(array, ds), ds)
+        notes += note
+        if photometric == "MONOCHROME1":  # 0 is white
+            pixels = 1.0 - pixels
     return DecodedImage(_resize(pixels, size), DICOM, meta, notes)
+
+
+def _grayscale(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Modality values to [0, 1]: VOI LUT Sequence, else the first window, else a robust min-max."""
+    from pydicom.pixels import apply_voi
+
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+        lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
+        low, high = float(lut.min()), float(lut.max())
+        if high > low:
+            return np.clip((mapped - low) / (high - low), 0.0, 1.0).astype(np.float32), ()
+        return _stretch(values, robust=True), ("VOI LUT ignored: it maps every value to one",)
+    window = _first_window(ds)
+    if window is not None:
+        pixels = _apply_window(values.astype(np.float64), *window)
+        if float(pixels.max()) > float(pixels.min()):
+            return pixels, ()
+        return _stretch(values, robust=True), ("window ignored: it leaves a blank image",)
+    return _stretch(values, robust=True), ()
+
+
+def _first_window(ds: Any) -> tuple[float, float, str] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        center, width = (float(v[0]) if hasattr(v, "__len__") and not isinstance(v, str) else float(v)
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: the caller falls back to a min-max
+    if not np.isfinite(center) or not np.isfinite(width) or width <= 0:
+        return None
+    return center, width, str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+
+
+def _apply_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """A DICOM window (PS3.3 C.11.2.1.2) with its output mapped onto [0, 1]."""
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        out = (x - center) / width + 0.5
+    else:  # LINEAR, and the default for unknown functions
+        out = (x - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _check_codestream(ds: Any, max_pixels: int) -> None:
+    """Refuse a compressed frame whose own header claims more pixels than allowed, before decoding it.
+
+    The codecs size their output from the codestream, not from Rows and Columns.
+    """
+    from pydicom.encaps import generate_frames
+
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        return
+    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)), b"")
+    dims = _codestream_size(bytes(frame[:65536]))
+    if dims is not None and (error := _too_large(*dims, max_pixels)):
+        raise error
+
+
+def _codestream_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG, JPEG-LS or JPEG 2000 codestream header, or None if not found."""
+    if head.startswith(b"\xff\x4f\xff\x51") and len(head) >= 24:  # JPEG 2000: SOC, then SIZ
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", head[8:24])
+        return xsiz - xo, ysiz - yo
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 9 <= len(head):
+        if head[offset] != 0xFF:
+            return None
+        marker = head[offset + 1]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+            height, width = struct.unpack(">HH", head[offset + 5:offset + 9])
+            return width, height
+        offset += 2 + struct.unpack(">H", head[offset + 2:offset + 4])[0]
+    return None

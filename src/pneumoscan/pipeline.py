@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
 from pneumoscan.db.queries import Result, save_results, settled_hashes
-from pneumoscan.imaging import DecodedImage, ImagingError, decode, detect_kind
+from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind
 from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -31,20 +32,52 @@ class _Read:
     error: Result | None = None
 
 
-def _read(path: str) -> _Read:
-    """Read and hash one file. Unreadable files become ``failed`` results, which a retry may fix."""
+# Never follow a link (it may point outside the inbox), and never block opening a named pipe.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_FILE_TYPES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _read(path: str, image_id: int | None = None) -> _Read:
+    """Read and hash one regular file, without following links.
+
+    Files that cannot be read now (permissions, vanished, changed while read) become ``failed``
+    results, which a retry may fix; links, folders, special files and names that are not UTF-8
+    become ``rejected`` ones.
+    """
+    def outcome(status: str, reason: str) -> _Read:
+        return _Read(path, error=Result(display_path(path), status, reason=reason, image_id=image_id))
+
+    if display_path(path) != path:
+        return outcome("rejected", "file name is not valid UTF-8; rename the file to have it classified")
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        return _Read(path, error=Result(path, "failed", reason="file disappeared before it could be read"))
+        return outcome("failed", "file disappeared before it could be read")
     except PermissionError:
-        return _Read(path, error=Result(path, "failed", reason="permission denied reading the file"))
-    except IsADirectoryError:
-        return _Read(path, error=Result(path, "rejected", reason="is a directory, not a file"))
+        return outcome("failed", "permission denied reading the file")
     except OSError as exc:
-        return _Read(path, error=Result(path, "failed", reason=f"cannot read file: {exc.strerror or exc}"))
+        if os.path.islink(path):
+            return outcome("rejected", "symbolic link: not followed (links may point outside the inbox)")
+        return outcome("failed", f"cannot read file: {exc.strerror or exc}")
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            kind = next((name for test, name in _FILE_TYPES if test(before.st_mode)), "not a regular file")
+            if not stat.S_ISREG(before.st_mode):
+                return outcome("rejected", f"not a regular file: {kind}")
+            data = fh.read()
+            after = os.fstat(fh.fileno())
+    except OSError as exc:
+        return outcome("failed", f"cannot read file: {exc.strerror or exc}")
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        return outcome("failed", "file changed while it was being read; it is read again once it is complete")
     return _Read(path, data, hashlib.sha256(data).hexdigest())
+
+
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text (undecodable bytes escaped), safe for the database and the logs."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result:
@@ -53,13 +86,12 @@ def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result
         return decode(read.data, (size, size), salt=settings.salt, max_pixels=settings.max_pixels,
                       modalities=settings.modality_set, body_parts=settings.body_part_set)
     except ImagingError as exc:
-        return Result(read.path, "failed" if exc.transient else "rejected", sha256=read.sha256,
-                      kind=detect_kind(read.data[:132]), byte_size=len(read.data), reason=exc.reason)
-
-
-def _chunks(paths: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(paths), size):
-        yield paths[start:start + size]
+        status, reason = ("failed" if exc.transient else "rejected"), exc.reason
+    except Exception as exc:  # a bug of ours, not the file's: keep the batch going and retry the file later
+        log.debug("decoding %s failed", read.path, exc_info=True)
+        status, reason = "failed", clean_text(f"internal error while decoding: {type(exc).__name__}: {exc}")
+    return Result(read.path, status, sha256=read.sha256, kind=detect_kind(read.data[:132]),
+                  byte_size=len(read.data), reason=reason)
 
 
 def classify_paths(
@@ -69,6 +101,7 @@ def classify_paths(
     sessions: sessionmaker[Session],
     settings: Settings,
     on_batch: Callable[[list[Result]], None] | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> list[Result]:
     """Classify files and store the outcome: one result per path, in order.
 
@@ -76,12 +109,19 @@ def classify_paths(
     this model version (or already rejected), decode in a thread pool, predict the batch as a
     whole, and write it in one transaction. A bad file gets a rejected/failed result with a reason
     and never stops its batch. ``on_batch`` is called after each batch is committed.
+
+    ``image_ids`` (reclassification) names the stored image each path was read for: when that file
+    cannot be read, the image itself is marked failed rather than a new row being added.
     """
     names = [os.fspath(p) for p in paths]
+    ids: list[int | None] = list(image_ids) if image_ids is not None else [None] * len(names)
+    if len(ids) != len(names):
+        raise ValueError(f"{len(ids)} image ids for {len(names)} paths")
     results: list[Result] = []
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pneumoscan-decode") as pool:
-        for chunk in _chunks(names, settings.batch_size):
-            batch = _classify_batch(chunk, bundle, sessions, settings, pool)
+        for start in range(0, len(names), settings.batch_size):
+            stop = start + settings.batch_size
+            batch = _classify_batch(names[start:stop], ids[start:stop], bundle, sessions, settings, pool)
             results.extend(batch)
             if on_batch is not None:
                 on_batch(batch)
@@ -89,10 +129,10 @@ def classify_paths(
 
 
 def _classify_batch(
-    paths: Sequence[str], bundle: ModelBundle, sessions: sessionmaker[Session], settings: Settings,
-    pool: Executor,
+    paths: Sequence[str], image_ids: Sequence[int | None], bundle: ModelBundle, sessions: sessionmaker[Session],
+    settings: Settings, pool: Executor,
 ) -> list[Result]:
-    reads = list(pool.map(_read, paths))
+    reads = list(pool.map(_read, paths, image_ids))
     with sessions() as session:
         settled = settled_hashes(session, (r.sha256 for r in reads if r.sha256), bundle.version)
 

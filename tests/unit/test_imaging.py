@@ -61,8 +61,9 @@ def test_detect_kind_ignores_the_file_name(tmp_path: Path) -> None:
     "head",
     [
         b"",
-        b"GIF89a" + bytes(200),
         b"BM" + bytes(200),  # BMP
+        b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(200),  # WebP
+        b"%PDF-1.7\n" + bytes(200),
         b"hello, this is text" * 10,
         bytes(128) + b"DIC",  # too short to hold the DICM marker
         bytes(127) + b"DICM" + bytes(10),  # marker at the wrong offset
@@ -72,13 +73,17 @@ def test_detect_kind_unknown(head: bytes) -> None:
     assert detect_kind(head) is None
 
 
-def test_detect_kind_dicom_without_preamble_is_not_dicom() -> None:
-    # A raw dataset with no Part 10 preamble is not a file pneumoscan accepts.
-    ds = helpers.dicom_dataset(SOURCE)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=False, implicit_vr=False, little_endian=True)
-    assert out.getvalue()[128:132] != b"DICM"
-    assert detect_kind(out.getvalue()[:132]) is None
+@pytest.mark.parametrize("file_meta", [True, False], ids=["with-file-meta", "bare-dataset"])
+@pytest.mark.parametrize("syntax", ["implicit-le", "explicit-le", "explicit-be"])
+def test_dicom_without_preamble_is_read(syntax: str, file_meta: bool) -> None:
+    # No 128-byte preamble and no DICM marker: recognised by the opening element, then read.
+    data = helpers.dicom_bytes(SOURCE, syntax=syntax, preamble=False, file_meta=file_meta)
+    assert data[128:132] != b"DICM"
+    assert detect_kind(data[:132]) == DICOM
+    reference = decode(helpers.dicom_bytes(SOURCE), SIZE)
+    image = decode(data, SIZE)
+    np.testing.assert_array_equal(image.pixels, reference.pixels)
+    assert image.dicom is not None and image.dicom.sop_instance_uid is not None
 
 
 def test_looks_complete() -> None:

@@ -13,7 +13,7 @@ from pneumoscan.db.queries import (
     ReclassifySelection,
     Result,
     count_for_reclassification,
-    image_paths,
+    image_locations,
     iter_reclassification,
     save_results,
 )
@@ -72,4 +72,4 @@ def test_pages_follow_the_id_and_pick_up_where_they_left_off(stored: Any) -> Non
         assert [len(p) for p in pages] == [3, 3, 1]
         ids = [image_id for page in pages for image_id, _ in page]
         assert ids == sorted(ids)
-        assert image_paths(session, [ids[2], ids[0], 10_000]) == [pages[0][2][1], pages[0][0][1]]
+        assert image_locations(session, [ids[2], ids[0], 10_000]) == [pages[0][2], pages[0][0]]

@@ -22,6 +22,7 @@ class Result:
     """The outcome for one input file, as stored and as reported.
 
     ``status`` is done, rejected, failed or skipped (already known: nothing was written but the path).
+    ``image_id`` is the stored image the file was read for, when reclassifying.
     """
 
     path: str
@@ -35,6 +36,7 @@ class Result:
     threshold: float | None = None
     model_version: str | None = None
     dicom: dict[str, str | None] = field(default_factory=dict)
+    image_id: int | None = None
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -47,12 +49,17 @@ def _insert(session: Session, table: Any) -> Any:
 
 
 def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) -> set[str]:
-    """Hashes needing no work: predicted by ``model_version`` already, or rejected (same bytes, same fate)."""
+    """Hashes needing no work: predicted by ``model_version`` already, or rejected (same bytes, same fate).
+
+    A failed image is never settled: once its file can be read again it goes through the pipeline,
+    which sets its status back.
+    """
     wanted = sorted(set(hashes))
     if not wanted:
         return set()
     predicted = (select(Image.sha256).join(Prediction)
-                 .where(Image.sha256.in_(wanted), Prediction.model_version == model_version))
+                 .where(Image.sha256.in_(wanted), Prediction.model_version == model_version,
+                        Image.status != "failed"))
     rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status == "rejected")
     return {h for (h,) in session.execute(predicted.union(rejected)) if h is not None}
 
@@ -77,8 +84,8 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
             "status": result.status, "reason": result.reason, "updated_at": now,
             **{c: result.dicom.get(c) for c in DICOM_COLUMNS},
         }
-        if result.sha256 is None:  # unreadable: keyed by path until its bytes can be read
-            _save_unhashed(session, values, now)
+        if result.sha256 is None:  # unreadable: its image if known, else a row keyed by path
+            _save_unhashed(session, values, now, result.image_id)
             continue
         # A readable file replaces the path-keyed placeholder from when it could not be read.
         session.execute(delete(Image).where(Image.sha256.is_(None), Image.path == result.path))
@@ -95,7 +102,13 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
             )
 
 
-def _save_unhashed(session: Session, values: dict[str, Any], now: datetime) -> None:
+def _save_unhashed(session: Session, values: dict[str, Any], now: datetime, image_id: int | None) -> None:
+    if image_id is not None:
+        # A stored image whose file cannot be read now: it keeps its content, metadata and path.
+        outcome = {"status": values["status"], "reason": values["reason"], "updated_at": now}
+        statement = update(Image).where(Image.id == image_id).values(**outcome).returning(Image.id)
+        if session.execute(statement).first() is not None:
+            return
     existing = session.execute(
         select(Image.id).where(Image.sha256.is_(None), Image.path == values["path"])
     ).scalar_one_or_none()
@@ -211,8 +224,8 @@ def iter_reclassification(session: Session, selection: ReclassifySelection, mode
         last = rows[-1][0]
 
 
-def image_paths(session: Session, image_ids: Sequence[int]) -> list[str]:
-    """The stored paths of ``image_ids`` (ids that no longer exist are left out), in the order given."""
+def image_locations(session: Session, image_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """(id, stored path) of ``image_ids`` in the order given; ids that no longer exist are left out."""
     rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(list(image_ids))))
     found = {int(image_id): str(path) for image_id, path in rows}
-    return [found[i] for i in image_ids if i in found]
+    return [(i, found[i]) for i in image_ids if i in found]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
-from pneumoscan.db.queries import image_paths
+from pneumoscan.db.queries import image_locations
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.worker.app import CLASSIFY_BATCH, RECLASSIFY_IMAGES
 
@@ -94,12 +94,13 @@ def _init_worker_process(**_: Any) -> None:
     log.info("worker process ready: model %s", state.bundle.version)
 
 
-def _classify(task: Task, paths: Sequence[str]) -> dict[str, int]:
+def _classify(task: Task, paths: Sequence[str], image_ids: Sequence[int] | None = None) -> dict[str, int]:
     from pneumoscan.pipeline import classify_paths
 
     state = runtime()
     try:
-        results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings)
+        results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings,
+                                 image_ids=image_ids)
     except TRANSIENT_ERRORS as exc:
         delay = backoff(task.request.retries)
         log.warning("database unavailable (%s); batch of %d retried in %.1f s",
@@ -125,7 +126,7 @@ def reclassify_images(self: Task, image_ids: list[int]) -> dict[str, int]:
     """Run stored images (by id) through the current model again, reading each from its stored path."""
     try:
         with runtime().sessions()() as session:
-            paths = image_paths(session, image_ids)
+            found = image_locations(session, image_ids)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    return _classify(self, paths)
+    return _classify(self, [path for _, path in found], [image_id for image_id, _ in found])
