@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -37,10 +38,15 @@ def is_ignored(path: Path, root: Path) -> bool:
 
 
 def iter_files(root: Path) -> Iterator[Path]:
-    """Every regular, not ignored file under ``root``, without following symlinked folders."""
+    """Every not ignored file under ``root``, never following a symbolic link.
+
+    A link (to a file or a folder, inside the inbox or out) is yielded as it is, unresolved, so that
+    the pipeline can reject it with its reason rather than it vanishing without a trace.
+    """
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
+        for name in sorted(files + links):
             path = Path(folder) / name
             if not is_ignored(path, root):
                 yield path
@@ -127,7 +133,11 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 def _ends_cleanly(path: str) -> bool:
     try:
-        with open(path, "rb") as fh:
+        # Never through a link: its target may lie outside the inbox.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
             head = fh.read(132)
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - 16))
             tail = fh.read()
@@ -145,7 +155,7 @@ class _Handler(FileSystemEventHandler):
         if event.is_directory:
             if event.event_type in ("created", "moved"):  # a folder moved in brings files with it
                 target = Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
-                for path in iter_files(target) if target.is_dir() else ():
+                for path in iter_files(target) if target.is_dir() and not target.is_symlink() else ():
                     self._events.put(ScanEvent(str(path)))
             return
         raw = event.dest_path if event.event_type == "moved" else event.src_path
