@@ -66,6 +66,27 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+_RUN_START: tuple[float, dict[int, tuple[str, int]]] | None = None  # set by machine()
+
+
+def competing_load_during_run(min_cores: float = 0.1) -> list[dict[str, Any]]:
+    """Average CPU of other long-lived processes (alive at both ends) since machine() was called."""
+    if _RUN_START is None:
+        return []
+    started, before = _RUN_START
+    after = _cpu_ticks()
+    seconds = time.monotonic() - started
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (name, total) in after.items():
+        if pid == os.getpid() or pid not in before or before[pid][0] != name:
+            continue
+        cores = (total - before[pid][1]) / hz / seconds
+        if cores >= min_cores:
+            busy.append({"pid": pid, "name": name, "cores": round(cores, 2), "cmd": _cmdline(pid)[:160]})
+    return sorted(busy, key=lambda p: -p["cores"])
+
+
 def competing_load(seconds: float = 1.0, min_cores: float = 0.2) -> list[dict[str, Any]]:
     """Processes other than this one that used at least ``min_cores`` of CPU over ``seconds``.
 
@@ -103,6 +124,8 @@ def machine() -> dict[str, Any]:
         "pillow": PIL.__version__,
         "hostname": platform.node(),
     }
+    global _RUN_START
+    _RUN_START = (time.monotonic(), _cpu_ticks())
     competing = competing_load()
     info["competing_processes"] = competing
     info["contended"] = sum(p["cores"] for p in competing) >= 0.5
@@ -295,13 +318,52 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
 
 def preliminary(info: dict[str, Any], bundle: dict[str, Any] | None = None) -> list[str]:
-    """Reasons the figures of this run are preliminary (empty when it was a clean run of the real model)."""
+    """Reasons the figures of this run are preliminary (empty when it was a clean run of the real model).
+
+    Records in ``info`` the average CPU that other processes used over the whole run.
+    """
+    during = competing_load_during_run()
+    info["competing_processes_during_run"] = during
+    info["contended"] = info.get("contended") or sum(p["cores"] for p in during) >= 0.5
     reasons = []
     if bundle is not None and bundle.get("stand_in"):
         reasons.append("untrained stand-in bundle")
-    if info.get("contended"):
+    if info["contended"]:
         reasons.append("other processes competed for the CPU")
     return reasons
+
+
+def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, Any]:
+    """ms per batch of the pipeline's database work alone, on a fresh database at ``url``.
+
+    What classify_paths does per batch: settled_hashes (one read), then save_results of
+    ``batch_size`` new done results in one transaction.
+    """
+    import hashlib
+
+    from pneumoscan.db import open_database
+    from pneumoscan.db.queries import Result, save_results, settled_hashes
+
+    sessions = open_database(url)
+    times = []
+    try:
+        for b in range(batches + 1):
+            results = [Result(f"/inbox/{b:04d}-{i:03d}.jpeg", "done",
+                              sha256=hashlib.sha256(f"{url}-{b}-{i}".encode()).hexdigest(), kind="jpeg",
+                              byte_size=500_000, probability=0.3, label="NORMAL", threshold=0.5,
+                              model_version="bench") for i in range(batch_size)]
+            start = time.perf_counter()
+            with sessions() as session:
+                settled_hashes(session, [r.sha256 for r in results if r.sha256], "bench")
+            with sessions.begin() as session:
+                save_results(session, results)
+            if b:  # the first batch opens the connection
+                times.append(time.perf_counter() - start)
+    finally:
+        sessions.kw["bind"].dispose()
+    per_batch = median(times)
+    return {"batch_size": batch_size, "batches": batches, "ms_per_batch": per_batch * 1000,
+            "ms_per_image": per_batch * 1000 / batch_size, "rows_per_s_one_connection": batch_size / per_batch}
 
 
 def now() -> float:

@@ -62,11 +62,12 @@ def run_size(n: int, files: list[Path], args: argparse.Namespace, bundle_path: P
     with sqlite3.connect(data / "pneumoscan.db") as db:
         done = db.execute("SELECT count(*) FROM predictions WHERE model_version = ?", (version,)).fetchone()[0]
     rss = [mib for _, mib in run.rss_samples]
-    half = len(rss) // 2
+    quarter = len(rss) // 4
     return {"n": n, "reclassified": done, "seconds": run.seconds, "images_per_s": done / run.seconds,
             "peak_rss_mib": run.max_rss_mib, "load_seconds": load.seconds,
-            "median_rss_first_half_mib": common.median(rss[:half]) if half else None,
-            "median_rss_second_half_mib": common.median(rss[half:]) if half else None,
+            # the first quarter holds the start-up (TensorFlow import, model load), so compare the second with the last
+            "median_rss_q2_mib": common.median(rss[quarter:2 * quarter]) if quarter else None,
+            "median_rss_q4_mib": common.median(rss[3 * quarter:]) if quarter else None,
             "rss_samples": run.rss_samples[:: max(1, len(run.rss_samples) // 200)]}
 
 
@@ -94,8 +95,8 @@ def main() -> None:
         result["peak_over_smallest"] = result["peak_rss_mib"] / (results[0] if results else result)["peak_rss_mib"]
         results.append(result)
         print(f"N={n:>6}  peak RSS {result['peak_rss_mib']:7.0f} MiB  ({result['peak_over_smallest']:.2f}x N={sizes[0]})"
-              f"  median RSS 1st/2nd half {result['median_rss_first_half_mib'] or 0:.0f}/"
-              f"{result['median_rss_second_half_mib'] or 0:.0f} MiB  {result['reclassified']} reclassified in "
+              f"  median RSS 2nd/last quarter {result['median_rss_q2_mib'] or 0:.0f}/"
+              f"{result['median_rss_q4_mib'] or 0:.0f} MiB  {result['reclassified']} reclassified in "
               f"{result['seconds']:.0f} s ({result['images_per_s']:.1f} images/s)", flush=True)
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "results": results,
                "preliminary": common.preliminary(info, bundle)}

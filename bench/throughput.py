@@ -12,6 +12,8 @@ For each input kind, in one run:
   (b)  the seed notebooks' way: Pillow/pydicom load, resize, then keras `model.predict` on one image
        at a time (on a subset, --seed-n).
   (c)  decoding alone: read + pneumoscan.imaging.decode in a thread pool on all cores, no model.
+  (d)  the database work alone per batch (SQLite): one of the serial parts a pipeline that does
+       not overlap its stages adds on top of (a) and (c).
   limit = 1/(1/a + 1/c) on a CPU-only machine (decode and inference share the cores), min(a, c) with a GPU.
 Targets: e2e >= 0.9 x limit for JPEG, e2e >= 5 x (b).
 
@@ -213,13 +215,16 @@ def main() -> None:
     kinds = args.kinds.split(",")
     for kind in kinds:  # make every input first, so that generation never overlaps a measurement
         cached_inputs(kind, args.n if kind == "jpeg" else args.dicom_n, args.work)
+    db_dir = args.work / "db-cost"
+    shutil.rmtree(db_dir, ignore_errors=True)
+    db_cost = common.pipeline_db_cost(f"sqlite:///{db_dir / 'cost.db'}", args.batch_size)
+    print(f"(d) database work per batch of {args.batch_size} (SQLite, settled_hashes + save_results): "
+          f"{db_cost['ms_per_batch']:.1f} ms = {db_cost['ms_per_image']:.2f} ms/image")
     results = [measure_kind(kind, args.n if kind == "jpeg" else args.dicom_n, args, bundle_path,
                             bundle["input_size"], bool(info["gpus"])) for kind in kinds]
-    after = common.competing_load()
-    payload = {"machine": info, "competing_after": after, "bundle": bundle, "batch_size": args.batch_size,
-               "decode_workers": args.decode_workers, "results": results,
-               "preliminary": common.preliminary(info, bundle) or (["other processes competed for the CPU"]
-                                                                    if after else [])}
+    payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size,
+               "decode_workers": args.decode_workers, "db_cost_sqlite": db_cost, "results": results,
+               "preliminary": common.preliminary(info, bundle)}
     path = common.write_result("throughput", payload)
     if payload["preliminary"]:
         print(f"\nPRELIMINARY: {'; '.join(payload['preliminary'])}")
