@@ -153,9 +153,9 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
 
     meta = ds.file_meta
     dtype = np.dtype("<u1" if ds.BitsAllocated == 8 else "<u2")
-    values = np.frombuffer(ds.PixelData, dtype).reshape(ds.Rows, ds.Columns)
+    values = np.frombuffer(ds.PixelData, dtype).reshape(-1, ds.Rows, ds.Columns)  # frames
     # JPEG codestreams hold BitsStored-bit patterns; signed values go in as their two's complement bits.
-    patterns = values & ((1 << ds.BitsStored) - 1)
+    patterns = values[0] & ((1 << ds.BitsStored) - 1)
     compress = {"rle": (uid.RLELossless, {}), "jpeg-ls-lossless": (uid.JPEGLSLossless, {}),
                 "jpeg-ls-near-lossless": (uid.JPEGLSNearLossless, {"jls_error": 2}),
                 "j2k-lossless": (uid.JPEG2000Lossless, {}), "j2k": (uid.JPEG2000, {"j2k_cr": [8]})}
@@ -175,7 +175,7 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
         if syntax == "jpeg-baseline":
             assert ds.BitsAllocated == 8, "JPEG baseline holds 8-bit samples: build with bits=8"
             out = io.BytesIO()
-            Image.fromarray(values, mode="L").save(out, format="JPEG", quality=95)
+            Image.fromarray(values[0], mode="L").save(out, format="JPEG", quality=95)
             frame, target = out.getvalue(), uid.JPEGBaseline8Bit
         elif syntax == "jpeg-extended":
             frame, target = jpeg_encoders.encode_extended12(patterns), uid.JPEGExtended12Bit
@@ -183,6 +183,7 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
             frame, target = jpeg_encoders.encode_lossless(patterns, ds.BitsStored), uid.JPEGLosslessSV1
         else:
             raise ValueError(syntax)
+        assert len(values) == 1, "the JPEG fixtures are single-frame"
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
         meta.TransferSyntaxUID = target

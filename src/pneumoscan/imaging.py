@@ -327,9 +327,13 @@ def _decode_dicom(
     if photometric == "PALETTE COLOR":
         array = apply_color_lut(array, ds)
     if array.ndim == 3:  # colour (pydicom hands YBR over as RGB): Rec. 601 luma
-        top = float(np.iinfo(array.dtype).max) if photometric == "PALETTE COLOR" else 2.0 ** int(ds.BitsStored) - 1
         luma = array[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        pixels = np.clip(luma / top, 0.0, 1.0).astype(np.float32)
+        if photometric == "PALETTE COLOR":  # palettes declare 16 bits but often fill only 8 of them
+            pixels = _stretch(luma, robust=False)
+        else:
+            pixels = np.clip(luma / (2.0 ** int(ds.BitsStored) - 1), 0.0, 1.0).astype(np.float32)
+            if float(pixels.max()) <= float(pixels.min()):
+                raise Rejected("blank image: all pixels have the same value")
     elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
     else:
