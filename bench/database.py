@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 CURRENT, OLD = "bench-v2", "bench-v1"
 TARGET_MS = 50.0
@@ -95,7 +95,8 @@ def _sqlite_time(value: Any) -> Any:
 def load_sqlite(path: Path, n: int, now: datetime) -> None:
     images, predictions = synthetic_rows(n, now)
     with sqlite3.connect(path) as db:
-        for table, columns, rows in (("images", IMAGE_COLUMNS, images), ("predictions", PREDICTION_COLUMNS, predictions)):
+        tables = (("images", IMAGE_COLUMNS, images), ("predictions", PREDICTION_COLUMNS, predictions))
+        for table, columns, rows in tables:
             sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
             for chunk in _chunks(rows):
                 db.executemany(sql, [tuple(_sqlite_time(v) for v in row) for row in chunk])
@@ -225,7 +226,8 @@ def main() -> None:
         print(f"\n{backend}: loading {args.rows:,} images ...", flush=True)
         result = bench_backend(backend, args, now)
         results.append(result)
-        print(f"{backend}: loaded in {result['load_s']:.0f} s; median of {args.repeats}, limit 100, target < {TARGET_MS:.0f} ms")
+        print(f"{backend}: loaded in {result['load_s']:.0f} s; median of {args.repeats}, limit 100, "
+              f"target < {TARGET_MS:.0f} ms")
         for q in result["queries"]:
             print(f"  {q['query']:<38} {q['median_ms']:8.1f} ms  (p95 {q['p95_ms']:.1f}, {q['rows']} rows)  "
                   f"{q['median_ms'] / TARGET_MS:5.2f}x target{'' if q['meets_target'] else '  MISSES'}", flush=True)

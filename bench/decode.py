@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from make_inputs import HEIGHT, WIDTH, cached_inputs  # noqa: E402
+import common
+from make_inputs import HEIGHT, WIDTH, cached_inputs
 
 
 def _resize(pixels: np.ndarray, size: int) -> np.ndarray:

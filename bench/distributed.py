@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from make_inputs import input_set  # noqa: E402
+import common
+from make_inputs import input_set
 
 READY = "worker process ready"
 
@@ -109,10 +109,8 @@ def stop_workers(workers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
         with suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
     for proc, _ in workers:
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # pool processes left behind, if any
         proc.wait()

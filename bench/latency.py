@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from make_inputs import cached_inputs  # noqa: E402
+import common
+from make_inputs import cached_inputs
 
 MODES = ("rename", "rename-old-mtime", "write")
 

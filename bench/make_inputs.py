@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATASET, DEFAULT_WORK  # noqa: E402
+from common import DATASET, DEFAULT_WORK
 
 KINDS = ("jpeg", "dicom", "dicom-j2k")
 SUFFIX = {"jpeg": ".jpeg", "dicom": ".dcm", "dicom-j2k": ".dcm"}

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from make_inputs import small_jpegs  # noqa: E402
+import common
+from make_inputs import small_jpegs
 
 OLD_VERSION = "bench-old-model"
 
@@ -94,7 +94,8 @@ def main() -> None:
         result = run_size(n, files, args, bundle_path, bundle["version"])
         result["peak_over_smallest"] = result["peak_rss_mib"] / (results[0] if results else result)["peak_rss_mib"]
         results.append(result)
-        print(f"N={n:>6}  peak RSS {result['peak_rss_mib']:7.0f} MiB  ({result['peak_over_smallest']:.2f}x N={sizes[0]})"
+        print(f"N={n:>6}  peak RSS {result['peak_rss_mib']:7.0f} MiB  "
+              f"({result['peak_over_smallest']:.2f}x N={sizes[0]})"
               f"  median RSS 2nd/last quarter {result['median_rss_q2_mib'] or 0:.0f}/"
               f"{result['median_rss_q4_mib'] or 0:.0f} MiB  {result['reclassified']} reclassified in "
               f"{result['seconds']:.0f} s ({result['images_per_s']:.1f} images/s)", flush=True)

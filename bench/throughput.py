@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from make_inputs import cached_inputs, input_set  # noqa: E402
+import common
+from make_inputs import cached_inputs, input_set
 
 SALT = b"bench-salt"
 
