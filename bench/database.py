@@ -8,7 +8,8 @@ executemany in one transaction; PostgreSQL COPY) with a realistic spread: update
 last year in id order, 96% done / 2% rejected / 1.5% failed / 0.5% pending, a prediction of the
 current model for every done image (30% PNEUMONIA-leaning probabilities), and an older model's
 prediction for half of them. PostgreSQL gets ANALYZE after the load (autovacuum would do it
-soon); SQLite is queried as pneumoscan leaves it (no ANALYZE).
+soon); SQLite is queried as pneumoscan leaves it (no ANALYZE), then once more after ANALYZE
+("sqlite-analyzed"), to show what planner statistics change.
 
 Each query is pneumoscan.db.queries.query_results (the code behind `pneumoscan results`) with a
 ResultFilter and the CLI's default limit of 100, in a fresh session, run once to warm up and then
@@ -192,6 +193,14 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
         with common.Timer() as load:
             load_sqlite(path, args.rows, now)
         return {"backend": backend, "load_s": load.seconds, "queries": time_queries(url, now, args.repeats)}
+    if backend == "sqlite-analyzed":  # the same file after ANALYZE: what planner statistics would change
+        path = args.work / "database" / "results.db"
+        if not path.is_file():
+            raise SystemExit("sqlite-analyzed needs the sqlite backend earlier in the same run")
+        with common.Timer() as load, sqlite3.connect(path) as db:
+            db.execute("ANALYZE")
+        return {"backend": backend, "load_s": load.seconds,
+                "queries": time_queries(f"sqlite:///{path}", now, args.repeats)}
     import psycopg
 
     name = f"pneumoscan_bench_{uuid.uuid4().hex[:10]}"
@@ -212,7 +221,8 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="images (predictions come on top)")
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--backends", default="sqlite,sqlite-analyzed,postgresql",
+                        help="sqlite-analyzed: the sqlite file again after ANALYZE (needs sqlite before it)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL URL allowed to CREATE and DROP DATABASE")
@@ -223,10 +233,10 @@ def main() -> None:
     now = datetime.now(UTC)
     results = []
     for backend in args.backends.split(","):
-        print(f"\n{backend}: loading {args.rows:,} images ...", flush=True)
+        print(f"\n{backend}: {args.rows:,} images ...", flush=True)
         result = bench_backend(backend, args, now)
         results.append(result)
-        print(f"{backend}: loaded in {result['load_s']:.0f} s; median of {args.repeats}, limit 100, "
+        print(f"{backend}: loaded (or analyzed) in {result['load_s']:.0f} s; median of {args.repeats}, limit 100, "
               f"target < {TARGET_MS:.0f} ms")
         for q in result["queries"]:
             print(f"  {q['query']:<38} {q['median_ms']:8.1f} ms  (p95 {q['p95_ms']:.1f}, {q['rows']} rows)  "
