@@ -12,8 +12,12 @@ take turns file by file, so that load from other processes hits them alike.
   dicom one pass           pydicom.dcmread of everything -> pixel_array -> VOI -> resize, no triage
   dicom pneumoscan.decode  the worker's decoder: header-only read (stop_before_pixels) to check
                            modality, body part and size, then the full read
-  dicom header only        the triage read alone: what a file rejected by triage costs
-The reference for the ratios is "pillow full" for JPEG and "one pass" for each DICOM kind.
+  dicom header only        the triage read alone (pydicom.dcmread with stop_before_pixels)
+  dicom CT rejected ...    pneumoscan.decode on the same file marked Modality CT: what a file that
+                           triage turns away costs (without triage it would be decoded in full)
+The reference for the ratios is "pillow full" for JPEG and "one pass" (a straightforward pydicom
+decode with pydicom's own LUT functions, no triage) for each DICOM kind. What triage adds to an
+accepted file is the "header only" time.
 """
 
 from __future__ import annotations
@@ -74,11 +78,33 @@ def worker_decode(data: bytes, size: int) -> np.ndarray:
     return decode(data, (size, size), salt=b"bench-salt").pixels
 
 
+_MODALITY_DX = b"\x08\x00\x60\x00CS\x02\x00DX"  # (0008,0060) Modality, explicit VR little endian
+_NOT_A_RADIOGRAPH: dict[int, bytes] = {}  # id(original bytes) -> the same file saying Modality CT
+
+
+def as_ct(data: bytes) -> bytes:
+    """The same DICOM bytes with Modality CT: a file that triage rejects (same length, same pixels)."""
+    assert data.count(_MODALITY_DX) == 1, "expected one explicit-VR Modality DX element"
+    return data.replace(_MODALITY_DX, _MODALITY_DX[:-2] + b"CT")
+
+
+def worker_rejects(data: bytes, size: int) -> None:
+    """pneumoscan.decode on the CT variant: it stops after the header read."""
+    from pneumoscan.imaging import Rejected, decode
+
+    try:
+        decode(_NOT_A_RADIOGRAPH[id(data)], (size, size), salt=b"bench-salt")
+    except Rejected:
+        return
+    raise AssertionError("a CT file was not rejected by triage")
+
+
 METHODS: dict[str, list[tuple[str, Callable[[bytes, int], Any]]]] = {
     "jpeg": [("pillow full", pillow_full), ("pillow draft", pillow_draft), ("pneumoscan.decode", worker_decode)],
-    "dicom": [("one pass", dicom_one_pass), ("pneumoscan.decode", worker_decode), ("header only", dicom_header)],
-    "dicom-j2k": [("one pass", dicom_one_pass), ("pneumoscan.decode", worker_decode),
-                  ("header only", dicom_header)],
+    "dicom": [("one pass", dicom_one_pass), ("pneumoscan.decode", worker_decode), ("header only", dicom_header),
+              ("CT rejected by triage", worker_rejects)],
+    "dicom-j2k": [("one pass", dicom_one_pass), ("pneumoscan.decode", worker_decode), ("header only", dicom_header),
+                  ("CT rejected by triage", worker_rejects)],
 }
 
 
@@ -119,13 +145,15 @@ def main() -> None:
         blobs = [p.read_bytes() for p in cached_inputs(kind, args.n, args.work)]
         shape = f"{WIDTH}x{HEIGHT}"
         mb = sum(map(len, blobs)) / len(blobs) / 1e6
+        if kind != "jpeg":
+            _NOT_A_RADIOGRAPH.update({id(blob): as_ct(blob) for blob in blobs})
         names = [name for name, _ in METHODS[kind]]
         timings = time_methods([method for _, method in METHODS[kind]], blobs, args.size, args.repeats)
         reference = timings[0]
         for name, ms in zip(names, timings, strict=True):
             rows.append({"kind": kind, "method": name, "ms_per_image": ms, "speedup_vs_reference": reference / ms,
                          "file_mb": mb, "pixels": shape})
-            print(f"{kind:<10} {name:<18} {ms:8.1f} ms/image  {reference / ms:5.2f}x reference  ({mb:.2f} MB, {shape})",
+            print(f"{kind:<10} {name:<22} {ms:8.1f} ms/image  {reference / ms:5.2f}x reference  ({mb:.2f} MB, {shape})",
                   flush=True)
     payload = {"machine": info, "n": args.n, "repeats": args.repeats, "size": args.size, "rows": rows,
                "preliminary": common.preliminary(info)}
