@@ -306,6 +306,7 @@ def _decode_dicom(
     body_parts: frozenset[str],
 ) -> DecodedImage:
     from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.uid import RLELossless
 
     try:
         header = _read_dicom(data, header_only=True)
@@ -319,7 +320,10 @@ def _decode_dicom(
         raise Rejected("DICOM file has no pixel data")
     _check_codestream(ds, max_pixels)
     frames = int(ds.get("NumberOfFrames") or 1)
-    ds.pixel_array_options(index=0)  # decode the first frame only, whatever the number of frames
+    # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
+    # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.
+    rle = ds.file_meta.TransferSyntaxUID == RLELossless
+    ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
     array = ds.pixel_array
     notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
 

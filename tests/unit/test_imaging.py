@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import time
+import zlib
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,8 +17,10 @@ from PIL import Image
 
 from pneumoscan.imaging import (
     DICOM,
+    GIF,
     JPEG,
     PNG,
+    TIFF,
     DecodedImage,
     DicomMeta,
     Rejected,
@@ -313,3 +318,74 @@ def test_rejects_too_many_pixels() -> None:
     with pytest.raises(Rejected, match="too large"):
         decode(helpers.dicom_bytes(SOURCE), SIZE, max_pixels=224 * 224 - 1)
     assert decode(helpers.jpeg_bytes(SOURCE), SIZE, max_pixels=224 * 224).kind == JPEG
+
+
+# --- decode: more raster formats and bad input --------------------------------------------------
+
+
+def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+GRAY = helpers.gray(SOURCE)
+RGB = Image.fromarray(np.stack([GRAY] * 3, axis=-1), mode="RGB")
+
+
+@pytest.mark.parametrize(("name", "data", "kind", "tolerance"), [
+    ("cmyk-jpeg", _encoded(RGB.convert("CMYK"), "JPEG", quality=95), JPEG, 0.02),
+    ("palette-png", _encoded(RGB.convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "PNG"), PNG, 1e-6),
+    ("gray-alpha-png", _encoded(Image.fromarray(GRAY).convert("LA"), "PNG"), PNG, 1e-6),
+    ("still-gif", _encoded(Image.fromarray(GRAY), "GIF"), GIF, 1e-6),
+    ("8bit-tiff", _encoded(Image.fromarray(GRAY), "TIFF"), TIFF, 1e-6),
+    ("rgb-lzw-tiff", _encoded(RGB, "TIFF", compression="tiff_lzw"), TIFF, 1e-6),
+])
+def test_palette_cmyk_and_other_rasters_become_gray(name: str, data: bytes, kind: str, tolerance: float) -> None:
+    image = decode(data, GRAY.shape)
+    assert image.kind == kind
+    assert np.abs(image.pixels - GRAY / 255.0).max() <= tolerance
+
+
+def test_decode_tiff_16bit_is_min_max_normalized() -> None:
+    values = GRAY.astype(np.float64) * 257
+    image = decode(_encoded(Image.fromarray(values.astype(np.uint16)), "TIFF"), GRAY.shape)
+    assert image.kind == TIFF
+    np.testing.assert_allclose(image.pixels, (values - values.min()) / (values.max() - values.min()), atol=1e-5)
+
+
+def test_animated_gif_and_multi_page_tiff_are_rejected() -> None:
+    frames = [Image.fromarray(GRAY), Image.fromarray(255 - GRAY), Image.fromarray(GRAY // 2)]
+    gif = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.raises(Rejected, match="animated GIF with 3 frames"):
+        decode(gif, SIZE)
+    tiff = _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:2])
+    with pytest.raises(Rejected, match="multi-page TIFF with 2 frames"):
+        decode(tiff, SIZE)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
+            + chunk(b"IEND", b""))
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(helpers.jpeg_bytes(SOURCE))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data", [_png_claiming(100_000, 100_000), _png_claiming(12_000, 9_000),
+                                  _jpeg_claiming(60_000, 60_000), _jpeg_claiming(12_000, 9_000)],
+                         ids=["png-10-gigapixels", "png-108-megapixels", "jpeg-3.6-gigapixels", "jpeg-108-megapixels"])
+def test_decompression_bombs_are_refused_from_the_header(data: bytes) -> None:
+    started = time.perf_counter()
+    with pytest.raises(Rejected, match="image too large"):
+        decode(data, SIZE)
+    assert time.perf_counter() - started < 0.5  # nothing was decompressed
