@@ -177,6 +177,8 @@ def decode(
         raise
     except MemoryError:
         raise Unavailable("not enough memory to decode the image") from None
+    except NotImplementedError as exc:
+        raise Rejected(f"unsupported {kind.upper()}: {clean_text(str(exc), 200)}") from None
     except Exception as exc:  # the codecs raise many types on damaged data; all mean "unusable bytes"
         raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
 
