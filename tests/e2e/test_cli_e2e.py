@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -41,6 +42,10 @@ def _db_rows(data_dir: Path, sql: str) -> list[sqlite3.Row]:
     with sqlite3.connect(data_dir / "pneumoscan.db") as connection:
         connection.row_factory = sqlite3.Row
         return connection.execute(sql).fetchall()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _table_rows(text: str) -> set[tuple[str, ...]]:
@@ -109,6 +114,65 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
     assert {r["model_version"] for r in shown} == {tiny_bundle.version, None}  # current by default
     history = json.loads(_ok(_run(pneumoscan_exe, ["results", "--all-versions", "--format", "json"], env)).stdout)
     assert len(history) == 3 * 2 + 1
+
+
+def _without_root_override() -> list[str]:
+    """A command prefix under which permissions bind: as root, drop the capabilities that bypass them."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a file cannot be made unreadable")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_scan_with_odd_names_links_and_an_unreadable_file(tmp_path: Path, tiny_bundle: Any,
+                                                          pneumoscan_exe: Path) -> None:
+    folder, data = tmp_path / "-in box ü", tmp_path / "data"  # a leading dash, a space, a non-ASCII letter
+    names = ["chest x-ray 01.jpeg", "röntgen 胸部.png", "-dash.dcm", "--help.jpg"]
+    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], folder / names[0])
+    helpers.write_png(helpers.NORMAL_IMAGES[1], folder / names[1])
+    helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], folder / names[2])
+    helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[1], folder / names[3])
+    unreadable = helpers.write_jpeg(helpers.NORMAL_IMAGES[2], folder / "locked.jpeg")
+    unreadable.chmod(0)
+    outside = helpers.write_jpeg(helpers.NORMAL_IMAGES[3], tmp_path / "outside.jpeg")
+    (folder / "link.jpeg").symlink_to(outside)
+    command = [*_without_root_override(), str(pneumoscan_exe), "scan", "--", folder.name]
+    try:
+        proc = _ok(subprocess.run(command, env=_env(data, tiny_bundle.path), cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL))
+    finally:
+        unreadable.chmod(0o644)
+
+    rows = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
+    assert set(rows) == {*names, "locked.jpeg", "link.jpeg"}
+    assert all(rows[n]["status"] == "done" for n in names), {n: rows[n]["reason"] for n in names}
+    assert (rows["locked.jpeg"]["status"], rows["locked.jpeg"]["reason"]) == (
+        "failed", "permission denied reading the file")
+    assert rows["link.jpeg"]["status"] == "rejected" and "symbolic link" in rows["link.jpeg"]["reason"]
+    assert not _db_rows(data, f"SELECT * FROM images WHERE sha256 = '{_sha256(outside)}'")
+    assert ("failed", "1") in _table_rows(proc.stdout) and ("rejected", "1") in _table_rows(proc.stdout)
+    assert "permission denied" in proc.stderr  # logged, one line, no traceback (checked by _ok)
+
+
+def test_reclassify_marks_an_image_whose_file_is_gone_failed(tmp_path: Path, tiny_bundle: Any,
+                                                             pneumoscan_exe: Path) -> None:
+    folder, data = tmp_path / "xrays", tmp_path / "data"
+    kept, gone = helpers.distinct_pngs(folder, 2)
+    old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old", "tiny-old-0")
+    _ok(_run(pneumoscan_exe, ["scan", str(folder)], _env(data, old.path)))
+    before = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
+    gone.unlink()
+
+    proc = _ok(_run(pneumoscan_exe, ["reclassify"], _env(data, tiny_bundle.path)))
+
+    assert "2 images reclassified" in proc.stdout, proc.stdout
+    rows = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
+    assert len(_db_rows(data, "SELECT * FROM images")) == 2  # no stray row for the missing file
+    assert (rows[gone.name]["id"], rows[gone.name]["sha256"]) == (before[gone.name]["id"], before[gone.name]["sha256"])
+    assert (rows[gone.name]["status"], rows[gone.name]["reason"]) == (
+        "failed", "file disappeared before it could be read")
+    assert rows[kept.name]["status"] == "done"
 
 
 @pytest.mark.parametrize("command", ["worker", "scheduler"])
