@@ -231,3 +231,18 @@ def test_run_on_a_missing_folder_raises(tmp_path: Path, tiny_bundle: Any, sessio
     watcher = Watcher(tmp_path / "nope", MicroBatcher(InlineDispatcher(classify), 8, 0.3), 0.5)
     with pytest.raises(NotADirectoryError, match="not a folder"):
         watcher.run()
+
+
+def test_a_link_dropped_into_the_inbox_is_rejected_and_never_followed(tmp_path: Path, inbox: Path, tiny_bundle: Any,
+                                                                      sessions: Any, settings: Any) -> None:
+    outside = helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[2], tmp_path / "elsewhere" / "private.jpeg")
+    with running_watcher(inbox, tiny_bundle, sessions, settings):
+        (inbox / "link.jpeg").symlink_to(outside)
+        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "real.jpeg")
+        helpers.wait_for(lambda: {"link.jpeg", "real.jpeg"} <= set(_images(settings)), WAIT, message="both rows")
+    images = _images(settings)
+    assert images["real.jpeg"]["status"] == "done"
+    assert (images["link.jpeg"]["status"], images["link.jpeg"]["sha256"]) == ("rejected", None)
+    assert images["link.jpeg"]["reason"].startswith("symbolic link: not followed")
+    private = hashlib.sha256(outside.read_bytes()).hexdigest()
+    assert not _rows(settings, "SELECT * FROM images WHERE sha256 = ?", private)

@@ -59,6 +59,19 @@ def test_iter_files_applies_the_rule(tmp_path: Path) -> None:
     assert found == ["a.jpg", "sub/b.png", "sub/deeper/c.dcm"]
 
 
+def test_iter_files_yields_links_unresolved_and_never_enters_a_linked_folder(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    for name in ("inbox/a.jpg", "outside/secret.jpg", "outside/deep/more.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (inbox / "file-link.jpg").symlink_to(outside / "secret.jpg")
+    (inbox / "folder-link").symlink_to(outside, target_is_directory=True)
+    (inbox / "dangling.jpg").symlink_to(tmp_path / "nowhere")
+    (inbox / ".hidden-link").symlink_to(outside)
+    found = sorted(p.relative_to(inbox).as_posix() for p in iter_files(inbox))
+    assert found == ["a.jpg", "dangling.jpg", "file-link.jpg", "folder-link"]  # for the pipeline to reject
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
