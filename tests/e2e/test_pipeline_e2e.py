@@ -231,3 +231,36 @@ def test_a_file_that_could_not_be_read_gets_one_row_once_readable(inbox: Path, t
     rows = _rows(settings, "SELECT * FROM images")
     assert [(r["path"], r["status"], r["sha256"]) for r in rows] == [(str(path), "done", _sha256(path))]
     assert _count(settings, "predictions") == 1
+
+
+def test_dicom_variants_predict_like_their_source_jpeg(inbox: Path, tiny_bundle: Any, sessions: Any,
+                                                       settings: Any) -> None:
+    """Chest DICOMs made from a real JPEG, in every transfer syntax and as MONOCHROME1, signed and
+    rescaled variants, get the prediction of the JPEG itself through the whole pipeline."""
+    window = helpers.IDENTITY_WINDOW_12
+    variants: dict[str, dict[str, Any]] = {
+        "mono1": {"photometric": "MONOCHROME1", **window},
+        "rescaled": {"RescaleSlope": 0.5, "RescaleIntercept": -1000, "WindowCenter": 24.25, "WindowWidth": 2048.5},
+    }
+    sources = [helpers.NORMAL_IMAGES[0], helpers.PNEUMONIA_IMAGES[0]]
+    origin: dict[str, Path] = {}
+    for source in sources:
+        origin[helpers.write_jpeg(source, inbox / f"{source.stem}.jpeg").name] = source
+        for syntax in helpers.TRANSFER_SYNTAXES:
+            options = {"bits": 8, **helpers.IDENTITY_WINDOW_8} if syntax == "jpeg-baseline" else window
+            origin[helpers.write_dicom(source, inbox / f"{source.stem}-{syntax}.dcm", syntax=syntax,
+                                       **options).name] = source
+        signed = (helpers.twelve_bit(source).astype(np.int16) - 2048).view(np.uint16)
+        for syntax in ("explicit-be", "rle", "j2k-lossless", "jpeg-lossless-sv1"):
+            variants[f"signed-{syntax}"] = {"stored": signed, "PixelRepresentation": 1, "RescaleSlope": 1,
+                                            "RescaleIntercept": 2048, "syntax": syntax, **window}
+        for name, options in variants.items():
+            origin[helpers.write_dicom(source, inbox / f"{source.stem}-{name}.dcm", **options).name] = source
+
+    results = {Path(r.path).name: r for r in _classify(sorted(inbox.iterdir()), tiny_bundle, sessions, settings)}
+    assert all(r.status == "done" for r in results.values()), [r for r in results.values() if r.status != "done"]
+    for name, source in origin.items():
+        reference = results[f"{source.stem}.jpeg"].probability
+        assert results[name].probability == pytest.approx(reference, abs=1e-3), name
+        assert results[name].label == results[f"{source.stem}.jpeg"].label, name
+    assert len(results) == len(origin) == 2 * (1 + len(helpers.TRANSFER_SYNTAXES) + len(variants))
