@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 JPEG, PNG, TIFF, GIF, DICOM = "jpeg", "png", "tiff", "gif", "dicom"
-KINDS = (JPEG, PNG, TIFF, GIF, DICOM)
 
 _MAGIC = (
     (b"\xff\xd8\xff", JPEG),
@@ -31,7 +30,7 @@ _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
 )
 
-# SOP classes that hold no radiograph, by UID prefix (a trailing dot covers the whole family).
+# SOP classes that hold no radiograph: a UID, and with a trailing dot the whole family below it too.
 _NOT_IMAGES = (
     ("1.2.840.10008.1.3.10", "a DICOMDIR (media directory)"),
     ("1.2.840.10008.5.1.4.1.1.88.", "a structured report or key object selection"),
@@ -39,7 +38,7 @@ _NOT_IMAGES = (
     ("1.2.840.10008.5.1.4.1.1.481.", "a radiotherapy object"),
     ("1.2.840.10008.5.1.4.1.1.104.", "an encapsulated document"),
     ("1.2.840.10008.5.1.4.1.1.9.", "a waveform"),
-    ("1.2.840.10008.5.1.4.1.1.66", "raw data, a registration, a segmentation or fiducials"),
+    ("1.2.840.10008.5.1.4.1.1.66.", "raw data, a registration, a segmentation or fiducials"),
 )
 
 # DicomMeta field -> (DICOM keyword, the database column's width).
@@ -287,7 +286,7 @@ def _triage(header: Any, meta: DicomMeta, modalities: frozenset[str], body_parts
 
     sop = _text(header, "SOPClassUID") or _text(header.file_meta, "MediaStorageSOPClassUID")
     for prefix, what in _NOT_IMAGES:
-        if sop is not None and (sop == prefix.rstrip(".") or sop.startswith(prefix)):
+        if sop is not None and (sop == prefix.rstrip(".") or (prefix.endswith(".") and sop.startswith(prefix))):
             raise Rejected(f"not an image: {UID(sop).name} is {what}")
     if "DirectoryRecordSequence" in header:
         raise Rejected("not an image: a DICOMDIR (media directory)")
