@@ -134,7 +134,7 @@ IDENTITY_WINDOW_8 = {"WindowCenter": 128, "WindowWidth": 256}
 # Every transfer syntax pneumoscan decodes: name -> lossless.
 TRANSFER_SYNTAXES = {
     "implicit-le": True, "explicit-le": True, "explicit-be": True, "deflated": True,
-    "jpeg-baseline": False, "jpeg-extended": False, "jpeg-lossless-sv1": True,
+    "jpeg-baseline": False, "jpeg-extended": False, "jpeg-lossless-sv1": True, "jpeg-lossless-p14": True,
     "jpeg-ls-lossless": True, "jpeg-ls-near-lossless": False,
     "j2k-lossless": True, "j2k": False, "rle": True,
 }
@@ -179,8 +179,9 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
             frame, target = out.getvalue(), uid.JPEGBaseline8Bit
         elif syntax == "jpeg-extended":
             frame, target = jpeg_encoders.encode_extended12(patterns), uid.JPEGExtended12Bit
-        elif syntax == "jpeg-lossless-sv1":
-            frame, target = jpeg_encoders.encode_lossless(patterns, ds.BitsStored), uid.JPEGLosslessSV1
+        elif syntax in ("jpeg-lossless-sv1", "jpeg-lossless-p14"):  # SV1 is one of process 14's predictors
+            frame = jpeg_encoders.encode_lossless(patterns, ds.BitsStored)
+            target = uid.JPEGLosslessSV1 if syntax == "jpeg-lossless-sv1" else uid.JPEGLossless
         else:
             raise ValueError(syntax)
         assert len(values) == 1, "the JPEG fixtures are single-frame"
