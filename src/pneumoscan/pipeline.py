@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,10 +143,10 @@ def _classify_batch(
         if read.error is not None:
             outcome[i] = read.error
         elif read.sha256 in settled:
-            outcome[i] = Result(read.path, "skipped", sha256=read.sha256,
+            outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
                                 reason=f"already processed (model {bundle.version})")
         elif read.sha256 in first_of:
-            outcome[i] = Result(read.path, "skipped", sha256=read.sha256,
+            outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
                                 reason=f"same content as {reads[first_of[read.sha256]].path}")
         else:
             first_of[read.sha256] = i  # type: ignore[index]
@@ -168,7 +168,9 @@ def _classify_batch(
                 label=bundle.label(float(probability)), threshold=bundle.threshold,
                 model_version=bundle.version, dicom=asdict(image.dicom) if image.dicom else {},
             )
-    ordered = [outcome[i] for i in range(len(reads))]
+    # Reclassification: each result names the stored image it was read for, so that image can be
+    # told when its file now holds other content (see save_results).
+    ordered = [replace(outcome[i], image_id=image_ids[i]) for i in range(len(reads))]
     with sessions.begin() as session:
         save_results(session, ordered)
     for result in ordered:

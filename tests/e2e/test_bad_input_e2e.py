@@ -235,6 +235,32 @@ def test_reclassifying_an_image_whose_file_is_gone_marks_that_image_failed(
     assert len(_rows(settings, "SELECT * FROM predictions")) == 4
 
 
+def test_reclassifying_an_image_whose_file_was_replaced_settles_the_old_image(
+        tmp_path: Path, inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
+    old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old-bundle", "tiny-old")
+    path = helpers.write_jpeg(N[0], inbox / "study.jpeg")
+    (first,) = _classify([path], old, sessions, settings)
+    helpers.write_jpeg(N[1], inbox / "study.jpeg")  # replaced by other content before the nightly run
+    picked: list[list[int]] = []
+
+    def submit(ids: list[int], paths: list[str]) -> None:
+        picked.append(ids)
+        _classify(paths, tiny_bundle, sessions, settings, image_ids=ids)
+
+    assert reclassify(sessions, tiny_bundle.version, ReclassifySelection(), submit, batch_size=8) == 1
+    rows = {r["sha256"]: r for r in _rows(settings)}
+    assert len(rows) == 2
+    stale = rows[first.sha256]
+    assert stale["status"] == "rejected" and "replaced by other content" in stale["reason"]
+    fresh = next(r for sha, r in rows.items() if sha != first.sha256)
+    assert fresh["status"] == "done" and fresh["path"] == str(path)
+    # The next night has nothing left to do: the old image is settled, not picked again and again.
+    assert reclassify(sessions, tiny_bundle.version, ReclassifySelection(), submit, batch_size=8) == 0
+    assert picked == [[stale["id"]]]
+    versions = {(r["image_id"], r["model_version"]) for r in _rows(settings, "SELECT * FROM predictions")}
+    assert versions == {(stale["id"], "tiny-old"), (fresh["id"], tiny_bundle.version)}
+
+
 def test_a_failed_image_with_a_current_prediction_recovers_once_readable(inbox: Path, tiny_bundle: Any,
                                                                          sessions: Any, settings: Any) -> None:
     path = helpers.write_jpeg(N[2], inbox / "flaky.jpeg")

@@ -76,8 +76,9 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
     for _, result in sorted(enumerate(results), key=lambda item: (item[1].sha256 or "", item[0])):
         if result.status == "skipped":
             if result.sha256:
-                session.execute(update(Image).where(Image.sha256 == result.sha256)
-                                .values(path=result.path, updated_at=now))
+                skipped_id = session.execute(update(Image).where(Image.sha256 == result.sha256)
+                                             .values(path=result.path, updated_at=now).returning(Image.id)).scalar()
+                _supersede(session, result, skipped_id, now)
             continue
         values: dict[str, Any] = {
             "path": result.path, "kind": result.kind, "byte_size": result.byte_size,
@@ -93,6 +94,7 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
         image_id = session.execute(
             statement.on_conflict_do_update(index_elements=["sha256"], set_=values).returning(Image.id)
         ).scalar_one()
+        _supersede(session, result, image_id, now)
         if result.status == "done":
             session.execute(
                 _insert(session, Prediction).values(
@@ -100,6 +102,22 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
                     label=result.label, threshold=result.threshold, created_at=now,
                 ).on_conflict_do_nothing(index_elements=["image_id", "model_version"])
             )
+
+
+def _supersede(session: Session, result: Result, image_id: int | None, now: datetime) -> None:
+    """Reclassifying an image whose file now holds other content: settle the old image.
+
+    The new content is its own image; the old one, with no prediction from this model version and no
+    file left to read, is marked rejected so that the nightly job stops picking it up. Its older
+    predictions stay.
+    """
+    if result.image_id is None or image_id is None or result.image_id == image_id or not result.model_version:
+        return
+    current = select(Prediction.id).where(Prediction.image_id == result.image_id,
+                                          Prediction.model_version == result.model_version)
+    session.execute(update(Image).where(Image.id == result.image_id, ~current.exists()).values(
+        status="rejected", updated_at=now,
+        reason="file replaced by other content before it could be reclassified (stored as its own image)"))
 
 
 def _save_unhashed(session: Session, values: dict[str, Any], now: datetime, image_id: int | None) -> None:
