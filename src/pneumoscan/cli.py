@@ -208,7 +208,8 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
 
 
 @main.command()
-@click.option("--all", "everything", is_flag=True, help="Every image, whatever its status or predictions.")
+@click.option("--all", "everything", is_flag=True,
+              help="Every image, whatever its status or predictions, decoded and triaged again (rejected ones too).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="Only images updated since this local date or time.")
 @click.option("--status", type=click.Choice(["pending", "queued", "done", "failed", "rejected"]),
@@ -229,7 +230,7 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     selection = ReclassifySelection(everything, _utc(since), status)
     with sessions() as session:
         total = count_for_reclassification(session, selection, bundle.version)
-    submit = _reclassify_submit(settings, bundle, sessions)
+    submit = _reclassify_submit(settings, bundle, sessions, force=everything)
     with _progress("reclassifying" if settings.embedded else "enqueuing") as progress:
         task = progress.add_task("reclassify", total=total)
         sent = run_reclassification(sessions, bundle.version, selection, submit, batch_size=settings.batch_size,
@@ -237,16 +238,16 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     click.echo(f"{sent} images {'reclassified' if settings.embedded else 'enqueued'} for model {bundle.version}")
 
 
-def _reclassify_submit(settings: Settings, bundle: ModelBundle,
-                       sessions: Any) -> Callable[[list[int], list[str]], None]:
+def _reclassify_submit(settings: Settings, bundle: ModelBundle, sessions: Any,
+                       force: bool) -> Callable[[list[int], list[str]], None]:
     if not settings.embedded:
         dispatcher = _celery_dispatcher(settings)
-        return lambda ids, _paths: dispatcher.submit_images(ids)
+        return lambda ids, _paths: dispatcher.submit_images(ids, force)
     from pneumoscan.pipeline import classify_paths
 
 
     def classify(ids: list[int], paths: list[str]) -> None:
-        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids)
+        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids, force=force)
 
     return classify
 

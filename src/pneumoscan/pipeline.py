@@ -102,6 +102,7 @@ def classify_paths(
     settings: Settings,
     on_batch: Callable[[list[Result]], None] | None = None,
     image_ids: Sequence[int] | None = None,
+    force: bool = False,
 ) -> list[Result]:
     """Classify files and store the outcome: one result per path, in order.
 
@@ -112,6 +113,8 @@ def classify_paths(
 
     ``image_ids`` (reclassification) names the stored image each path was read for: when that file
     cannot be read, the image itself is marked failed rather than a new row being added.
+    ``force`` (``reclassify --all``) decodes and predicts known contents again, so that rejected files
+    are triaged again under the current rules; an existing prediction of this model version is kept.
     """
     names = [os.fspath(p) for p in paths]
     ids: list[int | None] = list(image_ids) if image_ids is not None else [None] * len(names)
@@ -121,7 +124,7 @@ def classify_paths(
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pneumoscan-decode") as pool:
         for start in range(0, len(names), settings.batch_size):
             stop = start + settings.batch_size
-            batch = _classify_batch(names[start:stop], ids[start:stop], bundle, sessions, settings, pool)
+            batch = _classify_batch(names[start:stop], ids[start:stop], bundle, sessions, settings, pool, force)
             results.extend(batch)
             if on_batch is not None:
                 on_batch(batch)
@@ -130,11 +133,13 @@ def classify_paths(
 
 def _classify_batch(
     paths: Sequence[str], image_ids: Sequence[int | None], bundle: ModelBundle, sessions: sessionmaker[Session],
-    settings: Settings, pool: Executor,
+    settings: Settings, pool: Executor, force: bool = False,
 ) -> list[Result]:
     reads = list(pool.map(_read, paths, image_ids))
-    with sessions() as session:
-        settled = settled_hashes(session, (r.sha256 for r in reads if r.sha256), bundle.version)
+    settled: set[str] = set()
+    if not force:
+        with sessions() as session:
+            settled = settled_hashes(session, (r.sha256 for r in reads if r.sha256), bundle.version)
 
     outcome: dict[int, Result] = {}
     first_of: dict[str, int] = {}  # sha256 -> index of the first read carrying it in this batch

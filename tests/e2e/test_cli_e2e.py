@@ -116,6 +116,28 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
     assert len(history) == 3 * 2 + 1
 
 
+def test_reclassify_all_triages_rejected_images_again_under_new_rules(tmp_path: Path, tiny_bundle: Any,
+                                                                      pneumoscan_exe: Path) -> None:
+    folder, data = tmp_path / "xrays", tmp_path / "data"
+    helpers.write_dicom(helpers.NORMAL_IMAGES[0], folder / "ct.dcm", modality="CT")
+    helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[0], folder / "cxr.jpeg")
+    _ok(_run(pneumoscan_exe, ["scan", str(folder)], _env(data, tiny_bundle.path)))
+    (ct,) = _db_rows(data, "SELECT * FROM images WHERE path LIKE '%ct.dcm'")
+    assert ct["status"] == "rejected" and "CT" in ct["reason"]
+    widened = _env(data, tiny_bundle.path, PNEUMOSCAN_ALLOWED_MODALITIES="CR,DX,DR,CT")
+    # Without --all a rejected image stays settled: its bytes have not changed.
+    _ok(_run(pneumoscan_exe, ["reclassify", "--status", "rejected"], widened))
+    assert _db_rows(data, f"SELECT status FROM images WHERE id = {ct['id']}")[0]["status"] == "rejected"
+
+    proc = _ok(_run(pneumoscan_exe, ["reclassify", "--all"], widened))
+
+    assert "2 images reclassified" in proc.stdout, proc.stdout
+    rows = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
+    assert (rows["ct.dcm"]["id"], rows["ct.dcm"]["status"]) == (ct["id"], "done")
+    predictions = _db_rows(data, "SELECT image_id, count(*) AS n FROM predictions GROUP BY image_id")
+    assert {r["image_id"]: r["n"] for r in predictions} == {ct["id"]: 1, rows["cxr.jpeg"]["id"]: 1}
+
+
 def _without_root_override() -> list[str]:
     """A command prefix under which permissions bind: as root, drop the capabilities that bypass them."""
     if os.geteuid() != 0:

@@ -52,12 +52,12 @@ class CeleryDispatcher:
         self._send(CLASSIFY_BATCH, [str(p) for p in paths])
         log.info("enqueued batch of %d files", len(paths))
 
-    def submit_images(self, image_ids: Sequence[int]) -> None:
+    def submit_images(self, image_ids: Sequence[int], force: bool = False) -> None:
         """Enqueue one ``reclassify_images`` task for these stored images."""
         from pneumoscan.worker.app import RECLASSIFY_IMAGES
 
-        self._send(RECLASSIFY_IMAGES, [int(i) for i in image_ids])
+        self._send(RECLASSIFY_IMAGES, [int(i) for i in image_ids], force)
         log.info("enqueued %d images for reclassification", len(image_ids))
 
-    def _send(self, name: str, batch: list[str] | list[int]) -> None:
-        self._app.send_task(name, args=[batch], retry=True, retry_policy=self._policy)
+    def _send(self, name: str, batch: list[str] | list[int], *extra: object) -> None:
+        self._app.send_task(name, args=[batch, *extra], retry=True, retry_policy=self._policy)

@@ -94,13 +94,14 @@ def _init_worker_process(**_: Any) -> None:
     log.info("worker process ready: model %s", state.bundle.version)
 
 
-def _classify(task: Task, paths: Sequence[str], image_ids: Sequence[int] | None = None) -> dict[str, int]:
+def _classify(task: Task, paths: Sequence[str], image_ids: Sequence[int] | None = None,
+              force: bool = False) -> dict[str, int]:
     from pneumoscan.pipeline import classify_paths
 
     state = runtime()
     try:
         results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings,
-                                 image_ids=image_ids)
+                                 image_ids=image_ids, force=force)
     except TRANSIENT_ERRORS as exc:
         delay = backoff(task.request.retries)
         log.warning("database unavailable (%s); batch of %d retried in %.1f s",
@@ -122,11 +123,14 @@ def classify_batch(self: Task, paths: list[str]) -> dict[str, int]:
 
 
 @shared_task(bind=True, name=RECLASSIFY_IMAGES, max_retries=MAX_RETRIES)
-def reclassify_images(self: Task, image_ids: list[int]) -> dict[str, int]:
-    """Run stored images (by id) through the current model again, reading each from its stored path."""
+def reclassify_images(self: Task, image_ids: list[int], force: bool = False) -> dict[str, int]:
+    """Run stored images (by id) through the current model again, reading each from its stored path.
+
+    ``force`` (``reclassify --all``) decodes known contents again instead of skipping them.
+    """
     try:
         with runtime().sessions()() as session:
             found = image_locations(session, image_ids)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-    return _classify(self, [path for _, path in found], [image_id for image_id, _ in found])
+    return _classify(self, [path for _, path in found], [image_id for image_id, _ in found], force)
