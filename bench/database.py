@@ -3,13 +3,13 @@
 python bench/database.py [--rows 1000000] [--backends sqlite,postgresql] [--repeats 15]
                          [--pg-admin postgresql://postgres@127.0.0.1:5432/test]
 
-The schema comes from pneumoscan's own migrations (open_database). Rows are bulk-loaded (sqlite3
-executemany in one transaction; PostgreSQL COPY) with a realistic spread: updated_at over the
-last year in id order, 96% done / 2% rejected / 1.5% failed / 0.5% pending, a prediction of the
-current model for every done image (30% PNEUMONIA-leaning probabilities), and an older model's
-prediction for half of them. PostgreSQL gets ANALYZE after the load (autovacuum would do it
-soon); SQLite is queried as pneumoscan leaves it (no ANALYZE), then once more after ANALYZE
-("sqlite-analyzed"), to show what planner statistics change.
+The schema comes from pneumoscan's own migrations (open_database). Rows are bulk-loaded
+(sqlite3 executemany in one transaction; PostgreSQL COPY; secondary indexes rebuilt after the
+load) with a realistic spread: updated_at over the last year in id order, 96% done / 2% rejected /
+1.5% failed / 0.5% pending, a prediction of the current model for every done image (30%
+PNEUMONIA-leaning probabilities), and an older model's prediction for half of them. PostgreSQL
+gets ANALYZE after the load (autovacuum would do it soon); SQLite is queried as pneumoscan leaves
+it (no ANALYZE), then once more after ANALYZE ("sqlite-analyzed"), to show what planner statistics change.
 
 Each query is pneumoscan.db.queries.query_results (the code behind `pneumoscan results`) with a
 ResultFilter and the CLI's default limit of 100, in a fresh session, run once to warm up and then
@@ -94,21 +94,35 @@ def _sqlite_time(value: Any) -> Any:
 
 
 def load_sqlite(path: Path, n: int, now: datetime) -> None:
+    """Bulk insert; the migrations' secondary indexes are dropped first and rebuilt after (same end state)."""
     images, predictions = synthetic_rows(n, now)
     with sqlite3.connect(path) as db:
+        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                             "AND tbl_name IN ('images', 'predictions')").fetchall()
+        for name, _ in indexes:
+            db.execute(f'DROP INDEX "{name}"')
         tables = (("images", IMAGE_COLUMNS, images), ("predictions", PREDICTION_COLUMNS, predictions))
         for table, columns, rows in tables:
             sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
             for chunk in _chunks(rows):
                 db.executemany(sql, [tuple(_sqlite_time(v) for v in row) for row in chunk])
+        for _, sql in indexes:
+            db.execute(sql)
 
 
 def load_postgresql(url: str, n: int, now: datetime) -> None:
+    """COPY; secondary indexes not backing a constraint are dropped first and rebuilt after."""
     import psycopg
 
     images, predictions = synthetic_rows(n, now)
     with psycopg.connect(url) as conn:
         with conn.cursor() as cur:
+            indexes = cur.execute(
+                "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = current_schema() "
+                "AND i.tablename IN ('images', 'predictions') "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)").fetchall()
+            for name, _ in indexes:
+                cur.execute(f'DROP INDEX "{name}"')
             for table, columns, rows in (("images", IMAGE_COLUMNS, images),
                                          ("predictions", PREDICTION_COLUMNS, predictions)):
                 with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -116,6 +130,8 @@ def load_postgresql(url: str, n: int, now: datetime) -> None:
                         copy.write_row(row)
             for table in ("images", "predictions"):  # the COPY gave explicit ids; move the sequences past them
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+            for _, definition in indexes:
+                cur.execute(definition)
         conn.commit()
         conn.autocommit = True
         conn.execute("ANALYZE")
