@@ -1,15 +1,18 @@
-"""Markdown tables of the latest results in bench/results/*.json, for pasting into BENCHMARKS.md.
+"""Markdown tables of the latest results in bench/results/*.json, printed or filled into BENCHMARKS.md.
 
-python bench/report.py [--results bench/results]
+python bench/report.py [--results bench/results] [--fill BENCHMARKS.md]
 
 Prints one section per benchmark that has a result file, each with its machine line and a
-PRELIMINARY note when the run used the untrained stand-in or had the CPU contended.
+PRELIMINARY note when the run used the untrained stand-in or had the CPU contended. With --fill,
+replaces what stands between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in the given file
+with the section for NAME instead (the prose around the tables is left alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -131,16 +134,38 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, default=common.RESULTS_DIR)
-    args = parser.parse_args()
-    for name, render in SECTIONS.items():
-        path = args.results / f"{name}.json"
-        if not path.is_file():
+def render(name: str, results: Path) -> list[str] | None:
+    path = results / f"{name}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return [_machine(record), "", *_note(record), *SECTIONS[name](record)]
+
+
+def fill(document: Path, results: Path) -> None:
+    text = document.read_text()
+    for name in SECTIONS:
+        lines = render(name, results)
+        if lines is None:
             continue
-        record = json.loads(path.read_text())
-        print("\n".join([f"### {name}", "", _machine(record), "", *_note(record), *render(record), ""]))
+        block = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
+        body = "\n".join(lines)
+        text = block.sub(lambda m, body=body: f"{m[1]}{body}\n{m[2]}", text)
+    document.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--fill", type=Path, help="a markdown file with <!-- bench:NAME --> blocks to fill")
+    args = parser.parse_args()
+    if args.fill:
+        fill(args.fill, args.results)
+        return
+    for name in SECTIONS:
+        lines = render(name, args.results)
+        if lines is not None:
+            print("\n".join([f"### {name}", "", *lines, ""]))
 
 
 if __name__ == "__main__":
