@@ -181,7 +181,7 @@ def main() -> None:
     print(common.describe_machine(info))
     print(f"bundle {bundle['version']}, batch {args.batch_size}, {args.n} full-size JPEGs per configuration")
     paths = [str(p) for p in sorted(input_set("jpeg", args.n, args.work).iterdir())]
-    results = []
+    results: list[dict[str, Any]] = []
     for count in (int(w) for w in args.workers.split(",")):
         result = run_config(count, paths, args, bundle_path)
         result["over_one_worker"] = result["images_per_s"] / results[0]["images_per_s"] if results else 1.0

@@ -66,17 +66,18 @@ def jpeg_bytes(index: int) -> bytes:
 
 def dicom_bytes(index: int, *, j2k: bool) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
     values = full_size(index, 4096).astype(np.uint16)
     uid = generate_uid(entropy_srcs=["pneumoscan-bench", str(index)])
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    ds.file_meta.MediaStorageSOPClassUID = UID(DX_SOP_CLASS)
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID, ds.SOPInstanceUID = DX_SOP_CLASS, uid
+    ds.SOPClassUID = UID(DX_SOP_CLASS)
+    ds.SOPInstanceUID = uid
     ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(index)])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(index)])
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"

@@ -89,7 +89,7 @@ def main() -> None:
     print(common.describe_machine(info))
     print(f"bundle {bundle['version']}, batch {args.batch_size}; backlog classified by {OLD_VERSION}")
     files = small_jpegs(sizes[-1], args.work / "memory" / "files")
-    results = []
+    results: list[dict[str, Any]] = []
     for n in sizes:
         result = run_size(n, files, args, bundle_path, bundle["version"])
         result["peak_over_smallest"] = result["peak_rss_mib"] / (results[0] if results else result)["peak_rss_mib"]

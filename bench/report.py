@@ -150,7 +150,11 @@ def fill(document: Path, results: Path) -> None:
             continue
         block = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
         body = "\n".join(lines)
-        text = block.sub(lambda m, body=body: f"{m[1]}{body}\n{m[2]}", text)
+
+        def replace(match: re.Match[str], body: str = body) -> str:
+            return f"{match[1]}{body}\n{match[2]}"
+
+        text = block.sub(replace, text)
     document.write_text(text)
 
 

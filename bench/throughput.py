@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--dicom-n", type=int, default=500,
                         help="DICOM files end to end, per DICOM kind (6.8 MB each uncompressed) [default: 500]")
     parser.add_argument("--kinds", default="jpeg,dicom,dicom-j2k")
-    parser.add_argument("--ref-n", type=int, default=500, help="files for the decode-alone reference (c)")
+    parser.add_argument("--ref-n", type=int, default=200, help="files for the decode-alone reference (c)")
     parser.add_argument("--seed-n", type=int, default=100, help="files for the one-at-a-time reference (b)")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the Settings default]")
     parser.add_argument("--decode-workers", type=int, default=None, help="[default: the Settings default]")
