@@ -1,6 +1,6 @@
 """Latency of embedded `pneumoscan watch` at a low arrival rate: file complete -> row committed, p50 and p95.
 
-python bench/latency.py [--files 60] [--interval 1.0] [--modes rename,rename-old-mtime,write]
+python bench/latency.py [--files 60] [--interval 1.0] [--modes rename,rename-old-mtime,write,rename-outside]
                         [--max-batch-wait S] [--quiet-period S] [--bundle DIR | --stand-in]
 
 A `pneumoscan watch INBOX` child runs with a fresh SQLite database. After a warm-up file (model
@@ -8,12 +8,15 @@ load and first trace, not counted), full-size JPEGs arrive one every --interval 
 becomes complete matters, because the watcher only hands over files it knows are complete:
 
   rename            written under INBOX/.incoming/ (hidden: ignored) and renamed into the inbox, with
-                    a fresh mtime. Nothing tells the watcher the file is done, so it waits for the
-                    quiet period (size and mtime unchanged) before batching it.
+                    a fresh mtime. The watcher sees a `moved` event, which (with the JPEG end
+                    marker) marks the file complete at once, like a close after writing.
   rename-old-mtime  the same, with the source's older mtime kept (as `cp -p`, `rsync -t`, most
                     transfer tools do). The file is already at rest, so no quiet period is needed.
   write             written in place with open/write/close. The close-after-write event plus the
                     JPEG end marker mark it complete at once.
+  rename-outside    written in a folder beside the inbox (not watched) and renamed in, with a fresh
+                    mtime. The watcher sees only `created`, which cannot be told from a file just
+                    opened for writing, so it waits for the quiet period (size and mtime unchanged).
 
 "complete" is the moment the rename (or close) returned. "committed" is when a reader polling the
 database every --poll seconds first sees the prediction row; the prediction's created_at (set just
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from make_inputs import cached_inputs
 
-MODES = ("rename", "rename-old-mtime", "write")
+MODES = ("rename", "rename-old-mtime", "write", "rename-outside")
 
 
 class RowWatcher:
@@ -87,7 +90,7 @@ def deliver(source: Path, inbox: Path, name: str, mode: str) -> tuple[str, float
         with dest.open("wb") as fh:
             fh.write(data)
         return str(dest), time.time()
-    staging = inbox / ".incoming" / name
+    staging = (inbox.parent / "outside" if mode == "rename-outside" else inbox / ".incoming") / name
     with staging.open("wb") as fh:
         fh.write(data)
     if mode == "rename-old-mtime":
@@ -102,6 +105,7 @@ def run_mode(mode: str, sources: list[Path], args: argparse.Namespace, bundle_pa
     shutil.rmtree(root, ignore_errors=True)
     inbox, data = root / "inbox", root / "data"
     (inbox / ".incoming").mkdir(parents=True)
+    (root / "outside").mkdir()
     env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_MAX_BATCH_WAIT=str(args.max_batch_wait),
                                 PNEUMOSCAN_QUIET_PERIOD=str(args.quiet_period),
                                 PNEUMOSCAN_BATCH_SIZE=str(args.batch_size))

@@ -141,8 +141,11 @@ def watch(ctx: click.Context, folder: Path) -> None:
     """Classify files already in FOLDER, then every new file once it is complete, until stopped.
 
     A file counts as complete when its size and modification time have not changed for the quiet
-    period (PNEUMOSCAN_QUIET_PERIOD). Stop with Ctrl-C or SIGTERM: the batch in hand is finished first.
-    With PNEUMOSCAN_BROKER_URL set, batches are enqueued for `pneumoscan worker` processes instead.
+    period (PNEUMOSCAN_QUIET_PERIOD), or at once when a JPEG or PNG closed after writing or renamed
+    into place ends with its end marker. Files are classified as soon as the previous batch is done.
+    Stop with Ctrl-C or SIGTERM: the batch in hand is finished first. With PNEUMOSCAN_BROKER_URL set,
+    batches are enqueued for `pneumoscan worker` processes instead, waiting up to
+    PNEUMOSCAN_MAX_BATCH_WAIT for a fuller batch.
     """
     from pneumoscan.scheduler.batcher import MicroBatcher
     from pneumoscan.scheduler.dispatch import InlineDispatcher
@@ -150,7 +153,8 @@ def watch(ctx: click.Context, folder: Path) -> None:
 
     settings = _settings(ctx)
     dispatcher = InlineDispatcher(_classifier(settings)) if settings.embedded else _celery_dispatcher(settings)
-    batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait)
+    # Inline dispatch blocks the loop, so the pipeline is idle whenever a file is waiting: send it now.
+    batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait, submit_when_idle=settings.embedded)
     watcher = Watcher(folder, batcher, settings.quiet_period)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: watcher.stop())

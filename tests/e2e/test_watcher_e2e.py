@@ -61,10 +61,12 @@ class Recording:
 
 @contextmanager
 def running_watcher(inbox: Path, bundle: Any, sessions: Any, settings: Any,
-                    quiet_period: float | None = None) -> Iterator[tuple[Watcher, Recording]]:
+                    quiet_period: float | None = None,
+                    submit_when_idle: bool = False) -> Iterator[tuple[Watcher, Recording]]:
     """A Watcher on a background thread, stopped and joined on exit (the test fails if it hangs)."""
     classify = Recording(partial(classify_paths, bundle=bundle, sessions=sessions, settings=settings))
-    batcher = MicroBatcher(InlineDispatcher(classify), settings.batch_size, settings.max_batch_wait)
+    batcher = MicroBatcher(InlineDispatcher(classify), settings.batch_size, settings.max_batch_wait,
+                           submit_when_idle=submit_when_idle)
     watcher = Watcher(inbox, batcher, settings.quiet_period if quiet_period is None else quiet_period,
                       poll_interval=0.05)
     errors: list[BaseException] = []
@@ -174,6 +176,44 @@ def test_stop_flushes_the_batch_in_hand(inbox: Path, tiny_bundle: Any, sessions:
         assert classify.results == []  # waiting for company
     assert classify.seen() == {"a.jpeg"}
     assert _predictions(settings) == 1
+
+
+def test_embedded_mode_classifies_a_lone_file_without_waiting_for_company(inbox: Path, tiny_bundle: Any,
+                                                                         sessions: Any, settings: Any) -> None:
+    # An hour of max_batch_wait: only submitting while the pipeline is idle gets the file through.
+    from pneumoscan.config import Settings
+
+    slow_batches = Settings(**{**settings.model_dump(), "max_batch_wait": 3600.0})
+    with running_watcher(inbox, tiny_bundle, sessions, slow_batches, quiet_period=0.5,
+                         submit_when_idle=True) as (_, classify):
+        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
+        helpers.wait_for(lambda: "a.jpeg" in _images(settings), WAIT, message="a row for the lone file")
+        time.sleep(0.5)
+        helpers.write_png(helpers.NORMAL_IMAGES[1], inbox / "b.png")  # and the next one, just as promptly
+        helpers.wait_for(lambda: "b.png" in _images(settings), WAIT, message="a row for the second file")
+    assert [r.status for r in classify.results] == ["done", "done"]
+    assert _predictions(settings) == 2
+
+
+def test_a_complete_jpeg_renamed_in_is_classified_well_before_the_quiet_period(
+        inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
+    data = helpers.jpeg_bytes(helpers.PNEUMONIA_IMAGES[0])
+    staging = inbox / ".incoming"
+    staging.mkdir()
+    quiet = 60.0  # longer than the test may run: only the rename can mark these files complete
+    with running_watcher(inbox, tiny_bundle, sessions, settings, quiet_period=quiet,
+                         submit_when_idle=True) as (_, classify):
+        (staging / "whole.jpeg").write_bytes(data)
+        (staging / "cut.jpeg").write_bytes(data[: len(data) // 2])  # renamed before the writer was done
+        (staging / "scan.dcm").write_bytes(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]))  # no end marker
+        for name in ("cut.jpeg", "scan.dcm", "whole.jpeg"):
+            os.rename(staging / name, inbox / name)
+        helpers.wait_for(lambda: "whole.jpeg" in _images(settings), WAIT, message="a row for the renamed-in JPEG")
+        time.sleep(1.0)  # room for the others to be (wrongly) handed over too
+        assert classify.seen() == {"whole.jpeg"}
+    # Stopping does not hand over what is not known to be complete; the next start's scan will.
+    assert set(_images(settings)) == {"whole.jpeg"}
+    assert _images(settings)["whole.jpeg"]["status"] == "done"
 
 
 def test_a_failing_dispatch_is_retried_without_stopping_the_watch(

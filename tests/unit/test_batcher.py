@@ -139,3 +139,42 @@ def test_inline_dispatcher_classifies_in_the_callers_thread(clock: FakeClock) ->
     assert batcher.submit_due() == 3
     me = threading.current_thread().name
     assert seen == [(_paths(2), me), (_paths(1, 2), me)]
+
+
+def test_submit_when_idle_sends_a_lone_path_at_once(clock: FakeClock) -> None:
+    sink = Recorder()
+    batcher = MicroBatcher(sink, batch_size=8, max_wait=3600.0, clock=clock, submit_when_idle=True)
+    batcher.add(_paths(1))
+    assert batcher.seconds_until_due() == 0.0
+    assert batcher.submit_due() == 1  # no waiting for company, whatever max_wait says
+    assert sink.batches == [_paths(1)]
+    assert batcher.seconds_until_due() is None
+
+
+def test_submit_when_idle_still_fills_batches_from_a_backlog(clock: FakeClock) -> None:
+    # What piled up while the previous batch was classified goes out together, batch_size at a time.
+    sink = Recorder()
+    batcher = MicroBatcher(sink, batch_size=3, max_wait=3600.0, clock=clock, submit_when_idle=True)
+    batcher.add(_paths(7))
+    assert batcher.submit_due() == 7
+    assert sink.batches == [_paths(3), _paths(3, 3), _paths(1, 6)]
+
+
+def test_submit_when_idle_keeps_the_paths_when_the_dispatcher_fails(clock: FakeClock) -> None:
+    sink = Recorder(failures=1)
+    batcher = MicroBatcher(sink, batch_size=8, max_wait=3600.0, clock=clock, submit_when_idle=True)
+    batcher.add(_paths(2))
+    with pytest.raises(ConnectionError):
+        batcher.submit_due()
+    assert len(batcher) == 2
+    assert batcher.submit_due() == 2
+    assert sink.batches == [_paths(2)]
+
+
+def test_without_submit_when_idle_a_lone_path_waits(clock: FakeClock) -> None:
+    # The distributed default: the watcher cannot see whether workers are busy, so it waits for company.
+    sink = Recorder()
+    batcher = MicroBatcher(sink, batch_size=8, max_wait=3600.0, clock=clock)
+    batcher.add(_paths(1))
+    assert batcher.submit_due() == 0
+    assert sink.batches == []

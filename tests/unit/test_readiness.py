@@ -206,3 +206,66 @@ def test_a_file_rewritten_after_hand_over_is_handed_over_again(tmp_path: Path, c
     assert tracker.ready() == []
     clock.now = 3.0
     assert tracker.ready() == [str(path)]
+
+
+def _handled(event: object, root: Path) -> list[ScanEvent]:
+    import queue
+
+    from pneumoscan.scheduler.watcher import _Handler
+
+    events: queue.SimpleQueue[ScanEvent] = queue.SimpleQueue()
+    _Handler(root, events).dispatch(event)  # type: ignore[arg-type]
+    out = []
+    while not events.empty():
+        out.append(events.get_nowait())
+    return out
+
+
+def test_a_rename_into_place_counts_as_the_writer_being_done(tmp_path: Path) -> None:
+    from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
+
+    staged, final = tmp_path / ".incoming" / "a.jpeg", tmp_path / "a.jpeg"
+    assert _handled(FileMovedEvent(str(staged), str(final)), tmp_path) == [ScanEvent(str(final), closed=True)]
+    part = tmp_path / "b.jpeg.part"
+    assert _handled(FileMovedEvent(str(part), str(tmp_path / "b.jpeg")), tmp_path) == [
+        ScanEvent(str(tmp_path / "b.jpeg"), closed=True)]
+    # Created and modified say nothing about the writer being done; a rename out of sight is ignored.
+    assert _handled(FileCreatedEvent(str(final)), tmp_path) == [ScanEvent(str(final))]
+    assert _handled(FileModifiedEvent(str(final)), tmp_path) == [ScanEvent(str(final))]
+    assert _handled(FileMovedEvent(str(final), str(tmp_path / "c.jpeg.tmp")), tmp_path) == []
+
+
+def test_a_complete_jpeg_renamed_in_with_a_fresh_mtime_is_ready_at_once(tmp_path: Path, clock: FakeClock) -> None:
+    staged = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.jpeg")
+    path = tmp_path / "a.jpeg"
+    os.rename(staged, path)
+    tracker = ReadinessTracker(60.0, clock=clock)
+    tracker.observe(ScanEvent(str(path), closed=True))
+    assert tracker.ready() == [str(path)]
+
+
+def test_a_truncated_jpeg_renamed_in_waits_for_the_quiet_period(tmp_path: Path, clock: FakeClock) -> None:
+    data = helpers.jpeg_bytes(helpers.NORMAL_IMAGES[0])
+    staged = tmp_path / ".incoming" / "a.jpeg"
+    staged.parent.mkdir()
+    staged.write_bytes(data[: len(data) * 2 // 3])  # renamed before the writer finished
+    path = tmp_path / "a.jpeg"
+    os.rename(staged, path)
+    tracker = ReadinessTracker(1.0, clock=clock)
+    tracker.observe(ScanEvent(str(path), closed=True))
+    assert tracker.ready() == []
+    clock.now = 0.5
+    assert tracker.ready() == []
+    clock.now = 1.0  # still truncated: handed over for the pipeline to reject with its reason
+    assert tracker.ready() == [str(path)]
+
+
+def test_a_dicom_renamed_in_still_waits(tmp_path: Path, clock: FakeClock) -> None:
+    staged = helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.dcm")
+    path = tmp_path / "a.dcm"
+    os.rename(staged, path)
+    tracker = ReadinessTracker(1.0, clock=clock)
+    tracker.observe(ScanEvent(str(path), closed=True))
+    assert tracker.ready() == []
+    clock.now = 1.0
+    assert tracker.ready() == [str(path)]

@@ -11,14 +11,20 @@ from pneumoscan.scheduler.dispatch import Dispatcher
 class MicroBatcher:
     """Holds ready paths and submits them as full batches, or as a partial batch once it is due.
 
+    A partial batch is due once its oldest path has waited ``max_wait``. With ``submit_when_idle``
+    it is due at once instead: meant for a dispatcher that classifies in the caller's thread
+    (embedded mode), where the loop only gets here when the pipeline has nothing in hand, so waiting
+    would leave it idle while a file is waiting. Batches still grow under load: whatever becomes
+    ready while one batch is being classified goes together in the next.
+
     Not thread-safe: one loop owns it.
     """
 
     def __init__(self, dispatcher: Dispatcher, batch_size: int, max_wait: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, submit_when_idle: bool = False) -> None:
         self._dispatcher = dispatcher
         self._batch_size = batch_size
-        self._max_wait = max_wait
+        self._max_wait = 0.0 if submit_when_idle else max_wait
         self._clock = clock
         self._pending: list[str] = []
         self._arrived: list[float] = []  # clock time each pending path was added, oldest first

@@ -54,7 +54,11 @@ def iter_files(root: Path) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class ScanEvent:
-    """A file that changed, was found by a scan, or was closed after writing."""
+    """A file that changed or was found by a scan; ``closed`` when its writer says it is done with it.
+
+    A writer says so by closing the file after writing, or by renaming it into place (the usual way
+    to publish a finished file: download managers, rsync, ``mv`` from a staging folder).
+    """
 
     path: str
     closed: bool = False
@@ -70,8 +74,9 @@ class _Pending:
 class ReadinessTracker:
     """Decides when a file is complete: unchanged size and mtime for ``quiet_period`` seconds.
 
-    A close-after-write event shortens the wait when the file also ends with its format's end
-    marker (JPEG EOI, PNG IEND); writers that close between chunks stay covered by the quiet period.
+    A close-after-write or renamed-into-place event shortens the wait when the file also ends with
+    its format's end marker (JPEG EOI, PNG IEND). Writers that close between chunks, or rename a file
+    they are still writing, stay covered by the quiet period, and so does DICOM (no end marker).
     """
 
     def __init__(self, quiet_period: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -161,7 +166,10 @@ class _Handler(FileSystemEventHandler):
         raw = event.dest_path if event.event_type == "moved" else event.src_path
         path = Path(os.fsdecode(raw))
         if event.event_type in ("created", "modified", "moved", "closed") and not is_ignored(path, self._root):
-            self._events.put(ScanEvent(str(path), closed=event.event_type == "closed"))
+            # A rename within the watched tree (from a hidden staging folder, or from `.part`) publishes
+            # a finished file as surely as a close does. A rename from outside the inbox arrives as
+            # "created", indistinguishable from a file just opened for writing, so it keeps the wait.
+            self._events.put(ScanEvent(str(path), closed=event.event_type in ("closed", "moved")))
 
 
 class Watcher:
