@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,8 +55,53 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+        if engine.dialect.name == "sqlite":
+            with engine.begin() as connection:
+                refresh_statistics(connection)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
+
+
+# Tables whose statistics the results query depends on.
+_ANALYZED = ("images", "predictions")
+# Rows sampled per index by SQLite's approximate ANALYZE: milliseconds at any size, and close enough
+# for the planner to tell a status from a label.
+_ANALYSIS_LIMIT = 1000
+
+
+def refresh_statistics(connection: Connection) -> bool:
+    """SQLite: gather planner statistics if an index has none or a table has doubled since; say if it did.
+
+    SQLite never gathers statistics by itself, and without them it may read every row that a common
+    label matches and sort them, where reading the newest images first stops at the limit.
+    PostgreSQL's autovacuum keeps its own statistics, so this does nothing there. Called on every
+    open: the check is two index lookups per table.
+    """
+    if connection.dialect.name != "sqlite":
+        return False
+    has_stat1 = connection.execute(
+        text("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'")).scalar_one()
+    stale = []
+    for table in _ANALYZED:
+        rows = connection.execute(text(f"SELECT max(rowid) FROM {table}")).scalar()
+        if not rows:
+            continue
+        indexes = set(connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"), {"t": table}).scalars())
+        stats: dict[str, str] = {}
+        if has_stat1:
+            rows_of = connection.execute(text("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = :t"), {"t": table})
+            stats = {str(idx): str(stat) for idx, stat in rows_of}
+        counted = max((int(stat.split()[0]) for stat in stats.values()), default=0)
+        if indexes - stats.keys() or rows > 2 * counted:
+            stale.append(table)
+    for table in stale:
+        connection.exec_driver_sql(f"PRAGMA analysis_limit={_ANALYSIS_LIMIT}")
+        connection.exec_driver_sql(f"ANALYZE {table}")
+    if stale:
+        connection.exec_driver_sql("PRAGMA analysis_limit=0")
+        log.info("gathered planner statistics for %s", ", ".join(stale))
+    return bool(stale)
 
 
 def open_database(url: str) -> sessionmaker[Session]:

@@ -57,7 +57,7 @@ class Image(Base):
     predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
 
     __table_args__ = (
-        Index("ix_images_status", "status"),
+        Index("ix_images_status_updated_at", "status", "updated_at", "id"),
         Index("ix_images_path", "path"),
         Index("ix_images_updated_at", "updated_at"),
         Index("ix_images_study_uid", "study_uid"),
@@ -84,6 +84,7 @@ class Prediction(Base):
         UniqueConstraint("image_id", "model_version", name="uq_predictions_image_model"),
         Index("ix_predictions_model_created", "model_version", "created_at"),
         Index("ix_predictions_model_label_probability", "model_version", "label", "probability"),
+        Index("ix_predictions_model_probability", "model_version", "probability"),
     )
 
 
