@@ -308,12 +308,18 @@ def self_max_rss_mib() -> float:
 # --- output --------------------------------------------------------------------------------------
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with a timestamp and the command line) to bench/results/NAME.json."""
+    """Write ``payload`` (with a timestamp and the command line) to bench/results/NAME.json.
+
+    Prints why the run is preliminary, if ``payload["preliminary"]`` says so, and where it wrote.
+    """
     RESULTS_DIR.mkdir(exist_ok=True)
     record = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "argv": sys.argv, **payload}
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if payload.get("preliminary"):
+        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
+    print(f"wrote {path}")
     return path
 
 

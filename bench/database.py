@@ -261,10 +261,7 @@ def main() -> None:
                   f"{q['median_ms'] / TARGET_MS:5.2f}x target{'' if q['meets_target'] else '  MISSES'}", flush=True)
     payload = {"machine": info, "rows": args.rows, "repeats": args.repeats, "target_ms": TARGET_MS,
                "results": results, "preliminary": common.preliminary(info)}
-    path = common.write_result("database", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("database", payload)
 
 
 if __name__ == "__main__":

@@ -157,10 +157,7 @@ def main() -> None:
                   flush=True)
     payload = {"machine": info, "n": args.n, "repeats": args.repeats, "size": args.size, "rows": rows,
                "preliminary": common.preliminary(info)}
-    path = common.write_result("decode", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("decode", payload)
 
 
 if __name__ == "__main__":

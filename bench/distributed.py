@@ -195,10 +195,7 @@ def main() -> None:
           f"-> at most {db['rows_per_s_one_connection']:.0f} rows/s per worker connection")
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "n": args.n, "results": results,
                "database_cost": db, "preliminary": common.preliminary(info, bundle)}
-    path = common.write_result("distributed", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("distributed", payload)
 
 
 if __name__ == "__main__":

@@ -185,10 +185,7 @@ def main() -> None:
     payload = {"machine": info, "bundle": bundle, "max_batch_wait_s": args.max_batch_wait,
                "quiet_period_s": args.quiet_period, "batch_size": args.batch_size, "interval_s": args.interval,
                "target_p95_s": target, "results": results, "preliminary": common.preliminary(info, bundle)}
-    path = common.write_result("latency", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("latency", payload)
 
 
 if __name__ == "__main__":

@@ -101,10 +101,7 @@ def main() -> None:
               f"{result['seconds']:.0f} s ({result['images_per_s']:.1f} images/s)", flush=True)
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "results": results,
                "preliminary": common.preliminary(info, bundle)}
-    path = common.write_result("memory", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("memory", payload)
 
 
 if __name__ == "__main__":

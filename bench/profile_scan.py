@@ -97,10 +97,8 @@ def main() -> None:
         print(f"  {'' if share is None else f'{share:6.1%}':>6}  {count / args.rate:6.1f} s  {stage}")
     payload = {"machine": info, "bundle": bundle, "kind": args.kind, "n": args.n, "rate": args.rate,
                "raw_profile": str(raw), **summary, "rows": rows, "preliminary": common.preliminary(info, bundle)}
-    path = common.write_result(f"profile-{args.kind}", payload)
-    if payload["preliminary"]:
-        print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path} (raw py-spy stacks: {raw})")
+    common.write_result(f"profile-{args.kind}", payload)
+    print(f"(raw py-spy stacks: {raw})")
 
 
 if __name__ == "__main__":

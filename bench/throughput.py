@@ -225,10 +225,7 @@ def main() -> None:
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size,
                "decode_workers": args.decode_workers, "db_cost_sqlite": db_cost, "results": results,
                "preliminary": common.preliminary(info, bundle)}
-    path = common.write_result("throughput", payload)
-    if payload["preliminary"]:
-        print(f"\nPRELIMINARY: {'; '.join(payload['preliminary'])}")
-    print(f"wrote {path}")
+    common.write_result("throughput", payload)
 
 
 if __name__ == "__main__":
