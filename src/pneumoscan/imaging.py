@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -104,6 +105,18 @@ class DecodedImage:
     kind: str
     dicom: DicomMeta | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# Never follow a link (it may point outside the inbox), and never block opening a named pipe.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def open_input(path: str) -> BinaryIO:
+    """Open an input file for reading without following a link or blocking on a pipe.
+
+    Raises OSError as ``os.open`` does (a link gives ELOOP); the caller checks that it is a regular file.
+    """
+    return os.fdopen(os.open(path, _OPEN_FLAGS), "rb")
 
 
 def detect_kind(head: bytes) -> str | None:

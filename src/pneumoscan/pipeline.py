@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
 from pneumoscan.db.queries import Result, save_results, settled_hashes
-from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind
+from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind, open_input
 from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,6 @@ class _Read:
     error: Result | None = None
 
 
-# Never follow a link (it may point outside the inbox), and never block opening a named pipe.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 _FILE_TYPES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
@@ -51,7 +49,7 @@ def _read(path: str, image_id: int | None = None) -> _Read:
     if display_path(path) != path:
         return outcome("rejected", "file name is not valid UTF-8; rename the file to have it classified")
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fh = open_input(path)
     except FileNotFoundError:
         return outcome("failed", "file disappeared before it could be read")
     except PermissionError:
@@ -61,10 +59,10 @@ def _read(path: str, image_id: int | None = None) -> _Read:
             return outcome("rejected", "symbolic link: not followed (links may point outside the inbox)")
         return outcome("failed", f"cannot read file: {exc.strerror or exc}")
     try:
-        with os.fdopen(fd, "rb") as fh:
+        with fh:
             before = os.fstat(fh.fileno())
-            kind = next((name for test, name in _FILE_TYPES if test(before.st_mode)), "not a regular file")
             if not stat.S_ISREG(before.st_mode):
+                kind = next((name for test, name in _FILE_TYPES if test(before.st_mode)), "not a regular file")
                 return outcome("rejected", f"not a regular file: {kind}")
             data = fh.read()
             after = os.fstat(fh.fileno())

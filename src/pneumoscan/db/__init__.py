@@ -95,10 +95,10 @@ def refresh_statistics(connection: Connection) -> bool:
         counted = max((int(stat.split()[0]) for stat in stats.values()), default=0)
         if indexes - stats.keys() or rows > 2 * counted:
             stale.append(table)
-    for table in stale:
-        connection.exec_driver_sql(f"PRAGMA analysis_limit={_ANALYSIS_LIMIT}")
-        connection.exec_driver_sql(f"ANALYZE {table}")
     if stale:
+        connection.exec_driver_sql(f"PRAGMA analysis_limit={_ANALYSIS_LIMIT}")
+        for table in stale:
+            connection.exec_driver_sql(f"ANALYZE {table}")
         connection.exec_driver_sql("PRAGMA analysis_limit=0")
         log.info("gathered planner statistics for %s", ", ".join(stale))
     return bool(stale)

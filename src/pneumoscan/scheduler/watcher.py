@@ -16,7 +16,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from pneumoscan.imaging import detect_kind, looks_complete
+from pneumoscan.imaging import detect_kind, looks_complete, open_input
 from pneumoscan.scheduler.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,7 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 def _ends_cleanly(path: str) -> bool:
     try:
-        # Never through a link: its target may lie outside the inbox.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as fh:
+        with open_input(path) as fh:  # never through a link: its target may lie outside the inbox
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return False
             head = fh.read(132)
