@@ -124,3 +124,26 @@ def test_train_on_a_folder_without_the_layout_is_a_clear_error(tmp_path: Path) -
     assert result.returncode != 0
     assert "must contain the folders NORMAL and PNEUMONIA" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fine_tuning_starts_from_the_init_bundle_weights(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    import keras
+
+    import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
+    from pneumoscan.models.train import TrainConfig, _initial_model
+
+    start = keras.models.load_model(trained / "model.keras", compile=False)
+    config = TrainConfig("tiny", input_size=64, init=str(trained))
+    model = _initial_model(config)
+    for ours, theirs in zip(model.get_weights(), start.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    fresh = _initial_model(TrainConfig("tiny", input_size=64))
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), start.get_weights(), strict=True))
+
+
+def test_fine_tuning_from_a_mismatched_bundle_is_a_clear_error(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run([CLI, "train", str(data_dir), "--out", str(tmp_path / "b"), "--architecture", "tiny",
+                             "--input-size", "96", "--init", str(trained)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "is tiny at 64 px, not tiny at 96 px" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     version: str | None = None
+    init: str | None = None  # a bundle directory whose weights training starts from (fine-tuning)
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -65,7 +66,10 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
 
 
 def _augmenter(seed: int) -> Any:
-    """Small rotations, zoom, shifts and contrast/gamma changes. No flips: anatomy is not symmetric."""
+    """Small rotations, zoom, shifts, contrast/gamma, sharpness and noise. No flips: anatomy is not symmetric.
+
+    Sharpness and noise imitate the differences in detector and post-processing between sites.
+    """
     import keras
     import tensorflow as tf
 
@@ -78,8 +82,12 @@ def _augmenter(seed: int) -> Any:
 
     def augment(x: Any) -> Any:
         x = geometric(x, training=True)
-        gamma = tf.exp(tf.random.uniform((tf.shape(x)[0], 1, 1, 1), -0.35, 0.35))
-        return tf.clip_by_value(x, 0.0, 1.0) ** gamma
+        per_image = (tf.shape(x)[0], 1, 1, 1)
+        x = tf.clip_by_value(x, 0.0, 1.0) ** tf.exp(tf.random.uniform(per_image, -0.35, 0.35))
+        blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
+        x = x + tf.random.uniform(per_image, -0.8, 0.8) * (x - blurred)  # < 0 blurs, > 0 sharpens
+        x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform(per_image, 0.0, 0.02)
+        return tf.clip_by_value(x, 0.0, 1.0)
 
     return augment
 
@@ -144,8 +152,6 @@ def train(
     configure_devices()
     import keras
 
-    from pneumoscan.models.architectures import build_model
-
     keras.utils.set_random_seed(config.seed)
     examples = list_split(data_dir, "train")
     train_set, val_set = patient_split(examples, config.val_fraction, config.seed)
@@ -162,7 +168,7 @@ def train(
     class_weight = {c: float(len(y_train) / (2 * max(counts[c], 1))) for c in (0, 1)}
     steps = math.ceil(len(x_train) / config.batch_size)
 
-    model = build_model(config.architecture, config.input_size, weights=config.weights)
+    model = _initial_model(config)
     model.compile(
         optimizer=keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay),
         loss="binary_crossentropy",
@@ -218,6 +224,24 @@ def train(
     bundle = write_bundle(out, best, card)
     log.info("bundle written to %s: %s", out, json.dumps(card["validation_metrics"]))
     return bundle
+
+
+def _initial_model(config: TrainConfig) -> Any:
+    from pneumoscan.models.architectures import build_model
+
+    if config.init is None:
+        return build_model(config.architecture, config.input_size, weights=config.weights)
+    import keras
+
+    import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
+    from pneumoscan.models.bundle import MODEL_FILE, load_bundle
+
+    start = load_bundle(Path(config.init), verify=True)
+    if (start.card.get("architecture"), start.input_size) != (config.architecture, config.input_size):
+        raise ValueError(f"--init bundle {config.init} is {start.card.get('architecture')} at "
+                         f"{start.input_size} px, not {config.architecture} at {config.input_size} px")
+    log.info("starting from the weights of %s (%s)", start.version, config.init)
+    return keras.models.load_model(start.path / MODEL_FILE, compile=False)
 
 
 def _class_counts(examples: list[Example]) -> dict[str, int]:
