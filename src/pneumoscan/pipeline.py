@@ -7,7 +7,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -104,10 +104,11 @@ def classify_paths(
 ) -> list[Result]:
     """Classify files and store the outcome: one result per path, in order.
 
-    Works in batches of ``settings.batch_size``: read and hash, skip contents already predicted by
-    this model version (or already rejected), decode in a thread pool, predict the batch as a
-    whole, and write it in one transaction. A bad file gets a rejected/failed result with a reason
-    and never stops its batch. ``on_batch`` is called after each batch is committed.
+    Works in batches of ``settings.batch_size``. One thread prepares batch k+1 (read and hash, skip
+    contents already predicted by this model version or already rejected, or seen earlier in this
+    call, then decode in a thread pool) while the calling thread predicts batch k as a whole and
+    writes it in one transaction. A bad file gets a rejected/failed result with a reason and never
+    stops its batch. ``on_batch`` is called after each batch is committed.
 
     ``image_ids`` (reclassification) names the stored image each path was read for: when that file
     cannot be read, the image itself is marked failed rather than a new row being added.
@@ -118,21 +119,43 @@ def classify_paths(
     ids: list[int | None] = list(image_ids) if image_ids is not None else [None] * len(names)
     if len(ids) != len(names):
         raise ValueError(f"{len(ids)} image ids for {len(names)} paths")
+    size = settings.batch_size
+    batches = [(names[i:i + size], ids[i:i + size]) for i in range(0, len(names), size)]
+    seen: dict[str, str] = {}  # sha256 -> path of the first file with that content in this call
     results: list[Result] = []
-    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pneumoscan-decode") as pool:
-        for start in range(0, len(names), settings.batch_size):
-            stop = start + settings.batch_size
-            batch = _classify_batch(names[start:stop], ids[start:stop], bundle, sessions, settings, pool, force)
+    with (ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="pneumoscan-decode") as pool,
+          ThreadPoolExecutor(1, thread_name_prefix="pneumoscan-prepare") as ahead):
+        def prepare(k: int) -> Future[_Prepared] | None:
+            if k >= len(batches):
+                return None
+            return ahead.submit(_prepare, *batches[k], bundle, sessions, settings, pool, seen, force)
+
+        upcoming = prepare(0)
+        for k in range(len(batches)):
+            assert upcoming is not None
+            prepared = upcoming.result()
+            upcoming = prepare(k + 1)  # batches are prepared one after another, so `seen` needs no lock
+            batch = _finish(prepared, bundle, sessions)
             results.extend(batch)
             if on_batch is not None:
                 on_batch(batch)
     return results
 
 
-def _classify_batch(
+@dataclass
+class _Prepared:
+    """A batch read, triaged and decoded: known outcomes by index, and the decoded images to predict."""
+
+    reads: list[_Read]
+    image_ids: Sequence[int | None]
+    outcome: dict[int, Result]
+    images: list[tuple[int, DecodedImage]]
+
+
+def _prepare(
     paths: Sequence[str], image_ids: Sequence[int | None], bundle: ModelBundle, sessions: sessionmaker[Session],
-    settings: Settings, pool: Executor, force: bool = False,
-) -> list[Result]:
+    settings: Settings, pool: Executor, seen: dict[str, str], force: bool,
+) -> _Prepared:
     reads = list(pool.map(_read, paths, image_ids))
     settled: set[str] = set()
     if not force:
@@ -140,7 +163,6 @@ def _classify_batch(
             settled = settled_hashes(session, (r.sha256 for r in reads if r.sha256), bundle.version)
 
     outcome: dict[int, Result] = {}
-    first_of: dict[str, int] = {}  # sha256 -> index of the first read carrying it in this batch
     to_decode: list[int] = []
     for i, read in enumerate(reads):
         if read.error is not None:
@@ -148,11 +170,11 @@ def _classify_batch(
         elif read.sha256 in settled:
             outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
                                 reason=f"already processed (model {bundle.version})")
-        elif read.sha256 in first_of:
+        elif read.sha256 in seen:
             outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
-                                reason=f"same content as {reads[first_of[read.sha256]].path}")
+                                reason=f"same content as {seen[read.sha256]}")
         else:
-            first_of[read.sha256] = i  # type: ignore[index]
+            seen[read.sha256] = read.path  # type: ignore[index]
             to_decode.append(i)
 
     decoded = list(pool.map(lambda i: _decode(reads[i], bundle.input_size, settings), to_decode))
@@ -160,9 +182,15 @@ def _classify_batch(
     for i, d in zip(to_decode, decoded, strict=True):
         if isinstance(d, Result):
             outcome[i] = d
-    if images:
-        probabilities = bundle.predict(np.stack([d.pixels for _, d in images]))
-        for (i, image), probability in zip(images, probabilities, strict=True):
+    return _Prepared(reads, image_ids, outcome, images)
+
+
+def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Session]) -> list[Result]:
+    """Predict a prepared batch and write all its results in one transaction."""
+    reads, outcome = prepared.reads, prepared.outcome
+    if prepared.images:
+        probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images]))
+        for (i, image), probability in zip(prepared.images, probabilities, strict=True):
             read = reads[i]
             assert read.data is not None
             outcome[i] = Result(
@@ -173,7 +201,7 @@ def _classify_batch(
             )
     # Reclassification: each result names the stored image it was read for, so that image can be
     # told when its file now holds other content (see save_results).
-    ordered = [replace(outcome[i], image_id=image_ids[i]) for i in range(len(reads))]
+    ordered = [replace(outcome[i], image_id=prepared.image_ids[i]) for i in range(len(reads))]
     with sessions.begin() as session:
         save_results(session, ordered)
     for result in ordered:

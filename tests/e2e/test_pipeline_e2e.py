@@ -218,6 +218,55 @@ def test_batches_larger_than_batch_size(inbox: Path, tiny_bundle: Any, sessions:
     assert _count(settings, "predictions") == 16
 
 
+def test_a_duplicate_in_a_later_batch_is_not_decoded_again(inbox: Path, tiny_bundle: Any, sessions: Any,
+                                                           settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pneumoscan.pipeline as pipeline
+
+    paths = [helpers.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in helpers.ALL_IMAGES[:8]]
+    copy = helpers.write_jpeg(helpers.ALL_IMAGES[0], inbox / "later copy.jpeg")  # batch 2; its original is in batch 1
+    decoded: list[str] = []
+    real_decode = pipeline._decode
+    monkeypatch.setattr(pipeline, "_decode", lambda read, *a: decoded.append(read.path) or real_decode(read, *a))
+    results = _classify([*paths, copy], tiny_bundle, sessions, settings)
+    assert [r.status for r in results] == ["done"] * 8 + ["skipped"]
+    assert results[-1].reason == f"same content as {paths[0]}"  # known from this call, not from the database
+    assert str(copy) not in decoded and len(decoded) == 8
+    assert _count(settings, "predictions") == 8
+    assert _rows(settings, "SELECT path FROM images WHERE sha256 = ?", _sha256(copy))[0]["path"] == str(copy)
+
+
+def test_the_next_batch_is_prepared_while_this_one_is_predicted(inbox: Path, tiny_bundle: Any, sessions: Any,
+                                                                settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import pneumoscan.pipeline as pipeline
+
+    paths = [helpers.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in helpers.ALL_IMAGES]
+    paths += [helpers.write_png(s, inbox / f"{s.stem}.png") for s in helpers.ALL_IMAGES]
+    events: list[tuple[str, float]] = []
+    real_prepare, real_predict = pipeline._prepare, type(tiny_bundle).predict
+
+    def prepare(paths: Any, *args: Any) -> Any:
+        events.append(("prepare starts", time.monotonic()))
+        return real_prepare(paths, *args)
+
+    def predict(bundle: Any, batch: Any) -> Any:
+        events.append(("predict starts", time.monotonic()))
+        time.sleep(1.0)  # a slow model: the next batch's preparation must run meanwhile
+        probabilities = real_predict(bundle, batch)
+        events.append(("predict ends", time.monotonic()))
+        return probabilities
+
+    monkeypatch.setattr(pipeline, "_prepare", prepare)
+    monkeypatch.setattr(type(tiny_bundle), "predict", predict)
+    results = _classify(paths, tiny_bundle, sessions, settings)
+    assert [r.status for r in results] == ["done"] * 16
+    names = [name for name, _ in events]
+    assert sorted(names) == sorted(["prepare starts"] * 2 + ["predict starts", "predict ends"] * 2)
+    second_prepare = [i for i, name in enumerate(names) if name == "prepare starts"][1]
+    assert second_prepare < names.index("predict ends")  # batch 2 was prepared while batch 1 was predicted
+
+
 def test_a_file_that_could_not_be_read_gets_one_row_once_readable(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                                   settings: Any) -> None:
     path = inbox / "late.jpeg"

@@ -85,3 +85,41 @@ def test_both_plans_return_the_rows_of_the_plain_statement(database: Database, f
     assert by_id == expected
     assert walked == expected
     assert chosen == expected
+
+
+def test_concurrent_batches_sharing_contents_neither_deadlock_nor_duplicate(database: Database) -> None:
+    """Two writers save overlapping batches at once, in opposite orders, as two workers can on PostgreSQL."""
+    import threading
+
+    from sqlalchemy.orm import sessionmaker
+
+    engine = make_engine(database.url)
+    upgrade(engine)
+    sessions = sessionmaker(engine)
+    contents = [hashlib.sha256(f"shared-{i}".encode()).hexdigest() for i in range(60)]
+    errors: list[BaseException] = []
+
+    def writer(name: str, order: list[str]) -> None:
+        try:
+            for round_ in range(15):
+                batch = [Result(f"/{name}/{round_}/{sha[:8]}", "skipped" if (i + round_) % 3 == 0 else "done",
+                                sha256=sha, kind="png", probability=0.25, label="NORMAL", threshold=0.5,
+                                model_version=CURRENT) for i, sha in enumerate(order)]
+                with sessions.begin() as session:
+                    save_results(session, batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=("a", contents)),
+               threading.Thread(target=writer, args=("b", contents[::-1]))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        engine.dispose()
+    assert not errors, errors
+    assert database.count("SELECT count(DISTINCT sha256) FROM images") == database.count(
+        "SELECT count(*) FROM images") == 60
+    assert database.count("SELECT count(*) FROM predictions") == 60

@@ -8,7 +8,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    cast,
+    column,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -65,44 +79,91 @@ def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) 
     return {h for (h,) in session.execute(predicted.union(rejected)) if h is not None}
 
 
+# Rows per multi-row statement: far below SQLite's limit of 32,766 bound values with ~20 columns a row.
+_ROWS_PER_STATEMENT = 500
+
+
 def save_results(session: Session, results: Sequence[Result]) -> None:
     """Write a batch of results in the caller's transaction; safe to repeat and to run concurrently.
 
-    Images are upserted by SHA-256 (concurrent writers of the same content meet on the unique key),
-    predictions are inserted once per (image, model version).
+    A handful of statements per batch, whatever its size: images are upserted by SHA-256 in one
+    multi-row statement (concurrent writers of the same content meet on the unique key), predictions
+    are inserted once per (image, model version) in another, and skipped results update their
+    image's path in one executemany. When one content appears more than once, the last path wins.
     """
     now = utcnow()
-    # Rows are written in SHA-256 order so that two concurrent batches sharing contents lock them in
-    # the same order and cannot deadlock; ties keep the batch order (the last path seen wins).
-    for _, result in sorted(enumerate(results), key=lambda item: (item[1].sha256 or "", item[0])):
+    written: dict[str, Result] = {}  # sha256 -> the last result with that content that is written out
+    moved: dict[str, Result] = {}  # sha256 -> the last skipped result with that content
+    for result in results:
         if result.status == "skipped":
             if result.sha256:
-                skipped_id = session.execute(update(Image).where(Image.sha256 == result.sha256)
-                                             .values(path=result.path, updated_at=now).returning(Image.id)).scalar()
-                _supersede(session, result, skipped_id, now)
-            continue
-        values: dict[str, Any] = {
-            "path": result.path, "kind": result.kind, "byte_size": result.byte_size,
-            "status": result.status, "reason": result.reason, "updated_at": now,
-            **{c: result.dicom.get(c) for c in DICOM_COLUMNS},
-        }
-        if result.sha256 is None:  # unreadable: its image if known, else a row keyed by path
-            _save_unhashed(session, values, now, result.image_id)
-            continue
-        # A readable file replaces the path-keyed placeholder from when it could not be read.
-        session.execute(delete(Image).where(Image.sha256.is_(None), Image.path == result.path))
-        statement = _insert(session, Image).values(sha256=result.sha256, first_seen_at=now, **values)
-        image_id = session.execute(
-            statement.on_conflict_do_update(index_elements=["sha256"], set_=values).returning(Image.id)
-        ).scalar_one()
-        _supersede(session, result, image_id, now)
-        if result.status == "done":
-            session.execute(
-                _insert(session, Prediction).values(
-                    image_id=image_id, model_version=result.model_version, probability=result.probability,
-                    label=result.label, threshold=result.threshold, created_at=now,
-                ).on_conflict_do_nothing(index_elements=["image_id", "model_version"])
-            )
+                moved[result.sha256] = result
+        elif result.sha256 is None:  # unreadable: its image if known, else a row keyed by path
+            _save_unhashed(session, _image_values(result, now), now, result.image_id)
+        else:
+            written[result.sha256] = result
+            moved.pop(result.sha256, None)
+    if session.get_bind().dialect.name == "postgresql" and (written or moved):
+        _lock_contents(session, {*written, *moved})
+    ids = _upsert_images(session, [written[sha] for sha in sorted(written)], now)
+    predictions: dict[tuple[str, str | None], dict[str, Any]] = {}  # the first per (content, model version)
+    for r in sorted(results, key=lambda r: r.sha256 or ""):  # stable: the first per key stays first
+        if r.status == "done" and r.sha256:
+            predictions.setdefault((r.sha256, r.model_version), {
+                "image_id": ids[r.sha256], "model_version": r.model_version, "probability": r.probability,
+                "label": r.label, "threshold": r.threshold, "created_at": now})
+    for chunk in _chunks(list(predictions.values())):
+        session.execute(_insert(session, Prediction).values(chunk)
+                        .on_conflict_do_nothing(index_elements=["image_id", "model_version"]))
+    if moved:
+        session.connection().execute(
+            update(Image).where(Image.sha256 == bindparam("b_sha256"))
+            .values(path=bindparam("b_path"), updated_at=now),
+            [{"b_sha256": sha, "b_path": moved[sha].path} for sha in sorted(moved)])
+        if any(r.image_id is not None for r in moved.values()):
+            stored = select(Image.sha256, Image.id).where(Image.sha256.in_(sorted(moved)))
+            ids.update((sha, image_id) for sha, image_id in session.execute(stored).tuples() if sha)
+    for result in (*written.values(), *moved.values()):
+        _supersede(session, result, ids.get(result.sha256 or ""), now)
+
+
+def _lock_contents(session: Session, hashes: Collection[str]) -> None:
+    """Take a transaction-scoped PostgreSQL advisory lock per content, in one global order.
+
+    Two concurrent batches that share contents would otherwise lock rows in different orders (an
+    existing row before a new one that the other batch is inserting) and deadlock. Every writer
+    locks the contents it touches up front, in key order, so one simply waits for the other.
+    SQLite needs none of this: it serializes writers.
+    """
+    keys = sorted({int(sha[:16], 16) - (1 << 63) for sha in hashes})  # 64-bit keys from the SHA-256
+    session.execute(select(func.pg_advisory_xact_lock(column("key")))
+                    .select_from(func.unnest(cast(keys, postgresql.ARRAY(BigInteger))).alias("key")))
+
+
+def _image_values(result: Result, now: datetime) -> dict[str, Any]:
+    return {"path": result.path, "kind": result.kind, "byte_size": result.byte_size, "status": result.status,
+            "reason": result.reason, "updated_at": now, **{c: result.dicom.get(c) for c in DICOM_COLUMNS}}
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        yield rows[start:start + _ROWS_PER_STATEMENT]
+
+
+def _upsert_images(session: Session, results: list[Result], now: datetime) -> dict[str, int]:
+    """Insert or update the images of ``results`` (distinct SHA-256s); their ids by SHA-256."""
+    ids: dict[str, int] = {}
+    if not results:
+        return ids
+    # A readable file replaces the path-keyed placeholder from when it could not be read.
+    session.execute(delete(Image).where(Image.sha256.is_(None), Image.path.in_({r.path for r in results})))
+    rows = [{**_image_values(r, now), "sha256": r.sha256, "first_seen_at": now} for r in results]
+    for chunk in _chunks(rows):
+        statement = _insert(session, Image).values(chunk)
+        updated = {name: statement.excluded[name] for name in chunk[0] if name not in ("sha256", "first_seen_at")}
+        statement = statement.on_conflict_do_update(index_elements=["sha256"], set_=updated)
+        ids.update((sha, image_id) for sha, image_id in session.execute(statement.returning(Image.sha256, Image.id)))
+    return ids
 
 
 def _supersede(session: Session, result: Result, image_id: int | None, now: datetime) -> None:
