@@ -1,0 +1,111 @@
+"""The pipeline's database work per batch, this checkout beside an earlier commit, in one run.
+
+python bench/db_writes.py [--reference 51a2a2b] [--batch-size 32] [--batches 60] [--rounds 3]
+                          [--pg-admin postgresql://postgres@127.0.0.1:5432/test]
+
+What classify_paths does per batch (settled_hashes, then save_results of batch-size new results in
+one transaction; bench/common.py pipeline_db_cost), on a fresh SQLite file and a fresh PostgreSQL
+database. The reference is the same measurement with the package source of --reference (default:
+the last commit with one statement per row), checked out into a temporary git worktree and put
+first on PYTHONPATH. The two alternate, --rounds times each, and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+MEASURE = """
+import json, sys
+sys.path.insert(0, {bench!r})
+import common, pneumoscan.db.queries as q
+print(json.dumps({{"module": q.__file__, **common.pipeline_db_cost({url!r}, {batch}, {batches})}}))
+"""
+
+
+def measure(source: Path, url: str, batch_size: int, batches: int) -> dict[str, Any]:
+    """pipeline_db_cost in a child process whose `pneumoscan` package comes from ``source``."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    code = MEASURE.format(bench=str(common.BENCH_DIR), url=url, batch=batch_size, batches=batches)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if not result["module"].startswith(str(source)):
+        raise RuntimeError(f"measured {result['module']}, not the package under {source}")
+    return result
+
+
+def fresh_url(backend: str, work: Path, pg_admin: str) -> str:
+    if backend == "sqlite":
+        path = work / f"{uuid.uuid4().hex}.db"
+        return f"sqlite:///{path}"
+    import psycopg
+
+    name = f"pneumoscan_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin.rsplit("/", 1)[0].split("://", 1)[1]
+    return f"postgresql+psycopg://{base}/{name}"
+
+
+def drop_databases(pg_admin: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_admin, autocommit=True) as admin:
+        names = [n for (n,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pneumoscan_bench_%'")]
+        for name in names:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", default="51a2a2b", help="commit whose save_results is the reference")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+
+    info = common.machine()
+    print(common.describe_machine(info))
+    current = common.REPO / "src"
+    with tempfile.TemporaryDirectory(prefix="pneumoscan-ref-") as tmp:
+        worktree = Path(tmp) / "ref"
+        subprocess.run(["git", "-C", str(common.REPO), "worktree", "add", "--detach", str(worktree), args.reference],
+                       check=True, capture_output=True)
+        try:
+            rows = []
+            for backend in ("sqlite", "postgresql"):
+                times: dict[str, list[float]] = {"current": [], "reference": []}
+                for _ in range(args.rounds):
+                    for name, source in (("reference", worktree / "src"), ("current", current)):
+                        url = fresh_url(backend, Path(tmp), args.pg_admin)
+                        times[name].append(measure(source, url, args.batch_size, args.batches)["ms_per_batch"])
+                row = {"backend": backend, "batch_size": args.batch_size,
+                       "reference_ms_per_batch": common.median(times["reference"]),
+                       "current_ms_per_batch": common.median(times["current"]), "runs": times}
+                row["speedup"] = common.ratio(row["reference_ms_per_batch"], row["current_ms_per_batch"])
+                rows.append(row)
+                print(f"{backend}: {row['reference_ms_per_batch']:.1f} ms per batch of {args.batch_size} at "
+                      f"{args.reference} (one statement per row) -> {row['current_ms_per_batch']:.1f} ms now "
+                      f"({row['speedup']:.1f}x)", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(common.REPO), "worktree", "remove", "--force", str(worktree)],
+                           check=False, capture_output=True)
+            drop_databases(args.pg_admin)
+    payload = {"machine": info, "reference_commit": args.reference, "results": rows,
+               "preliminary": common.preliminary(info)}
+    common.write_result("db_writes", payload)
+
+
+if __name__ == "__main__":
+    main()
