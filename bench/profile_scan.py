@@ -1,13 +1,15 @@
-"""Where the time of embedded `pneumoscan scan` goes: py-spy samples of its main thread, by pipeline stage.
+"""Where the time of embedded `pneumoscan scan` goes: py-spy samples of its two pipeline threads, by stage.
 
 python bench/profile_scan.py [--kind jpeg] [--n 200] [--bundle DIR | --stand-in]
 
 Needs py-spy (`pip install py-spy` into the venv; it is not a project dependency). Runs `pneumoscan
-scan` on N full-size inputs under `py-spy record --idle --threads` and splits the main thread's
-wall-clock samples inside pipeline._classify_batch by the source line of that function they were
-on (read + hash, settled_hashes, decode, predict, save_results, ...). The model's one-time load
-and its first trace are counted apart. A stage that waits on the decode pool shows up as the line that maps it: the
-stages run one after another, so the shares say what overlapping them could win.
+scan` on N full-size inputs under `py-spy record --idle --threads` and splits wall-clock samples by
+the pipeline line they were on:
+  main     the calling thread: pipeline._finish (predict, save_results) or, in classify_paths,
+           waiting for the next batch to be prepared;
+  prepare  the thread that prepares batch k+1 meanwhile: pipeline._prepare (read + hash,
+           settled_hashes, decode in the pool; a wait on the pool shows as the line that maps it).
+The model's one-time load and its first trace are counted apart. Shares are per thread.
 """
 
 from __future__ import annotations
@@ -29,36 +31,51 @@ from make_inputs import input_set
 FRAME = re.compile(r"^(?P<func>[^ ]+) \((?P<file>[^:]+):(?P<line>\d+)\)$")
 
 
-def stage_of(frames: list[str], pipeline_file: Path) -> str | None:
-    """The labelled stage of one main-thread stack, or None when it is outside _classify_batch."""
-    for i, frame in enumerate(frames):
+STAGE_FUNCTIONS = {"main": ("_finish", "classify_paths"), "prepare": ("_prepare",)}
+
+
+def stage_of(thread: str, frames: list[str], pipeline_file: Path) -> str | None:
+    """The labelled stage of one stack of ``thread`` (main or prepare), or None outside the pipeline."""
+    found = None
+    for i, frame in enumerate(frames):  # root first: the innermost pipeline function wins
         match = FRAME.match(frame)
-        if match and match["func"] == "_classify_batch" and match["file"].endswith("pipeline.py"):
-            rest = frames[i:]
-            if any(f.startswith("ModelBundle._load (") for f in rest):
-                return "(model load, once)"
-            if any("func_graph" in f or "tracing_compilation" in f for f in rest):
-                return "(tracing the model function, once)"
-            source = linecache.getline(str(pipeline_file), int(match["line"])).strip()
-            return f"pipeline.py:{match['line']}  {source[:80]}"
+        if match and match["func"] in STAGE_FUNCTIONS[thread] and match["file"].endswith("pipeline.py"):
+            found = i, match
+    if found is None:
+        return None
+    i, match = found
+    rest = frames[i:]
+    if any(f.startswith("ModelBundle._load (") for f in rest):
+        return "(model load, once)"
+    if any("func_graph" in f or "tracing_compilation" in f for f in rest):
+        return "(tracing the model function, once)"
+    source = linecache.getline(str(pipeline_file), int(match["line"])).strip()
+    return f"{thread:7} pipeline.py:{match['line']}  {source[:80]}"
+
+
+def _thread(head: str) -> str | None:
+    if "MainThread" in head:
+        return "main"
+    if "pneumoscan-prepare" in head:
+        return "prepare"
     return None
 
 
 def summarize(raw: Path, pipeline_file: Path) -> dict[str, Any]:
     stages: Counter[str] = Counter()
-    total = outside = 0
+    totals: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack.startswith("thread") or "MainThread" not in stack.split(";", 1)[0]:
+        head, _, frames = stack.partition(";")
+        thread = _thread(head) if head.startswith("thread") else None
+        if thread is None:
             continue
-        count = int(count_text)
-        total += count
-        stage = stage_of(stack.split(";")[1:], pipeline_file)
-        if stage is None:
-            outside += count
-        else:
-            stages[stage] += count
-    return {"main_thread_samples": total, "outside_batches": outside, "stages": dict(stages.most_common())}
+        stage = stage_of(thread, frames.split(";"), pipeline_file)
+        if stage is not None:
+            stages[stage] += int(count_text)
+            if not stage.startswith("("):
+                totals[thread] += int(count_text)
+    return {"samples_in_batches": dict(totals), "stages": dict(stages.most_common())}
 
 
 def main() -> None:
@@ -87,12 +104,13 @@ def main() -> None:
                     "--", str(common.PNEUMOSCAN_EXE), "scan", str(folder)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = summarize(raw, Path(pneumoscan.pipeline.__file__))
-    in_batches = sum(n for s, n in summary["stages"].items() if not s.startswith("("))
-    print(f"{args.n} {args.kind} files, bundle {bundle['version']}; main thread inside _classify_batch, "
-          f"excluding the one-time model load and trace ({in_batches} samples at {args.rate}/s):")
+    totals = summary["samples_in_batches"]
+    print(f"{args.n} {args.kind} files, bundle {bundle['version']}; samples at {args.rate}/s inside the pipeline, "
+          f"excluding the one-time model load and trace; shares per thread:")
     rows = []
     for stage, count in summary["stages"].items():
-        share = count / in_batches if not stage.startswith("(") else None
+        thread = stage.split()[0]
+        share = count / totals[thread] if not stage.startswith("(") and totals.get(thread) else None
         rows.append({"stage": stage, "samples": count, "share": share})
         print(f"  {'' if share is None else f'{share:6.1%}':>6}  {count / args.rate:6.1f} s  {stage}")
     payload = {"machine": info, "bundle": bundle, "kind": args.kind, "n": args.n, "rate": args.rate,

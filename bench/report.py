@@ -120,15 +120,26 @@ def distributed(r: dict[str, Any]) -> list[str]:
 
 
 def profile(r: dict[str, Any]) -> list[str]:
-    out = [f"`pneumoscan scan` on {r['n']} {r['kind']} files, main thread by line of _classify_batch", "",
-           "| share | seconds | stage |", "|---|---|---|"]
+    out = [f"`pneumoscan scan` on {r['n']} {r['kind']} files: the main and the prepare thread by pipeline line "
+           "(shares per thread)", "", "| share | seconds | thread, stage |", "|---|---|---|"]
     for row in r["rows"]:
         share = "" if row["share"] is None else f"{row['share']:.0%}"
         out.append(f"| {share} | {row['samples'] / r['rate']:.1f} | `{row['stage']}` |")
     return out
 
 
+def db_writes(r: dict[str, Any]) -> list[str]:
+    out = [f"database work per batch (settled_hashes + save_results), ms; reference: commit {r['reference_commit']} "
+           "(one statement per row)", "", "| database | batch | reference ms | now ms | speed-up |",
+           "|---|---|---|---|---|"]
+    for row in r["results"]:
+        out.append(f"| {row['backend']} | {row['batch_size']} | {row['reference_ms_per_batch']:.1f} "
+                   f"| {row['current_ms_per_batch']:.1f} | **{row['speedup']:.1f}x** |")
+    return out
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "db_writes": db_writes,
     "throughput": throughput, "decode": decode, "latency": latency, "memory": memory, "database": database,
     "distributed": distributed, "profile-jpeg": profile, "profile-dicom": profile,
 }
