@@ -17,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -337,6 +339,31 @@ def preliminary(info: dict[str, Any], bundle: dict[str, Any] | None = None) -> l
     if info["contended"]:
         reasons.append("other processes competed for the CPU")
     return reasons
+
+
+@dataclass(frozen=True)
+class ScratchPostgres:
+    """A throw-away PostgreSQL database: its libpq URL (psycopg) and its SQLAlchemy URL (pneumoscan)."""
+
+    name: str
+    pg_url: str
+    db_url: str
+
+
+@contextmanager
+def scratch_postgres(pg_admin: str) -> Iterator[ScratchPostgres]:
+    """Create a uniquely named database through ``pg_admin`` (a URL allowed to create databases), drop it after."""
+    import psycopg
+
+    name = f"pneumoscan_bench_{uuid.uuid4().hex[:10]}"
+    base = pg_admin.rsplit("/", 1)[0]
+    with psycopg.connect(pg_admin, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ScratchPostgres(name, f"{base}/{name}", f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}")
+    finally:
+        with psycopg.connect(pg_admin, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import shutil
 import sqlite3
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,21 +218,12 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
             db.execute("ANALYZE")
         return {"backend": backend, "load_s": load.seconds,
                 "queries": time_queries(f"sqlite:///{path}", now, args.repeats)}
-    import psycopg
-
-    name = f"pneumoscan_bench_{uuid.uuid4().hex[:10]}"
-    base = args.pg_admin.rsplit("/", 1)[0]
-    with psycopg.connect(args.pg_admin, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
-        open_database(url).kw["bind"].dispose()
+    with common.scratch_postgres(args.pg_admin) as scratch:
+        open_database(scratch.db_url).kw["bind"].dispose()
         with common.Timer() as load:
-            load_postgresql(f"{base}/{name}", args.rows, now)
-        return {"backend": backend, "load_s": load.seconds, "queries": time_queries(url, now, args.repeats)}
-    finally:
-        with psycopg.connect(args.pg_admin, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            load_postgresql(scratch.pg_url, args.rows, now)
+        return {"backend": backend, "load_s": load.seconds,
+                "queries": time_queries(scratch.db_url, now, args.repeats)}
 
 
 def main() -> None:

@@ -44,26 +44,13 @@ def measure(source: Path, url: str, batch_size: int, batches: int) -> dict[str, 
     return result
 
 
-def fresh_url(backend: str, work: Path, pg_admin: str) -> str:
+def measure_on(backend: str, source: Path, work: Path, args: argparse.Namespace) -> float:
+    """ms per batch on a fresh database of ``backend`` (a new SQLite file or a scratch PostgreSQL database)."""
     if backend == "sqlite":
-        path = work / f"{uuid.uuid4().hex}.db"
-        return f"sqlite:///{path}"
-    import psycopg
-
-    name = f"pneumoscan_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = pg_admin.rsplit("/", 1)[0].split("://", 1)[1]
-    return f"postgresql+psycopg://{base}/{name}"
-
-
-def drop_databases(pg_admin: str) -> None:
-    import psycopg
-
-    with psycopg.connect(pg_admin, autocommit=True) as admin:
-        names = [n for (n,) in admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pneumoscan_bench_%'")]
-        for name in names:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        url = f"sqlite:///{work / uuid.uuid4().hex}.db"
+        return float(measure(source, url, args.batch_size, args.batches)["ms_per_batch"])
+    with common.scratch_postgres(args.pg_admin) as scratch:
+        return float(measure(source, scratch.db_url, args.batch_size, args.batches)["ms_per_batch"])
 
 
 def main() -> None:
@@ -88,8 +75,7 @@ def main() -> None:
                 times: dict[str, list[float]] = {"current": [], "reference": []}
                 for _ in range(args.rounds):
                     for name, source in (("reference", worktree / "src"), ("current", current)):
-                        url = fresh_url(backend, Path(tmp), args.pg_admin)
-                        times[name].append(measure(source, url, args.batch_size, args.batches)["ms_per_batch"])
+                        times[name].append(measure_on(backend, source, Path(tmp), args))
                 row = {"backend": backend, "batch_size": args.batch_size,
                        "reference_ms_per_batch": common.median(times["reference"]),
                        "current_ms_per_batch": common.median(times["current"]), "runs": times}
@@ -101,7 +87,6 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(common.REPO), "worktree", "remove", "--force", str(worktree)],
                            check=False, capture_output=True)
-            drop_databases(args.pg_admin)
     payload = {"machine": info, "reference_commit": args.reference, "results": rows,
                "preliminary": common.preliminary(info)}
     common.write_result("db_writes", payload)

@@ -24,8 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +53,21 @@ class Scratch:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._admin = args.pg_admin
-        self.name = f"pneumoscan_bench_{uuid.uuid4().hex[:10]}"
-        base = args.pg_admin.rsplit("/", 1)[0]
-        self.pg_url = f"{base}/{self.name}"
-        self.db_url = f"postgresql+psycopg://{base.split('://', 1)[1]}/{self.name}"
+        self._stack = ExitStack()
         self.broker_url = f"{args.redis}/{empty_redis_db(args.redis)}"
 
     def __enter__(self) -> Scratch:
-        import psycopg
-
         from pneumoscan.db import open_database
 
-        with psycopg.connect(self._admin, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{self.name}"')
+        database = self._stack.enter_context(common.scratch_postgres(self._admin))
+        self.pg_url, self.db_url = database.pg_url, database.db_url
         open_database(self.db_url).kw["bind"].dispose()  # migrate once, before the workers race to
         return self
 
     def __exit__(self, *_: object) -> None:
-        import psycopg
         import redis
 
-        with psycopg.connect(self._admin, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._stack.close()  # drops the database
         client = redis.Redis.from_url(self.broker_url)
         client.flushdb()
         client.close()
