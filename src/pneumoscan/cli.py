@@ -354,6 +354,9 @@ def _progress(label: str) -> Progress:
 @click.option("--min-sensitivity", type=click.FloatRange(0.5, 1), default=0.97, show_default=True,
               help="Threshold rule: highest threshold keeping this validation sensitivity.")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Mixup strength: Beta(a, a) mixing of image pairs and their labels; 0 is off.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -361,7 +364,8 @@ def _progress(label: str) -> Progress:
 @_friendly
 def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size: int, epochs: int,
           batch_size: int, learning_rate: float, schedule: str, val_fraction: float, min_sensitivity: float,
-          no_augment: bool, init: Path | None, seed: int, version: str | None) -> None:
+          no_augment: bool, mixup: float, label_smoothing: float, init: Path | None, seed: int,
+          version: str | None) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
     Validation is carved from train by patient; the test split is never read.
@@ -372,7 +376,8 @@ def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size
 
     config = TrainConfig(architecture.lower(), input_size, epochs, batch_size, learning_rate, schedule,
                          weights=None if weights == "none" else weights, val_fraction=val_fraction,
-                         min_sensitivity=min_sensitivity, seed=seed, augment=not no_augment, version=version,
+                         min_sensitivity=min_sensitivity, seed=seed, augment=not no_augment, mixup=mixup,
+                         label_smoothing=label_smoothing, version=version,
                          init=None if init is None else str(init))
 
     def show(epoch: int, logs: dict[str, float]) -> None:

@@ -44,7 +44,8 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "bundle"
     result = subprocess.run(
         [CLI, "train", str(data_dir), "--out", str(out), "--architecture", "tiny", "--input-size", "64",
-         "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.3", "--version", "tiny-trained"],
+         "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.3", "--version", "tiny-trained",
+         "--mixup", "0.2", "--label-smoothing", "0.1"],
         capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -61,6 +62,7 @@ def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -
     for key in ("preprocessing", "threshold_rule", "training", "validation_metrics"):
         assert card[key], key
     assert "test split was not read" in card["training"]["split"]
+    assert (card["training"]["config"]["mixup"], card["training"]["config"]["label_smoothing"]) == (0.2, 0.1)
     assert (trained / "training_curves.png").stat().st_size > 1000
     probabilities = bundle.predict(np.random.default_rng(0).random((3, 64, 64), dtype=np.float32))
     assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
@@ -95,6 +97,29 @@ def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path:
     history = (out / "checkpoints" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
     assert bundle.card["training"]["epochs_run"] == 3
+
+
+def test_mixup_mixes_each_image_label_and_weight_with_one_partner_by_one_factor() -> None:
+    from pneumoscan.models.train import _mixer
+
+    n = 16
+    images = np.eye(n, dtype=np.float32).reshape(n, 1, n, 1)  # image i is 1 at pixel i only
+    labels = (np.arange(n) % 2).astype(np.float32)
+    weights = np.linspace(0.5, 2.0, n).astype(np.float32)
+    x, y, w = (np.asarray(t) for t in _mixer(0.4)(images, labels, weights))
+    mixed = 0
+    for i in range(n):
+        row = x[i, 0, :, 0]
+        assert row.sum() == pytest.approx(1.0, abs=1e-5) and row.min() >= 0
+        others = np.delete(np.arange(n), i)
+        j = int(others[np.argmax(row[others])])
+        lam = row[i]
+        if row[j] > 1e-6:
+            mixed += 1
+            assert np.count_nonzero(row > 1e-6) == 2  # exactly one partner
+        assert y[i] == pytest.approx(lam * labels[i] + (1 - lam) * labels[j], abs=1e-5)
+        assert w[i] == pytest.approx(lam * weights[i] + (1 - lam) * weights[j], abs=1e-5)
+    assert mixed >= n // 2  # a shuffled partner is rarely the image itself
 
 
 def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_path: Path) -> None:

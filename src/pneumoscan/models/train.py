@@ -44,6 +44,8 @@ class TrainConfig:
     min_sensitivity: float = 0.97
     seed: int = 0
     augment: bool = True
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs within a batch; 0 turns it off
+    label_smoothing: float = 0.0
     version: str | None = None
     init: str | None = None  # a bundle directory whose weights training starts from (fine-tuning)
 
@@ -92,18 +94,44 @@ def _augmenter(seed: int) -> Any:
     return augment
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, train: bool) -> Any:
+def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, train: bool,
+             class_weight: dict[int, float] | None = None) -> Any:
+    """Batches of (image, label) for validation; (image, label, sample weight) for training.
+
+    Class weights travel as sample weights so that mixup can mix them along with the labels.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
-    if train:
-        ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size).map(lambda x, y: (tf.cast(x, tf.float32)[..., None] / 255.0, y),
-                                         num_parallel_calls=tf.data.AUTOTUNE)
-    if train and config.augment:
+    y = labels.astype(np.float32)
+    if not train:
+        ds = tf.data.Dataset.from_tensor_slices((images, y)).batch(config.batch_size)
+        return ds.map(lambda x, t: (tf.cast(x, tf.float32)[..., None] / 255.0, t)).prefetch(tf.data.AUTOTUNE)
+    weights = np.array([(class_weight or {}).get(int(label), 1.0) for label in labels], np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, y, weights))
+    ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
+    ds = ds.map(lambda x, t, w: (tf.cast(x, tf.float32)[..., None] / 255.0, t, w),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    if config.augment:
         augment = _augmenter(config.seed)
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, t, w: (augment(x), t, w), num_parallel_calls=tf.data.AUTOTUNE)
+    if config.mixup > 0:
+        ds = ds.map(_mixer(config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _mixer(alpha: float) -> Callable[[Any, Any, Any], tuple[Any, Any, Any]]:
+    """Mixup: each image, label and weight becomes a convex mix with a shuffled partner from its batch."""
+    import tensorflow as tf
+
+    def mix(x: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
+        n = tf.shape(x)[0]
+        a = tf.random.gamma((n,), alpha)
+        lam = a / (a + tf.random.gamma((n,), alpha))  # Beta(alpha, alpha)
+        partner = tf.random.shuffle(tf.range(n))
+        return (lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * tf.gather(x, partner),
+                lam * y + (1 - lam) * tf.gather(y, partner), lam * w + (1 - lam) * tf.gather(w, partner))
+
+    return mix
 
 
 def _best_so_far(history_csv: Path) -> float | None:
@@ -171,7 +199,7 @@ def train(
     model = _initial_model(config)
     model.compile(
         optimizer=keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay),
-        loss="binary_crossentropy",
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
     checkpoints = out / "checkpoints"
@@ -186,8 +214,8 @@ def train(
     ]
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, logs or {})))
-    model.fit(_dataset(x_train, y_train, config, train=True), epochs=config.epochs,
-              validation_data=_dataset(x_val, y_val, config, train=False), class_weight=class_weight,
+    model.fit(_dataset(x_train, y_train, config, train=True, class_weight=class_weight), epochs=config.epochs,
+              validation_data=_dataset(x_val, y_val, config, train=False),
               callbacks=callbacks, verbose=0, shuffle=False)
 
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
