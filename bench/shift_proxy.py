@@ -22,6 +22,7 @@ import numpy as np
 from common import DATASET, RESULTS_DIR
 
 from pneumoscan.models import metrics
+from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.dataset import labels_of, list_split, load_images, patient_split
 from pneumoscan.models.train import TrainConfig, train
 
@@ -35,12 +36,38 @@ def _source(name: str) -> str:
     return "NORMAL2" if name.upper().startswith("NORMAL2-") else "IM"
 
 
+def _trained(layout: Path, out: Path, config: TrainConfig) -> tuple[ModelBundle, float]:
+    """Train ``config`` into ``out``, or reuse the bundle a previous run left there."""
+    try:
+        return load_bundle(out), 0.0
+    except BundleError:
+        started = time.perf_counter()
+        bundle = train(layout, out, config)
+        return bundle, (time.perf_counter() - started) / 60
+
+
+def _row(recipe: str, model: str, args: argparse.Namespace, y_val: np.ndarray, labels: np.ndarray,
+         p_val: np.ndarray, p_held: np.ndarray, p_pos: np.ndarray) -> dict[str, object]:
+    """The proxy figures of one model's scores, with the threshold chosen on validation by the usual rule."""
+    threshold = metrics.choose_threshold(y_val, p_val, TrainConfig().min_sensitivity)
+    val = metrics.summarize(y_val, p_val, threshold)
+    return {
+        "recipe": recipe, "model": model, "config": RECIPES[recipe], "hold_out": args.hold_out,
+        "epochs": args.epochs, "threshold": threshold,
+        "validation_roc_auc": val["roc_auc"], "validation_specificity": val["specificity"],
+        "held_out_normals": len(p_held),
+        "held_out_specificity": float(np.mean(p_held < threshold)),
+        "held_out_roc_auc_vs_val_pneumonia": metrics.roc_auc(labels, np.r_[p_held, p_pos]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data_dir", type=Path, nargs="?", default=DATASET)
     parser.add_argument("--hold-out", choices=("NORMAL2", "IM"), default="NORMAL2")
     parser.add_argument("--recipe", choices=tuple(RECIPES), action="append")
-    parser.add_argument("--input-size", type=int, default=112)
+    parser.add_argument("--input-size", type=int, nargs="+", default=[112],
+                        help="one or more input sizes; with several, their ensemble is measured too")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work", type=Path, default=Path("runs/shift-proxy"))
     args = parser.parse_args()
@@ -54,34 +81,31 @@ def main() -> int:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(example.path.resolve())
-    x_held = load_images(held_out, args.input_size).astype(np.float32) / 255.0
 
+    _, val = patient_split(list_split(layout, "train"), TrainConfig().val_fraction, TrainConfig().seed)
+    val_pneumonia = [e for e in val if e.label == 1]
+    labels = np.r_[np.zeros(len(held_out), int), labels_of(val_pneumonia)]
     results = []
     for recipe in args.recipe or list(RECIPES):
-        config = TrainConfig(input_size=args.input_size, epochs=args.epochs, version=f"proxy-{recipe}",
-                             **RECIPES[recipe])  # type: ignore[arg-type]
-        out = args.work / f"{recipe}-without-{args.hold_out}-{args.input_size}px"
-        started = time.perf_counter()
-        bundle = train(layout, out, config)
-        minutes = (time.perf_counter() - started) / 60
-        _, val = patient_split(list_split(layout, "train"), config.val_fraction, config.seed)
-        val_pneumonia = [e for e in val if e.label == 1]
-        p_pos = bundle.predict(load_images(val_pneumonia, args.input_size).astype(np.float32) / 255.0)
-        p_held = bundle.predict(x_held)
-        labels = np.r_[np.zeros(len(p_held), int), labels_of(val_pneumonia)]
-        row = {
-            "recipe": recipe, "config": RECIPES[recipe], "hold_out": args.hold_out, "input_size": args.input_size,
-            "epochs": args.epochs, "minutes": round(minutes, 1), "threshold": bundle.threshold,
-            "validation_roc_auc": bundle.card["validation_metrics"]["roc_auc"],
-            "validation_specificity": bundle.card["validation_metrics"]["specificity"],
-            "held_out_normals": len(p_held),
-            "held_out_specificity": float(np.mean(p_held < bundle.threshold)),
-            "held_out_roc_auc_vs_val_pneumonia": metrics.roc_auc(labels, np.r_[p_held, p_pos]),
-        }
-        print(json.dumps(row), flush=True)
-        results.append(row)
+        member_scores = []  # per input size: (validation scores, held-out scores, val-pneumonia scores)
+        for size in args.input_size:
+            bundle, minutes = _trained(layout, args.work / f"{recipe}-without-{args.hold_out}-{size}px",
+                                       TrainConfig(input_size=size, epochs=args.epochs, version=f"proxy-{recipe}",
+                                                   **RECIPES[recipe]))  # type: ignore[arg-type]
+            scores = tuple(bundle.predict(load_images(group, size).astype(np.float32) / 255.0)
+                           for group in (val, held_out, val_pneumonia))
+            member_scores.append(scores)
+            row = _row(recipe, f"{size}px", args, labels_of(val), labels, *scores)
+            results.append({**row, "minutes": round(minutes, 1)})
+            print(json.dumps(results[-1]), flush=True)
+        if len(member_scores) > 1:  # the ensemble averages its members' probabilities
+            mean = [np.mean([m[i] for m in member_scores], axis=0) for i in range(3)]
+            sizes = "+".join(f"{s}px" for s in args.input_size)
+            results.append(_row(recipe, f"ensemble {sizes}", args, labels_of(val), labels, *mean))
+            print(json.dumps(results[-1]), flush=True)
     RESULTS_DIR.mkdir(exist_ok=True)
-    target = RESULTS_DIR / f"shift_proxy-{args.hold_out}-{args.input_size}px.json"
+    sizes = "+".join(str(s) for s in args.input_size)
+    target = RESULTS_DIR / f"shift_proxy-{args.hold_out}-{sizes}px.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {target}")
     return 0

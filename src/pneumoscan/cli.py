@@ -393,6 +393,33 @@ def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size
 
 
 @main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The DATA_DIR the bundles were trained on; its validation split sets the threshold.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Bundle folder to write.")
+@click.option("--min-sensitivity", type=click.FloatRange(0.5, 1),
+              help="Threshold rule [default: the first bundle's].")
+@click.option("--version", "version", help="Model version for the card [default: ensemble-timestamp].")
+@_friendly
+def ensemble(bundles: tuple[Path, ...], data_dir: Path, out: Path, min_sensitivity: float | None,
+             version: str | None) -> None:
+    """Average BUNDLES (trained on one validation split) into one bundle that the worker runs as one model."""
+    from pneumoscan.models.dataset import DatasetError
+    from pneumoscan.models.ensemble import ensemble as combine
+
+    members = [load_bundle(path, verify=True) for path in bundles]
+    try:
+        bundle = combine(members, data_dir, out, version=version, min_sensitivity=min_sensitivity)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    v = bundle.card["validation_metrics"]
+    click.echo(f"wrote {out}: {bundle.version} ({len(members)} members), threshold {bundle.threshold:.4f}, "
+               f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "
+               f"specificity {v['specificity']:.3f}")
+
+
+@main.command()
 @click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True, help="Folder under DATA_DIR to evaluate on.")

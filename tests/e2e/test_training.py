@@ -172,3 +172,63 @@ def test_fine_tuning_from_a_mismatched_bundle_is_a_clear_error(trained: Path, da
     assert result.returncode != 0
     assert "is tiny at 64 px, not tiny at 96 px" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def members(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two more tiny bundles on the same validation split: one at the fixture's 64 px, one at 48 px."""
+    from pneumoscan.models.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("members")
+    out = {}
+    for name, size in (("same", 64), ("small", 48)):
+        config = TrainConfig("tiny", input_size=size, epochs=1, batch_size=8, val_fraction=0.3, version=name)
+        out[name] = train(data_dir, root / name, config).path
+    return out
+
+
+def _ensemble_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, "ensemble", *args], capture_output=True, text=True, timeout=240)
+
+
+def test_ensemble_of_same_size_members_is_their_mean(trained: Path, members: dict[str, Path], data_dir: Path,
+                                                     tmp_path: Path) -> None:
+    result = _ensemble_cli(str(trained), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "e"),
+                           "--version", "tiny-pair")
+    assert result.returncode == 0, result.stderr[-2000:]
+    combined = load_bundle(tmp_path / "e", verify=True)
+    assert combined.card["architecture"] == "ensemble" and combined.input_size == 64
+    assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "same"]
+    x = load_images(list_split(data_dir, "train")[:12], 64).astype(np.float32) / 255.0
+    expected = (load_bundle(trained).predict(x) + load_bundle(members["same"]).predict(x)) / 2
+    np.testing.assert_allclose(combined.predict(x), expected, atol=1e-5)
+
+
+def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
+        trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    result = _ensemble_cli(str(members["small"]), str(trained), "--data", str(data_dir), "--out", str(tmp_path / "e"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    combined = load_bundle(tmp_path / "e", verify=True)
+    assert combined.input_size == 64
+    config = combined.card["training"]["config"]
+    _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
+    scores = combined.predict(load_images(val, 64).astype(np.float32) / 255.0)
+    assert combined.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
+    # The 48 px member sees the 64 px image resized inside the model: close to its own 48 px decoding.
+    small = load_bundle(members["small"])
+    alone = (load_bundle(trained).predict(load_images(val, 64).astype(np.float32) / 255.0)
+             + small.predict(load_images(val, 48).astype(np.float32) / 255.0)) / 2
+    np.testing.assert_allclose(scores, alone, atol=0.02)
+
+
+def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Path, data_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    from pneumoscan.models.train import TrainConfig, train
+
+    other = train(data_dir, tmp_path / "other", TrainConfig("tiny", input_size=64, epochs=1, batch_size=8,
+                                                             val_fraction=0.3, seed=1)).path
+    result = _ensemble_cli(str(trained), str(other), "--data", str(data_dir), "--out", str(tmp_path / "e"))
+    assert result.returncode != 0 and "not trained on one validation split" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "e").exists()
+    result = _ensemble_cli(str(trained), "--data", str(data_dir), "--out", str(tmp_path / "e"))
+    assert result.returncode != 0 and "at least two bundles" in result.stderr

@@ -92,6 +92,14 @@ def patient_split(
     return train, val
 
 
+def train_validation(data_dir: Path, val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """The (train, validation) examples a training run uses: train split by patient, plus ``val`` if present."""
+    train, val = patient_split(list_split(data_dir, "train"), val_fraction, seed)
+    if (data_dir / "val").is_dir():
+        val += list_split(data_dir, "val")
+    return train, val
+
+
 def load_images(examples: list[Example], size: int, workers: int = 8) -> np.ndarray:
     """Decode examples through the pipeline's own decoder to a (n, size, size) uint8 array."""
 

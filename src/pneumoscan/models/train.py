@@ -17,7 +17,7 @@ import numpy as np
 
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
-from pneumoscan.models.dataset import Example, labels_of, list_split, load_images, patient_split
+from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,7 @@ def train(
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    examples = list_split(data_dir, "train")
-    train_set, val_set = patient_split(examples, config.val_fraction, config.seed)
-    if (data_dir / "val").is_dir():
-        val_set += list_split(data_dir, "val")
+    train_set, val_set = train_validation(data_dir, config.val_fraction, config.seed)
     if not val_set or len({e.label for e in val_set}) < 2:
         raise ValueError("validation split needs both classes: add images or raise --val-fraction")
     log.info("train %d images, validation %d images (%d patients)", len(train_set), len(val_set),

@@ -1,0 +1,101 @@
+"""Ensembles: several trained bundles averaged inside one Keras model, so the pipeline sees one model.
+
+Members may have different input sizes. The ensemble takes the largest; a smaller member gets the
+image through an antialiased bilinear resize inside the model. The members must have been trained
+with the same patient-wise validation split, and the ensemble's threshold is chosen on that split
+by the usual rule, so the test split is never read here either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumoscan.models import metrics
+from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
+from pneumoscan.models.dataset import labels_of, load_images, train_validation
+
+log = logging.getLogger(__name__)
+
+
+def _split_of(bundle: ModelBundle) -> tuple[Any, Any, Any]:
+    training = bundle.card.get("training") or {}
+    config = training.get("config") or {}
+    return training.get("data"), config.get("val_fraction"), config.get("seed")
+
+
+def build_ensemble(members: list[ModelBundle]) -> Any:
+    """One Keras model that averages the members' probabilities, at the largest member's input size."""
+    import keras
+
+    import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
+
+    size = max(m.input_size for m in members)
+    inputs = keras.Input((size, size, 1), name="image")
+    outputs = []
+    for i, member in enumerate(members):
+        model = keras.models.load_model(member.path / MODEL_FILE, compile=False)
+        wrapped = keras.Model(model.input, model.output, name=f"member{i}_{member.input_size}px")
+        x = inputs
+        if member.input_size != size:
+            x = keras.layers.Resizing(member.input_size, member.input_size, interpolation="bilinear",
+                                      antialias=True, name=f"member{i}_resize")(inputs)
+        outputs.append(wrapped(x))
+    mean = keras.layers.Average(name="pneumonia")(outputs)
+    return keras.Model(inputs, mean, name="ensemble")
+
+
+def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: str | None = None,
+             min_sensitivity: float | None = None) -> ModelBundle:
+    """Combine ``members`` into one bundle in ``out``, with its threshold chosen on their validation split."""
+    if len(members) < 2:
+        raise BundleError("an ensemble needs at least two bundles")
+    splits = {_split_of(m) for m in members}
+    if len(splits) != 1 or None in next(iter(splits)):
+        raise BundleError("the bundles were not trained on one validation split (data, val_fraction and seed "
+                          f"must match and be in their cards): {sorted(map(str, splits))}")
+    data, val_fraction, seed = splits.pop()
+    if len({m.card.get("preprocessing") for m in members}) != 1:
+        raise BundleError("the bundles preprocess their input differently and cannot share one input")
+    if data != data_dir.name:
+        raise BundleError(f"the bundles were trained on {data!r}, not on {data_dir.name!r}")
+    rule = min_sensitivity if min_sensitivity is not None else \
+        members[0].card["training"]["config"].get("min_sensitivity", 0.97)
+    configure_devices()
+    model = build_ensemble(members)
+    size = max(m.input_size for m in members)
+    _, val_set = train_validation(data_dir, val_fraction, seed)
+    y_val = labels_of(val_set)
+    scores = model.predict(load_images(val_set, size)[..., None].astype(np.float32) / 255.0, batch_size=64,
+                           verbose=0).ravel()
+    threshold = metrics.choose_threshold(y_val, scores, rule)
+    now = datetime.now(UTC)
+    first = members[0].card
+    card = {
+        "version": version or f"ensemble-{now:%Y%m%d-%H%M%S}",
+        "architecture": "ensemble",
+        "input_size": size,
+        "preprocessing": first.get("preprocessing"),
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
+        "labels": first.get("labels", ["NORMAL", "PNEUMONIA"]),
+        "output": "mean probability of PNEUMONIA over the members",
+        "created_at": now.isoformat(timespec="seconds"),
+        "parameters": int(model.count_params()),
+        "members": [{"version": m.version, "architecture": m.card.get("architecture"), "input_size": m.input_size,
+                     "sha256": m.card.get("sha256"), "validation_roc_auc": m.card["validation_metrics"]["roc_auc"]}
+                    for m in members],
+        "training": {"data": data, "split": first["training"].get("split"),
+                     "validation_images": first["training"].get("validation_images"),
+                     "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},
+        "validation_metrics": metrics.summarize(y_val, scores, threshold),
+        "test_metrics": None,
+    }
+    bundle = write_bundle(out, model, card)
+    log.info("ensemble written to %s: %s", out, json.dumps(card["validation_metrics"]))
+    return bundle
