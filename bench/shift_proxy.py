@@ -23,7 +23,7 @@ from common import DATASET, RESULTS_DIR
 
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
-from pneumoscan.models.dataset import labels_of, list_split, load_images, patient_split
+from pneumoscan.models.dataset import labels_of, list_split, load_images, train_validation
 from pneumoscan.models.train import TrainConfig, train
 
 RECIPES = {
@@ -82,7 +82,8 @@ def main() -> int:
         if not link.exists():
             link.symlink_to(example.path.resolve())
 
-    _, val = patient_split(list_split(layout, "train"), TrainConfig().val_fraction, TrainConfig().seed)
+    _, val = train_validation(layout, TrainConfig().val_fraction, TrainConfig().seed)
+    y_val = labels_of(val)
     val_pneumonia = [e for e in val if e.label == 1]
     labels = np.r_[np.zeros(len(held_out), int), labels_of(val_pneumonia)]
     results = []
@@ -95,13 +96,13 @@ def main() -> int:
             scores = tuple(bundle.predict(load_images(group, size).astype(np.float32) / 255.0)
                            for group in (val, held_out, val_pneumonia))
             member_scores.append(scores)
-            row = _row(recipe, f"{size}px", args, labels_of(val), labels, *scores)
+            row = _row(recipe, f"{size}px", args, y_val, labels, *scores)
             results.append({**row, "minutes": round(minutes, 1)})
             print(json.dumps(results[-1]), flush=True)
         if len(member_scores) > 1:  # the ensemble averages its members' probabilities
             mean = [np.mean([m[i] for m in member_scores], axis=0) for i in range(3)]
             sizes = "+".join(f"{s}px" for s in args.input_size)
-            results.append(_row(recipe, f"ensemble {sizes}", args, labels_of(val), labels, *mean))
+            results.append(_row(recipe, f"ensemble {sizes}", args, y_val, labels, *mean))
             print(json.dumps(results[-1]), flush=True)
     RESULTS_DIR.mkdir(exist_ok=True)
     sizes = "+".join(str(s) for s in args.input_size)

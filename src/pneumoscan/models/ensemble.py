@@ -68,7 +68,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
         members[0].card["training"]["config"].get("min_sensitivity", 0.97)
     configure_devices()
     model = build_ensemble(members)
-    size = max(m.input_size for m in members)
+    size = int(model.input_shape[1])
     _, val_set = train_validation(data_dir, val_fraction, seed)
     y_val = labels_of(val_set)
     scores = model.predict(load_images(val_set, size)[..., None].astype(np.float32) / 255.0, batch_size=64,
