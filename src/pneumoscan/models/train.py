@@ -28,6 +28,14 @@ PREPROCESSING = (
 )
 
 
+class AlreadyTrained(Exception):
+    """The output folder already holds the finished bundle of this run; nothing was done."""
+
+
+# Below these a validation split cannot rank models or place a threshold with any confidence.
+MIN_VALIDATION_PER_CLASS = 20
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; stored in the model card."""
@@ -48,6 +56,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     version: str | None = None
     init: str | None = None  # a bundle directory whose weights training starts from (fine-tuning)
+    # Fine-tuning a pretrained backbone: the head trains alone for head_epochs, then the backbone joins
+    # (warmed up over one epoch) at backbone_lr_scale times the head's rate.
+    head_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine weights as pretrained
+    ema: float = 0.0  # momentum of an exponential moving average of the weights, used for validation and the bundle
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -65,6 +79,38 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
         return keras.optimizers.schedules.CosineDecay(
             0.0, total - warmup, warmup_target=config.learning_rate, warmup_steps=warmup, alpha=0.01)
     raise ValueError(f"unknown learning-rate schedule {config.schedule!r}: use cosine, constant or step")
+
+
+def _fine_tuning_optimizer(model: Any, config: TrainConfig, steps_per_epoch: int) -> Any:
+    """AdamW whose learning rate for everything but the head is scaled, and held at 0 during the head epochs."""
+    import keras
+    from keras import ops
+
+    head = model.get_layer("pneumonia").trainable_variables
+    hold, ramp, scale = config.head_epochs * steps_per_epoch, max(1, steps_per_epoch), config.backbone_lr_scale
+
+    class FineTuningAdamW(keras.optimizers.AdamW):  # type: ignore[misc, name-defined]
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            # The backend hands over its own variable objects; _var_key maps both kinds to one key.
+            if self._var_key(variable) not in {self._var_key(v) for v in head}:
+                warm = ops.clip((ops.cast(self.iterations, "float32") - hold) / ramp, 0.0, 1.0)
+                learning_rate = learning_rate * scale * warm
+            super().update_step(gradient, variable, learning_rate)
+
+    ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema > 0 else {}
+    return FineTuningAdamW(_schedule(config, steps_per_epoch), weight_decay=config.weight_decay, **ema)
+
+
+def _freeze_batchnorm(model: Any) -> int:
+    """Put every BatchNormalization layer in inference mode with frozen weights; returns how many."""
+    import keras
+
+    frozen = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
 
 
 def _augmenter(seed: int) -> Any:
@@ -170,13 +216,21 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    restart: bool = False,
 ) -> ModelBundle:
     """Train on ``data_dir/train`` (plus ``val`` if present), write a bundle to ``out`` and return it.
 
     Validation is carved from train by patient. The best epoch by validation ROC AUC is kept, and
     the threshold is chosen on validation. The test split is never read. Interrupted runs resume
-    from ``out/checkpoints`` when called again with the same ``out``.
+    from ``out/checkpoints`` when called again with the same ``out``. A finished run raises
+    AlreadyTrained instead of training again, unless ``restart`` (which discards its checkpoints).
     """
+    from pneumoscan.models import MIN_INPUT_SIZE
+
+    minimum = MIN_INPUT_SIZE.get(config.architecture, 32)
+    if config.input_size < minimum:
+        raise ValueError(f"{config.architecture} needs --input-size of at least {minimum} px")
+    _check_finished(out, restart)
     configure_devices()
     import keras
 
@@ -194,8 +248,10 @@ def train(
     steps = math.ceil(len(x_train) / config.batch_size)
 
     model = _initial_model(config)
+    if config.freeze_bn:
+        log.info("froze %d BatchNormalization layers", _freeze_batchnorm(model))
     model.compile(
-        optimizer=keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay),
+        optimizer=_fine_tuning_optimizer(model, config, steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
@@ -203,7 +259,10 @@ def train(
     checkpoints.mkdir(parents=True, exist_ok=True)
     history_csv = checkpoints / "history.csv"
     best_path = checkpoints / "best.keras"
-    callbacks: list[Any] = [
+    # Order matters: with EMA, the averaged weights are swapped in before the backup and the checkpoint
+    # are written at an epoch's end, and swapped out again at the next epoch's start (also after a resume).
+    callbacks: list[Any] = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema > 0 else []
+    callbacks += [
         keras.callbacks.BackupAndRestore(str(checkpoints / "resume"), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_auc", mode="max", save_best_only=True,
                                         initial_value_threshold=_best_so_far(history_csv)),
@@ -221,6 +280,9 @@ def train(
     val_scores = best.predict(x_val[..., None].astype(np.float32) / 255.0, batch_size=64, verbose=0).ravel()
     threshold = metrics.choose_threshold(y_val, val_scores, config.min_sensitivity)
     _plot_curves(history_csv, out / "training_curves.png")
+    warnings = _warnings(y_val, val_scores)
+    for warning in warnings:
+        log.warning("%s", warning)
     now = datetime.now(UTC)
     card = {
         "version": config.version or f"{config.architecture}-{now:%Y%m%d-%H%M%S}",
@@ -244,11 +306,44 @@ def train(
             "epochs_run": len(_read_rows(history_csv)),
         },
         "validation_metrics": metrics.summarize(y_val, val_scores, threshold),
+        "warnings": warnings,
         "test_metrics": None,
     }
     bundle = write_bundle(out, best, card)
     log.info("bundle written to %s: %s", out, json.dumps(card["validation_metrics"]))
     return bundle
+
+
+def _check_finished(out: Path, restart: bool) -> None:
+    """Refuse to retrain a finished bundle (a new version would reclassify every image) unless ``restart``."""
+    import shutil
+
+    from pneumoscan.models.bundle import CARD_FILE
+
+    if not (out / CARD_FILE).is_file():
+        return
+    if not restart:
+        version = json.loads((out / CARD_FILE).read_text()).get("version", "?")
+        raise AlreadyTrained(f"{out} already holds the finished bundle {version}; nothing to do "
+                             "(pass --restart to train it again from scratch)")
+    for path in (out / "checkpoints", out / CARD_FILE):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _warnings(y_val: np.ndarray, scores: np.ndarray) -> list[str]:
+    """What makes this run's validation figures untrustworthy, for the log, the CLI and the card."""
+    counts = np.bincount(y_val, minlength=2)
+    warnings = []
+    if counts.min() < MIN_VALIDATION_PER_CLASS:
+        warnings.append(f"validation is tiny ({counts[0]} NORMAL, {counts[1]} PNEUMONIA; fewer than "
+                        f"{MIN_VALIDATION_PER_CLASS} of a class): its AUC and threshold are unreliable")
+    auc = metrics.roc_auc(y_val, scores)
+    if auc < 0.5:
+        warnings.append(f"validation ROC AUC is {auc:.3f}, worse than chance: this model has not learned")
+    return warnings
 
 
 def _initial_model(config: TrainConfig) -> Any:
