@@ -24,8 +24,8 @@ from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
 from pneumoscan.db.queries import RESULT_FIELDS, Result, ResultFilter, query_results
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
+from pneumoscan.models.bundle import LABELS, BundleError, ModelBundle, load_bundle
 from pneumoscan.models.pretrained import WeightsError
-from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -308,7 +308,7 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
         writer.writerows(rows)
     else:
         table = Table(show_lines=False)
-        shown = ("path", "status", "label", "probability", "model_version", "classified_at", "reason")
+        shown = ("id", "path", "status", "label", "probability", "model_version", "classified_at", "reason")
         for column in shown:
             table.add_column(column, overflow="fold")
         for row in rows:
@@ -317,6 +317,112 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
                             else str(row[k] if row[k] is not None else "") for k in shown))
         Console().print(table)
         err.print(f"{len(rows)} rows", style="dim")
+
+
+@main.command()
+@click.argument("image_id", type=click.IntRange(1))
+@click.option("--label", required=True, type=click.Choice(LABELS, case_sensitive=False), help="The reviewer's reading.")
+@click.option("--reviewer", required=True, help="Who reviewed the image.")
+@click.option("--comment", help="Free text kept with the review.")
+@click.pass_context
+@_friendly
+def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment: str | None) -> None:
+    """Record a person's reading of IMAGE_ID (from `results`). Reviews are appended, never edited."""
+    from pneumoscan.db.reviews import UnknownImage, add_review
+
+    if not reviewer.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reviewer")
+    try:
+        with _database(_settings(ctx)).begin() as session:
+            saved = add_review(session, image_id, reviewer, label.upper(), comment)
+    except UnknownImage as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"review {saved.id}: image {image_id} is {saved.label} according to {saved.reviewer}")
+
+
+@main.command()
+@click.option("--from-reviews", is_flag=True, required=True,
+              help="Fit on the images reviewed at this site (the only source for now).")
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=0.95, show_default=True,
+              help="Keep at least this share of the reviewed pneumonias above the threshold.")
+@click.option("--min-reviews", type=click.IntRange(1), default=50, show_default=True,
+              help="Reviewed cases of each class needed before fitting.")
+@click.option("--undo", is_flag=True, help="Withdraw the operating point in force; the one before it applies again.")
+@click.option("--history", "show_history", is_flag=True, help="List every operating point of the current model.")
+@click.pass_context
+@_friendly
+def calibrate(ctx: click.Context, from_reviews: bool, target_sensitivity: float, min_reviews: int, undo: bool,
+              show_history: bool) -> None:
+    """Set this site's decision threshold for the current model from its reviewed cases, without retraining.
+
+    Existing results of the model are relabelled at once; every change is recorded and can be undone.
+    """
+    import numpy as np
+
+    from pneumoscan.db import reviews
+    from pneumoscan.models.calibrate import TooFewReviews, site_threshold
+
+    settings = _settings(ctx)
+    bundle, sessions = _bundle(settings), _database(settings)
+    with sessions.begin() as session:
+        if show_history:
+            for p in reviews.history(session, bundle.version):
+                state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
+                click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
+                           f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
+            return
+        if undo:
+            point, threshold, changed = reviews.undo_point(session, bundle.version, bundle.threshold)
+            click.echo(f"withdrew operating point {point.id}; threshold is {threshold:.4f} again, "
+                       f"{changed} labels changed")
+            return
+        cases = reviews.reviewed_cases(session, bundle.version)
+        labels = np.array([c.label for c in cases], dtype=int)
+        try:
+            threshold, figures = site_threshold(labels, np.array([c.probability for c in cases]), target_sensitivity,
+                                                min_reviews)
+        except TooFewReviews as exc:
+            raise click.ClickException(str(exc)) from None
+        point = reviews.record_point(session, bundle.version, threshold, bundle.threshold, target_sensitivity,
+                                     cases, figures)
+    click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
+               f"{threshold:.4f} from {len(cases)} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
+               f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; "
+               f"{point.relabelled} labels changed (undo with `pneumoscan calibrate --from-reviews --undo`)")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="PNG file to write.")
+@click.pass_context
+@_friendly
+def explain(ctx: click.Context, target: str, out: Path) -> None:
+    """Write TARGET (an image id from `results`, or a file) with the model's Grad-CAM heatmap over it."""
+    from pneumoscan.db.queries import image_locations
+    from pneumoscan.imaging import ImagingError, decode, open_input
+    from pneumoscan.models.explain import write_overlay
+
+    settings = _settings(ctx)
+    path = target
+    if target.isdigit():
+        with _database(settings)() as session:
+            found = image_locations(session, [int(target)])
+        if not found:
+            raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
+        path = found[0][1]
+    bundle = _bundle(settings)
+    try:
+        with open_input(path) as fh:
+            image = decode(fh.read(), (bundle.input_size, bundle.input_size), salt=settings.salt,
+                           max_pixels=settings.max_pixels, modalities=settings.modality_set,
+                           body_parts=settings.body_part_set)
+    except (OSError, ImagingError) as exc:
+        raise click.ClickException(f"cannot read {path}: {getattr(exc, 'reason', None) or exc}") from None
+    probability = float(bundle.predict(image.pixels[None])[0])
+    heatmap = bundle.explain(image.pixels[None])[0]
+    write_overlay(out, image.pixels, heatmap, f"Grad-CAM heatmap, {bundle.version}: P(pneumonia) {probability:.2f}")
+    click.echo(f"wrote {out}: {bundle.label(probability)} at probability {probability:.3f}")
 
 
 @main.group()
@@ -374,7 +480,7 @@ _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a i
               help="Fine-tuning: the backbone's learning rate as a fraction of the head's.")
 @click.option("--freeze-bn", is_flag=True, help="Fine-tuning: keep BatchNorm statistics and weights as pretrained.")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Momentum of a moving average of the weights, validated and shipped instead of the last ones; 0 is off.")
+              help="Momentum of a moving average of the weights, validated and shipped; 0 is off.")
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
 from pneumoscan.db.queries import Result, save_results, settled_hashes
+from pneumoscan.db.reviews import active_point
 from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind, open_input
-from pneumoscan.models.bundle import ModelBundle
+from pneumoscan.models.bundle import LABELS, ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -186,23 +187,28 @@ def _prepare(
 
 
 def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Session]) -> list[Result]:
-    """Predict a prepared batch and write all its results in one transaction."""
+    """Predict a prepared batch and write all its results in one transaction.
+
+    The label uses the site's operating point for this model when one is in force (read in the same
+    transaction as the write), else the card's threshold.
+    """
     reads, outcome = prepared.reads, prepared.outcome
-    if prepared.images:
-        probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images]))
+    probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images])) if prepared.images else []
+    with sessions.begin() as session:
+        point = active_point(session, bundle.version) if prepared.images else None
+        threshold = point.threshold if point is not None else bundle.threshold
         for (i, image), probability in zip(prepared.images, probabilities, strict=True):
             read = reads[i]
             assert read.data is not None
             outcome[i] = Result(
                 read.path, "done", sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
                 reason="; ".join(image.notes) or None, probability=float(probability),
-                label=bundle.label(float(probability)), threshold=bundle.threshold,
+                label=LABELS[int(probability >= threshold)], threshold=threshold,
                 model_version=bundle.version, dicom=asdict(image.dicom) if image.dicom else {},
             )
-    # Reclassification: each result names the stored image it was read for, so that image can be
-    # told when its file now holds other content (see save_results).
-    ordered = [replace(outcome[i], image_id=prepared.image_ids[i]) for i in range(len(reads))]
-    with sessions.begin() as session:
+        # Reclassification: each result names the stored image it was read for, so that image can be
+        # told when its file now holds other content (see save_results).
+        ordered = [replace(outcome[i], image_id=prepared.image_ids[i]) for i in range(len(reads))]
         save_results(session, ordered)
     for result in ordered:
         if result.status in ("rejected", "failed"):

@@ -211,7 +211,7 @@ class ResultFilter:
     limit: int | None = 100
 
 
-RESULT_FIELDS = ("path", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
+RESULT_FIELDS = ("id", "path", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
                  "model_version", "classified_at", "study_uid", "series_uid", "sop_instance_uid",
                  "modality", "view_position", "updated_at")
 
@@ -256,7 +256,7 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         version = Prediction.model_version.concat("") if walk else Prediction.model_version
         on = and_(on, version == filters.model_version)
     statement = select(
-        Image.path, Image.sha256, Image.kind, Image.status, Image.reason, Prediction.label,
+        Image.id, Image.path, Image.sha256, Image.kind, Image.status, Image.reason, Prediction.label,
         Prediction.probability, Prediction.threshold, Prediction.model_version,
         Prediction.created_at.label("classified_at"), Image.study_uid, Image.series_uid,
         Image.sop_instance_uid, Image.modality, Image.view_position, Image.updated_at,

@@ -99,3 +99,27 @@ class Review(Base):
     label: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OperatingPoint(Base):
+    """A site's decision threshold for one model version, fitted on its own reviewed cases.
+
+    The newest row of a model version that is not undone is in force; with none, the model card's
+    threshold is. Rows are never deleted, so every change of labels can be traced to the reviews
+    behind it.
+    """
+
+    __tablename__ = "operating_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    previous_threshold: Mapped[float] = mapped_column(Float)
+    target_sensitivity: Mapped[float] = mapped_column(Float)
+    review_ids: Mapped[str] = mapped_column(Text)  # JSON list of the reviews it was fitted on
+    figures: Mapped[str] = mapped_column(Text)  # JSON: metrics on those reviews at the new threshold
+    relabelled: Mapped[int] = mapped_column(Integer)  # predictions whose label changed when applied
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_operating_points_model", "model_version", "id"),)

@@ -59,7 +59,7 @@ class ModelBundle:
     path: Path
     card: dict[str, Any]
     _state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def version(self) -> str:
@@ -74,6 +74,11 @@ class ModelBundle:
         return float(self.card["threshold"])
 
     @property
+    def temperature(self) -> float:
+        """The temperature fitted on validation (1.0 for bundles from before calibration)."""
+        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
     def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
         """A compiled function from a (n, size, size, 1) float32 batch to pneumonia probabilities."""
         with self._lock:
@@ -81,28 +86,53 @@ class ModelBundle:
                 self._state["predictor"] = self._load()
             return self._state["predictor"]
 
+    @property
+    def model(self) -> Any:
+        """The Keras model itself (loaded on first use)."""
+        with self._lock:
+            if "model" not in self._state:
+                configure_devices()
+                import keras
+
+                import pneumoscan.models.layers  # noqa: F401  (registers the custom layers)
+
+                self._state["model"] = keras.models.load_model(self.path / MODEL_FILE, compile=False)
+            return self._state["model"]
+
     def _load(self) -> Callable[[np.ndarray], np.ndarray]:
-        configure_devices()
-        import keras
         import tensorflow as tf
 
-        import pneumoscan.models.layers  # noqa: F401  (registers the custom layers)
-
-        model = keras.models.load_model(self.path / MODEL_FILE, compile=False)
+        model = self.model
         size = self.input_size
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
         log.info("loaded model %s from %s", self.version, self.path)
         return lambda batch: call(tf.convert_to_tensor(batch, tf.float32)).numpy().reshape(-1)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1]."""
+    def predict(self, batch: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1].
+
+        They are temperature-scaled as the card says unless ``calibrated`` is False (the network's own).
+        """
+        from pneumoscan.models.calibrate import apply_temperature
+
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[..., None]
         if len(batch) == 0:
             return np.zeros(0, np.float32)
-        return np.asarray(self.predictor(batch), dtype=np.float32)
+        raw = np.asarray(self.predictor(batch), dtype=np.float32)
+        return apply_temperature(raw, self.temperature) if calibrated else raw
+
+    def explain(self, batch: np.ndarray) -> np.ndarray:
+        """Grad-CAM maps, (n, size, size) in [0, 1], of the last convolutional stage for a batch.
+
+        Only called on demand (review pages, `pneumoscan explain`), never on the batch path.
+        """
+        from pneumoscan.models.explain import grad_cam
+
+        batch = np.asarray(batch, dtype=np.float32)
+        return grad_cam(self.model, batch[..., None] if batch.ndim == 3 else batch)
 
     def label(self, probability: float) -> str:
         """NORMAL or PNEUMONIA at this bundle's threshold."""

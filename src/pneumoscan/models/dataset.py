@@ -100,15 +100,21 @@ def train_validation(data_dir: Path, val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
-def load_images(examples: list[Example], size: int, workers: int = 8) -> np.ndarray:
-    """Decode examples through the pipeline's own decoder to a (n, size, size) uint8 array."""
+def load_images(examples: list[Example], size: int, workers: int = 8, *, exact: bool = False) -> np.ndarray:
+    """Decode examples through the pipeline's own decoder to a (n, size, size) array.
+
+    ``exact`` gives the float32 pixels in [0, 1] that the worker feeds the model (evaluation,
+    thresholds, calibration); otherwise they are rounded to uint8 (x 255) to keep training sets small.
+    """
 
     def one(example: Example) -> np.ndarray:
         pixels = decode(example.path.read_bytes(), (size, size)).pixels
-        return np.round(pixels * 255.0).astype(np.uint8)
+        return pixels.astype(np.float32) if exact else np.round(pixels * 255.0).astype(np.uint8)
 
     with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(one, examples))) if examples else np.zeros((0, size, size), np.uint8)
+        if examples:
+            return np.stack(list(pool.map(one, examples)))
+        return np.zeros((0, size, size), np.float32 if exact else np.uint8)
 
 
 def labels_of(examples: list[Example]) -> np.ndarray:

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
-from pneumoscan.models.dataset import labels_of, load_images, train_validation
+from pneumoscan.models.dataset import labels_of, train_validation
+from pneumoscan.models.train import validation_calibration
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
     size = int(model.input_shape[1])
     _, val_set = train_validation(data_dir, val_fraction, seed)
     y_val = labels_of(val_set)
-    scores = model.predict(load_images(val_set, size)[..., None].astype(np.float32) / 255.0, batch_size=64,
-                           verbose=0).ravel()
-    threshold = metrics.choose_threshold(y_val, scores, rule)
+    calibration, scores, threshold = validation_calibration(model, val_set, size, rule)
     now = datetime.now(UTC)
     first = members[0].card
     card = {
@@ -93,6 +90,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
         "training": {"data": data, "split": first["training"].get("split"),
                      "validation_images": first["training"].get("validation_images"),
                      "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},
+        "calibration": calibration,
         "validation_metrics": metrics.summarize(y_val, scores, threshold),
         "test_metrics": None,
     }

@@ -12,6 +12,7 @@ import numpy as np
 
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import CARD_FILE, ModelBundle
+from pneumoscan.models.calibrate import calibration_report
 from pneumoscan.models.dataset import labels_of, list_split, load_images
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def score_split(bundle: ModelBundle, data_dir: Path, split: str, *, batch_size: 
     scores = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        pixels = load_images(chunk, bundle.input_size).astype(np.float32) / 255.0
+        pixels = load_images(chunk, bundle.input_size, exact=True)
         scores.append(bundle.predict(pixels))
         if on_batch is not None:
             on_batch(len(chunk))
@@ -40,6 +41,7 @@ def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path,
         "data": str(data_dir),
         "split": split,
         **metrics.summarize(labels, scores, bundle.threshold),
+        **calibration_report(labels, scores),
         "calibration": metrics.calibration(labels, scores),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def _plots(labels: np.ndarray, scores: np.ndarray, report: dict[str, Any], out: 
     ax = axes[1, 1]
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
     ax.plot(cal["mean_predicted"], cal["fraction_positive"], marker="o")
-    ax.set(xlabel="mean predicted probability", ylabel="fraction PNEUMONIA", title="Calibration")
+    ax.set(xlabel="mean predicted probability", ylabel="fraction PNEUMONIA",
+           title=f"Reliability (ECE {report['ece']:.3f}, Brier {report['brier']:.3f})")
     for a in axes.flat[[0, 1, 3]]:
         a.grid(alpha=0.3)
     fig.suptitle(f"{report['model_version']} on {report['split']} (n={report['n']})")

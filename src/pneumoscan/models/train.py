@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.models import metrics
+from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
 from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
 
@@ -277,8 +277,8 @@ def train(
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
 
     best = keras.models.load_model(best_path, compile=False)
-    val_scores = best.predict(x_val[..., None].astype(np.float32) / 255.0, batch_size=64, verbose=0).ravel()
-    threshold = metrics.choose_threshold(y_val, val_scores, config.min_sensitivity)
+    calibration, val_scores, threshold = validation_calibration(best, val_set, config.input_size,
+                                                                config.min_sensitivity)
     _plot_curves(history_csv, out / "training_curves.png")
     warnings = _warnings(y_val, val_scores)
     for warning in warnings:
@@ -305,6 +305,7 @@ def train(
             "class_weight": class_weight,
             "epochs_run": len(_read_rows(history_csv)),
         },
+        "calibration": calibration,
         "validation_metrics": metrics.summarize(y_val, val_scores, threshold),
         "warnings": warnings,
         "test_metrics": None,
@@ -312,6 +313,18 @@ def train(
     bundle = write_bundle(out, best, card)
     log.info("bundle written to %s: %s", out, json.dumps(card["validation_metrics"]))
     return bundle
+
+
+def validation_calibration(model: Any, val_set: list[Example], size: int,
+                           min_sensitivity: float) -> tuple[dict[str, Any], np.ndarray, float]:
+    """Score validation exactly as the worker decodes it, fit the temperature, then choose the threshold.
+
+    Returns (the card's calibration entry, calibrated validation scores, threshold on those scores).
+    """
+    x_val = load_images(val_set, size, exact=True)[..., None]
+    raw = np.concatenate([np.asarray(model(x_val[i:i + 64], training=False)).ravel()
+                          for i in range(0, len(x_val), 64)])
+    return calibrate.fit_on_validation(labels_of(val_set), raw, min_sensitivity)
 
 
 def _check_finished(out: Path, restart: bool) -> None:

@@ -1,0 +1,111 @@
+"""Calibration: temperature scaling fitted on validation, calibration error figures, and site operating points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pneumoscan.models import metrics
+
+_EPS = 1e-7
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T): T > 1 softens overconfident probabilities, and no label order changes."""
+    if temperature == 1.0:
+        return np.asarray(probabilities, dtype=np.float32)
+    return (1.0 / (1.0 + np.exp(-logit(probabilities) / temperature))).astype(np.float32)
+
+
+def nll(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean binary cross-entropy (negative log-likelihood) of the labels under the probabilities."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimizes the NLL of ``labels`` (golden-section search on log T).
+
+    The NLL of a temperature-scaled logistic model is unimodal in log T, so the search finds its minimum.
+    """
+    z = logit(probabilities)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def loss(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))  # cross-entropy on logits, stable at large |s|
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def brier(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean squared difference between the probability and the 0/1 label."""
+    y = np.asarray(labels, dtype=np.float64)
+    return float(np.mean((np.asarray(probabilities, dtype=np.float64) - y) ** 2))
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """Bin-weighted mean |observed rate - mean probability| over equal-width probability bins."""
+    cal = metrics.calibration(labels, probabilities, bins)
+    n = sum(cal["count"])
+    return float(sum(c * abs(o - p) for c, o, p in
+                     zip(cal["count"], cal["fraction_positive"], cal["mean_predicted"], strict=True)) / max(n, 1))
+
+
+def calibration_report(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Brier score, expected calibration error and NLL, the figures `evaluate` and the card report."""
+    return {"brier": brier(labels, probabilities), "ece": expected_calibration_error(labels, probabilities),
+            "nll": nll(labels, probabilities)}
+
+
+def fit_on_validation(labels: np.ndarray, raw: np.ndarray, min_sensitivity: float) -> tuple[dict[str, Any], np.ndarray,
+                                                                                             float]:
+    """Temperature and threshold from validation: (card calibration entry, calibrated scores, threshold).
+
+    The threshold is chosen on the calibrated scores, so it applies to what the bundle's predict returns.
+    """
+    temperature = fit_temperature(labels, raw)
+    calibrated = apply_temperature(raw, temperature)
+    entry = {"method": "temperature", "temperature": temperature, "fitted_on": "validation",
+             "before": calibration_report(labels, raw), "after": calibration_report(labels, calibrated)}
+    return entry, calibrated, metrics.choose_threshold(labels, calibrated, min_sensitivity)
+
+
+class TooFewReviews(ValueError):
+    """A site calibration asked for with fewer reviewed cases of a class than required."""
+
+
+def site_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensitivity: float,
+                   min_per_class: int) -> tuple[float, dict[str, Any]]:
+    """The operating point a site's reviewed cases give: (threshold, figures on those cases at it).
+
+    ``labels`` are the reviewers' labels and ``probabilities`` the model's stored ones. The threshold
+    is the highest that keeps ``target_sensitivity`` on the reviewed pneumonias.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
+    if counts.min() < min_per_class:
+        raise TooFewReviews(f"too few reviewed cases to calibrate: {counts[0]} NORMAL and {counts[1]} PNEUMONIA "
+                            f"reviewed for this model, at least {min_per_class} of each are needed (--min-reviews)")
+    threshold = metrics.choose_threshold(labels, probabilities, target_sensitivity)
+    return threshold, metrics.summarize(labels, probabilities, threshold)
