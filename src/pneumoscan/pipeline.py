@@ -193,7 +193,7 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Ses
     transaction as the write), else the card's threshold.
     """
     reads, outcome = prepared.reads, prepared.outcome
-    probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images])) if prepared.images else []
+    probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images])) if prepared.images else np.zeros(0)
     with sessions.begin() as session:
         point = active_point(session, bundle.version) if prepared.images else None
         threshold = point.threshold if point is not None else bundle.threshold

@@ -80,7 +80,7 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.4) -> n
 
     h, w = pixels.shape
     if heatmap.shape != (h, w):
-        heatmap = np.asarray(Image.fromarray(heatmap.astype(np.float32)).resize((w, h), Image.BILINEAR))
+        heatmap = np.asarray(Image.fromarray(heatmap.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
     gray = np.repeat(np.clip(pixels, 0, 1)[..., None], 3, axis=-1)
     colour = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
     return (np.clip((1 - alpha) * gray + alpha * colour, 0, 1) * 255).astype(np.uint8)

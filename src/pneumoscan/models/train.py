@@ -89,7 +89,7 @@ def _fine_tuning_optimizer(model: Any, config: TrainConfig, steps_per_epoch: int
     head = model.get_layer("pneumonia").trainable_variables
     hold, ramp, scale = config.head_epochs * steps_per_epoch, max(1, steps_per_epoch), config.backbone_lr_scale
 
-    class FineTuningAdamW(keras.optimizers.AdamW):  # type: ignore[misc, name-defined]
+    class FineTuningAdamW(keras.optimizers.AdamW):
         def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
             # The backend hands over its own variable objects; _var_key maps both kinds to one key.
             if self._var_key(variable) not in {self._var_key(v) for v in head}:
