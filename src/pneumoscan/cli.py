@@ -341,8 +341,10 @@ def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment
 
 
 @main.command()
-@click.option("--from-reviews", is_flag=True, required=True,
-              help="Fit on the images reviewed at this site (the only source for now).")
+@click.option("--from-reviews", is_flag=True, help="Fit on the images reviewed at this site.")
+@click.option("--validation", "validation_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Instead: refit the model bundle's own temperature and threshold on the validation split "
+                   "of this DATA_DIR that it was trained with (for bundles made before calibration).")
 @click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=0.95, show_default=True,
               help="Keep at least this share of the reviewed pneumonias above the threshold.")
 @click.option("--min-reviews", type=click.IntRange(1), default=50, show_default=True,
@@ -351,12 +353,24 @@ def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment
 @click.option("--history", "show_history", is_flag=True, help="List every operating point of the current model.")
 @click.pass_context
 @_friendly
-def calibrate(ctx: click.Context, from_reviews: bool, target_sensitivity: float, min_reviews: int, undo: bool,
-              show_history: bool) -> None:
+def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | None, target_sensitivity: float,
+              min_reviews: int, undo: bool, show_history: bool) -> None:
     """Set this site's decision threshold for the current model from its reviewed cases, without retraining.
 
     Existing results of the model are relabelled at once; every change is recorded and can be undone.
     """
+    if validation_data is not None:
+        from pneumoscan.models.train import recalibrate
+
+        bundle = recalibrate(_settings(ctx).model_path, validation_data)
+        calibration = bundle.card["calibration"]
+        click.echo(f"{bundle.version}: temperature {calibration['temperature']:.3f}, threshold "
+                   f"{bundle.threshold:.4f}; validation NLL {calibration['before']['nll']:.4f} -> "
+                   f"{calibration['after']['nll']:.4f}, ECE {calibration['before']['ece']:.4f} -> "
+                   f"{calibration['after']['ece']:.4f}")
+        return
+    if not from_reviews:
+        raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
     import numpy as np
 
     from pneumoscan.db import reviews

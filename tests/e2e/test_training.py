@@ -212,13 +212,32 @@ def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
     assert combined.input_size == 64
     config = combined.card["training"]["config"]
     _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
-    scores = combined.predict(load_images(val, 64).astype(np.float32) / 255.0)
+    scores = combined.predict(load_images(val, 64, exact=True))  # calibrated, decoded as the worker does
     assert combined.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
     # The 48 px member sees the 64 px image resized inside the model: close to its own 48 px decoding.
     small = load_bundle(members["small"])
-    alone = (load_bundle(trained).predict(load_images(val, 64).astype(np.float32) / 255.0)
-             + small.predict(load_images(val, 48).astype(np.float32) / 255.0)) / 2
-    np.testing.assert_allclose(scores, alone, atol=0.02)
+    alone = (load_bundle(trained).predict(load_images(val, 64, exact=True), calibrated=False)
+             + small.predict(load_images(val, 48, exact=True), calibrated=False)) / 2
+    np.testing.assert_allclose(combined.predict(load_images(val, 64, exact=True), calibrated=False), alone, atol=0.02)
+
+
+def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
+        trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    pair = _ensemble_cli(str(trained), str(members["small"]), "--data", str(data_dir), "--out", str(tmp_path / "p"))
+    assert pair.returncode == 0, pair.stderr[-2000:]
+    result = _ensemble_cli(str(tmp_path / "p"), str(members["same"]), "--data", str(data_dir), "--out",
+                           str(tmp_path / "e"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    combined = load_bundle(tmp_path / "e", verify=True)
+    assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "small", "same"]
+    x = load_images(list_split(data_dir, "train")[:8], 64, exact=True)
+    import keras
+
+    resized = keras.layers.Resizing(48, 48, interpolation="bilinear", antialias=True)(x[..., None])
+    small = np.asarray(load_bundle(members["small"]).model(resized, training=False)).ravel()
+    thirds = (load_bundle(trained).predict(x, calibrated=False) + small
+              + load_bundle(members["same"]).predict(x, calibrated=False)) / 3
+    np.testing.assert_allclose(combined.predict(x, calibrated=False), thirds, atol=1e-5)
 
 
 def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Path, data_dir: Path,
@@ -232,3 +251,28 @@ def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Pat
     assert "Traceback" not in result.stderr and not (tmp_path / "e").exists()
     result = _ensemble_cli(str(trained), "--data", str(data_dir), "--out", str(tmp_path / "e"))
     assert result.returncode != 0 and "at least two bundles" in result.stderr
+
+
+def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(trained: Path, data_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    card = json.loads((old / "card.json").read_text())
+    for key in ("calibration", "warnings"):
+        card.pop(key)
+    card["threshold"] = 0.5
+    (old / "card.json").write_text(json.dumps(card))
+    env = {"PNEUMOSCAN_MODEL": str(old), "PNEUMOSCAN_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([CLI, "calibrate", "--validation", str(data_dir)], capture_output=True, text=True,
+                            timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    refit = load_bundle(old, verify=True)
+    assert refit.version == "tiny-trained" and refit.temperature == pytest.approx(
+        load_bundle(trained).temperature, rel=1e-4)
+    _, val = patient_split(list_split(data_dir, "train"), 0.3, 0)
+    scores = refit.predict(load_images(val, 64, exact=True))
+    assert refit.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
+    assert refit.card["calibration"]["after"]["nll"] <= refit.card["calibration"]["before"]["nll"] + 1e-9
+    wrong = subprocess.run([CLI, "calibrate", "--validation", str(tmp_path)], capture_output=True, text=True,
+                           timeout=240, env=env)
+    assert wrong.returncode == 1 and "was trained on 'data" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -28,25 +28,47 @@ def _split_of(bundle: ModelBundle) -> tuple[Any, Any, Any]:
     return training.get("data"), config.get("val_fraction"), config.get("seed")
 
 
+def _leaves(member: ModelBundle) -> list[tuple[Any, int]]:
+    """(Keras model, input size) of each network in a bundle: an ensemble bundle gives its own members."""
+    import keras
+
+    model = keras.models.load_model(member.path / MODEL_FILE, compile=False)
+    if member.card.get("architecture") != "ensemble":
+        return [(model, member.input_size)]
+    return [(layer, int(layer.input_shape[1])) for layer in model.layers
+            if layer.name.startswith("member") and hasattr(layer, "layers")]
+
+
 def build_ensemble(members: list[ModelBundle]) -> Any:
-    """One Keras model that averages the members' probabilities, at the largest member's input size."""
+    """One Keras model that averages the members' probabilities, at the largest member's input size.
+
+    An ensemble among the members is flattened: each of its networks counts as one member.
+    """
     import keras
 
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
 
-    size = max(m.input_size for m in members)
+    leaves = [leaf for member in members for leaf in _leaves(member)]
+    size = max(leaf_size for _, leaf_size in leaves)
     inputs = keras.Input((size, size, 1), name="image")
     outputs = []
-    for i, member in enumerate(members):
-        model = keras.models.load_model(member.path / MODEL_FILE, compile=False)
-        wrapped = keras.Model(model.input, model.output, name=f"member{i}_{member.input_size}px")
+    for i, (model, leaf_size) in enumerate(leaves):
+        wrapped = keras.Model(model.input, model.output, name=f"member{i}_{leaf_size}px")
         x = inputs
-        if member.input_size != size:
-            x = keras.layers.Resizing(member.input_size, member.input_size, interpolation="bilinear",
+        if leaf_size != size:
+            x = keras.layers.Resizing(leaf_size, leaf_size, interpolation="bilinear",
                                       antialias=True, name=f"member{i}_resize")(inputs)
         outputs.append(wrapped(x))
     mean = keras.layers.Average(name="pneumonia")(outputs)
     return keras.Model(inputs, mean, name="ensemble")
+
+
+def _member_cards(member: ModelBundle) -> list[dict[str, Any]]:
+    if member.card.get("architecture") == "ensemble":
+        return list(member.card.get("members", []))
+    return [{"version": member.version, "architecture": member.card.get("architecture"),
+             "input_size": member.input_size, "sha256": member.card.get("sha256"),
+             "validation_roc_auc": member.card["validation_metrics"]["roc_auc"]}]
 
 
 def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: str | None = None,
@@ -84,9 +106,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
         "output": "mean probability of PNEUMONIA over the members",
         "created_at": now.isoformat(timespec="seconds"),
         "parameters": int(model.count_params()),
-        "members": [{"version": m.version, "architecture": m.card.get("architecture"), "input_size": m.input_size,
-                     "sha256": m.card.get("sha256"), "validation_roc_auc": m.card["validation_metrics"]["roc_auc"]}
-                    for m in members],
+        "members": [leaf for m in members for leaf in _member_cards(m)],
         "training": {"data": data, "split": first["training"].get("split"),
                      "validation_images": first["training"].get("validation_images"),
                      "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},

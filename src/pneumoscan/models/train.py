@@ -327,6 +327,30 @@ def validation_calibration(model: Any, val_set: list[Example], size: int,
     return calibrate.fit_on_validation(labels_of(val_set), raw, min_sensitivity)
 
 
+def recalibrate(bundle_dir: Path, data_dir: Path) -> ModelBundle:
+    """Refit a bundle's temperature and threshold on the validation split recorded in its card.
+
+    For bundles made before calibration existed; the weights and the version stay as they are.
+    """
+    from pneumoscan.models.bundle import CARD_FILE, load_bundle
+
+    bundle = load_bundle(bundle_dir, verify=True)
+    training = bundle.card.get("training") or {}
+    config = training.get("config") or {}
+    if training.get("data") != data_dir.name or "val_fraction" not in config:
+        raise ValueError(f"{bundle_dir} was trained on {training.get('data')!r}, not on {data_dir.name!r}, "
+                         "or its card does not record the validation split")
+    _, val_set = train_validation(data_dir, float(config["val_fraction"]), int(config.get("seed", 0)))
+    rule = float(config.get("min_sensitivity", 0.97))
+    calibration, scores, threshold = validation_calibration(bundle.model, val_set, bundle.input_size, rule)
+    card = {**bundle.card, "calibration": calibration, "threshold": threshold,
+            "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
+            "validation_metrics": metrics.summarize(labels_of(val_set), scores, threshold),
+            "warnings": bundle.card.get("warnings", _warnings(labels_of(val_set), scores))}
+    (bundle_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return ModelBundle(bundle_dir, card)
+
+
 def _check_finished(out: Path, restart: bool) -> None:
     """Refuse to retrain a finished bundle (a new version would reclassify every image) unless ``restart``."""
     import shutil
