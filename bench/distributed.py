@@ -110,6 +110,7 @@ def stop_workers(workers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
 
 def run_config(count: int, paths: list[str], args: argparse.Namespace, bundle_path: Path) -> dict[str, Any]:
     from pneumoscan.config import Settings
+    from pneumoscan.db import open_database
     from pneumoscan.scheduler.dispatch import CeleryDispatcher
     from pneumoscan.worker.app import make_app
 
@@ -124,7 +125,7 @@ def run_config(count: int, paths: list[str], args: argparse.Namespace, bundle_pa
         try:
             settings = Settings(broker_url=scratch.broker_url, database_url=scratch.db_url,
                                 batch_size=args.batch_size, data_dir=logs / "data")
-            dispatcher = CeleryDispatcher(make_app(settings))
+            dispatcher = CeleryDispatcher(make_app(settings), open_database(scratch.db_url))
             start = time.time()
             publish = []
             for i in range(0, len(paths), args.batch_size):

@@ -43,7 +43,7 @@ def main() -> None:
     shipped: dict[str, list[float]] = {k: [] for k in KEYS}
     for seed in range(args.draws):
         order = np.random.default_rng(seed).permutation(len(labels))
-        cut = int(round(args.fraction * len(labels)))
+        cut = round(args.fraction * len(labels))
         reviewed, held_out = order[:cut], order[cut:]
         threshold, _ = site_threshold(labels[reviewed], scores[reviewed], args.target_sensitivity, min_per_class=1)
         at_site = metrics.summarize(labels[held_out], scores[held_out], threshold)

@@ -81,7 +81,7 @@ def _celery_app(settings: Settings) -> Any:
 def _celery_dispatcher(settings: Settings) -> Any:
     from pneumoscan.scheduler.dispatch import CeleryDispatcher
 
-    return CeleryDispatcher(_celery_app(settings))
+    return CeleryDispatcher(_celery_app(settings), _database(settings))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -196,13 +196,20 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
     The nightly reclassification runs at PNEUMOSCAN_NIGHTLY_AT, local time. Needs PNEUMOSCAN_BROKER_URL.
     """
     from pneumoscan.scheduler.batcher import MicroBatcher
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher, requeue_stale
     from pneumoscan.scheduler.watcher import Watcher
     from pneumoscan.worker.beat import BeatThread
 
     settings = _settings(ctx)
-    app = _celery_app(settings)
-    watcher = Watcher(folder, MicroBatcher(CeleryDispatcher(app), settings.batch_size, settings.max_batch_wait),
+    app, sessions = _celery_app(settings), _database(settings)
+    dispatcher = CeleryDispatcher(app, sessions)
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    try:  # what a previous run handed over and nobody finished: lost messages, dead workers
+        requeue_stale(sessions, dispatcher, settings.requeue_after, settings.batch_size)
+    except (BrokerDown, OSError) as exc:  # beat's reaper tries again every PNEUMOSCAN_REQUEUE_AFTER / 3
+        err.print(f"could not re-enqueue stale files at start ({exc}); beat's reaper will retry", style="yellow")
+    watcher = Watcher(folder, MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait),
                       settings.quiet_period)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: watcher.stop())

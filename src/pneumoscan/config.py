@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     allowed_body_parts: str = Field(default="CHEST", description="DICOM BodyPartExamined accepted; absent is accepted.")
     visibility_timeout: float = Field(default=3600.0, gt=0, description="Seconds Redis waits for a task's ack "
                                       "before redelivering it; keep it longer than the longest batch.")
+    requeue_after: float = Field(default=60.0, gt=0, description="Seconds a file handed to the broker may stay "
+                                 "unsettled (not started, or started and not finished) before it is enqueued again: "
+                                 "the bound on what a lost message or a dead worker delays")
     max_tasks_per_child: int = Field(default=200, ge=1, description="Worker processes are replaced after this "
                                      "many tasks, which bounds memory growth.")
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",

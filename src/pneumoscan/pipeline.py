@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
+from pneumoscan.db import outbox
 from pneumoscan.db.queries import Result, save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
 from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind, open_input
@@ -210,6 +211,7 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Ses
         # told when its file now holds other content (see save_results).
         ordered = [replace(outcome[i], image_id=prepared.image_ids[i]) for i in range(len(reads))]
         save_results(session, ordered)
+        outbox.settle(session, [r.path for r in reads])  # handed-over files leave the outbox with their result
     for result in ordered:
         if result.status in ("rejected", "failed"):
             log.warning("%s %s: %s", result.status, Path(result.path).name, result.reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,13 @@ def app(broker_url: str) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def dispatcher(app: Celery) -> CeleryDispatcher:
-    """The real Celery dispatcher, as the watcher uses it."""
-    return CeleryDispatcher(app)
+def dispatcher(app: Celery, database: Database) -> Iterator[CeleryDispatcher]:
+    """The real Celery dispatcher with its outbox in the test's database, as the watcher uses it."""
+    from pneumoscan.db import open_database
+
+    sessions = open_database(database.url)
+    yield CeleryDispatcher(app, sessions)
+    sessions.kw["bind"].dispose()
 
 
 def _predictions(db: Database) -> int:
@@ -186,3 +191,87 @@ def test_the_nightly_job_reclassifies_exactly_the_outdated_and_failed_images(
     assert len(statuses) == database.count("SELECT count(*) FROM images") == 12  # no duplicate rows
     assert statuses.pop(str(corrupt)) == "rejected"
     assert set(statuses.values()) == {"done"}
+
+
+def test_a_whole_worker_killed_has_its_batch_done_by_a_survivor_within_two_minutes(
+        tmp_path: Path, tiny_bundle: Any, database: Database, cluster_env: dict[str, str],
+        launch: Callable[..., Service], start_worker: Callable[..., Service]) -> None:
+    """SIGKILL of a worker's main process and its pool (OOM kill, power loss, docker kill) with the default
+    PNEUMOSCAN_REQUEUE_AFTER: its unacknowledged batch would wait out the 3600 s visibility timeout, but
+    the outbox reaper (beat, in the scheduler) sends it again."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    victim = start_worker(cluster_env, "victim")
+    scheduler = launch(["scheduler", str(inbox)], cluster_env, "scheduler")
+    scheduler.wait_for_log("watching", 30)
+    paths = helpers.distinct_pngs(inbox, 120)
+    helpers.wait_for(lambda: _predictions(database) >= 8, WAIT, interval=0.02, message="the first stored files")
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert _predictions(database) < len(paths), "all files were done before the kill; the test needs more"
+    survivor = start_worker(cluster_env, "survivor")
+
+    helpers.wait_for(settled(database, len(paths)), 120, interval=0.5, message="all files after the kill")
+    assert time.monotonic() - killed_at <= 120
+    wait_quiet(1.0)  # a late duplicate would show up now
+    assert_each_once(database, paths, tiny_bundle.version)
+    assert database.count("SELECT count(*) FROM queued_files") == 0
+    assert "re-enqueued" in survivor.log() + scheduler.log()
+    assert "IntegrityError" not in survivor.log()
+
+
+def test_files_survive_a_broker_that_loses_its_queue(
+        tmp_path: Path, tiny_bundle: Any, database: Database, private_redis: PrivateRedis,
+        launch: Callable[..., Service], start_worker: Callable[..., Service]) -> None:
+    """FLUSHALL (a restart without persistence, a lagging replica, an eviction) after files were enqueued
+    and before any worker took them: the outbox still has them, and beat's reaper sends them again
+    without a restart of the watcher."""
+    import redis
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    env = helpers.pneumoscan_env(tmp_path / "data", tiny_bundle.path, PNEUMOSCAN_DATABASE_URL=database.url,
+                                 PNEUMOSCAN_BROKER_URL=private_redis.url, PNEUMOSCAN_REQUEUE_AFTER="6")
+    scheduler = launch(["scheduler", str(inbox)], env, "scheduler")
+    scheduler.wait_for_log("watching", 30)
+    paths = helpers.distinct_pngs(inbox, 24)
+    helpers.wait_for(lambda: database.count("SELECT count(*) FROM queued_files") == 24, 30, interval=0.2,
+                     message="24 files in the outbox")
+    client = redis.Redis.from_url(private_redis.url)
+    helpers.wait_for(lambda: client.llen("celery") >= 3, 10, interval=0.1, message="3 batches on the broker")
+    client.flushall()
+    assert client.llen("celery") == 0
+
+    start_worker(env, "w1")
+    helpers.wait_for(settled(database, 24), WAIT, interval=0.5, message="the files the broker lost")
+    wait_quiet(1.0)
+    assert_each_once(database, paths, tiny_bundle.version)
+    assert "re-enqueued 24 files" in scheduler.log() or "re-enqueued" in scheduler.log() + _worker_logs(tmp_path)
+    assert scheduler.alive()
+
+
+def test_the_scheduler_re_enqueues_what_a_previous_run_left_unsettled_when_it_starts(
+        tmp_path: Path, tiny_bundle: Any, database: Database, cluster_env: dict[str, str],
+        launch: Callable[..., Service], start_worker: Callable[..., Service]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pneumoscan.db import open_database, outbox
+
+    paths = helpers.distinct_pngs(tmp_path / "elsewhere", 5)  # not in the watched folder: only the outbox knows
+    sessions = open_database(database.url)
+    try:
+        with sessions.begin() as session:
+            outbox.record(session, [str(p) for p in paths], now=datetime.now(UTC) - timedelta(minutes=10))
+    finally:
+        sessions.kw["bind"].dispose()
+    start_worker(cluster_env, "w1")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    scheduler = launch(["scheduler", str(inbox)], cluster_env, "scheduler")
+    helpers.wait_for(settled(database, 5), WAIT, interval=0.3, message="the files left in the outbox")
+    assert "re-enqueued 5 files" in scheduler.log(), scheduler.log()
+    assert_each_once(database, paths, tiny_bundle.version)
+
+
+def _worker_logs(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in folder.glob("w*.log"))

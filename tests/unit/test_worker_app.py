@@ -6,11 +6,14 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from celery.schedules import crontab
 
 from pneumoscan.config import Settings
+from pneumoscan.db import outbox
 from pneumoscan.scheduler.batcher import MicroBatcher
 from pneumoscan.scheduler.dispatch import CeleryDispatcher
 from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, make_app, worker_argv
@@ -67,13 +70,16 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_dispatcher_fails_fast_when_the_broker_is_down_and_the_batch_is_kept() -> None:
+def test_dispatcher_fails_fast_when_the_broker_is_down_and_the_batch_is_kept(sessions: Any) -> None:
     app = make_app(Settings(broker_url=f"redis://127.0.0.1:{_closed_port()}/0"))
-    batcher = MicroBatcher(CeleryDispatcher(app), batch_size=2, max_wait=0)
+    batcher = MicroBatcher(CeleryDispatcher(app, sessions), batch_size=2, max_wait=0)
     batcher.add(["/inbox/a.png", "/inbox/b.png"])
     started = time.monotonic()
     with pytest.raises(Exception, match="onnect"):
         batcher.submit_due()
     assert time.monotonic() - started < 10
     assert len(batcher) == 2  # the watcher retries these later
+    with sessions() as session:  # and the outbox has them, for the reaper should the watcher die now
+        later = datetime.now(UTC) + timedelta(seconds=1)
+        assert outbox.stale(session, 0, now=later) == ["/inbox/a.png", "/inbox/b.png"]
     app.close()

@@ -54,7 +54,7 @@ class Result:
     image_id: int | None = None
 
 
-def _insert(session: Session, table: Any) -> Any:
+def dialect_insert(session: Session, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -113,7 +113,7 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
                 "image_id": ids[r.sha256], "model_version": r.model_version, "probability": r.probability,
                 "label": r.label, "threshold": r.threshold, "created_at": now})
     for chunk in _chunks(list(predictions.values())):
-        session.execute(_insert(session, Prediction).values(chunk)
+        session.execute(dialect_insert(session, Prediction).values(chunk)
                         .on_conflict_do_nothing(index_elements=["image_id", "model_version"]))
     if moved:
         session.connection().execute(
@@ -159,7 +159,7 @@ def _upsert_images(session: Session, results: list[Result], now: datetime) -> di
     session.execute(delete(Image).where(Image.sha256.is_(None), Image.path.in_({r.path for r in results})))
     rows = [{**_image_values(r, now), "sha256": r.sha256, "first_seen_at": now} for r in results]
     for chunk in _chunks(rows):
-        statement = _insert(session, Image).values(chunk)
+        statement = dialect_insert(session, Image).values(chunk)
         updated = {name: statement.excluded[name] for name in chunk[0] if name not in ("sha256", "first_seen_at")}
         statement = statement.on_conflict_do_update(index_elements=["sha256"], set_=updated)
         ids.update((sha, image_id) for sha, image_id in session.execute(statement.returning(Image.sha256, Image.id)))

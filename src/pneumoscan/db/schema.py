@@ -123,3 +123,22 @@ class OperatingPoint(Base):
     undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_operating_points_model", "model_version", "id"),)
+
+
+class QueuedFile(Base):
+    """The outbox: a file handed to the broker and not yet settled by a worker.
+
+    Written before the message is published and deleted in the transaction that stores the file's
+    result, so a message the broker lost, or a batch a dead worker held, is found here and enqueued
+    again (`db.outbox.stale`). Keyed by path: the watcher hands over paths, not contents.
+    """
+
+    __tablename__ = "queued_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index("ix_queued_files_enqueued_at", "enqueued_at"),)

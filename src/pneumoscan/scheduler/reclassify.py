@@ -46,7 +46,7 @@ def nightly_reclassify(self: Task) -> int:
     from pneumoscan.worker.tasks import TRANSIENT_ERRORS, backoff, runtime
 
     state = runtime()
-    dispatcher = CeleryDispatcher(self.app)
+    dispatcher = CeleryDispatcher(self.app, state.sessions())
     try:
         return reclassify(state.sessions(), state.bundle.version, ReclassifySelection(),
                           lambda ids, _paths: dispatcher.submit_images(ids), batch_size=state.settings.batch_size)

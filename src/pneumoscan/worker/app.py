@@ -10,6 +10,7 @@ from pneumoscan.config import Settings
 CLASSIFY_BATCH = "pneumoscan.classify_batch"
 RECLASSIFY_IMAGES = "pneumoscan.reclassify_images"
 NIGHTLY_RECLASSIFY = "pneumoscan.nightly_reclassify"
+REQUEUE_STALE = "pneumoscan.requeue_stale"
 TASK_MODULES = ["pneumoscan.worker.tasks", "pneumoscan.scheduler.reclassify"]
 
 
@@ -43,6 +44,13 @@ def make_app(settings: Settings) -> Celery:
             "nightly-reclassification": {
                 "task": NIGHTLY_RECLASSIFY,
                 "schedule": crontab(hour=str(hour), minute=str(minute)),
+            },
+            # The outbox reaper: a third of the bound between runs, so a stale file waits at most
+            # 4/3 of PNEUMOSCAN_REQUEUE_AFTER before it is sent again.
+            "requeue-stale": {
+                "task": REQUEUE_STALE,
+                "schedule": settings.requeue_after / 3,
+                "options": {"expires": settings.requeue_after / 3},
             },
         },
     )

@@ -17,10 +17,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
-from pneumoscan.db import DatabaseError, open_database
+from pneumoscan.db import DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
 from pneumoscan.models.bundle import ModelBundle, load_bundle
-from pneumoscan.worker.app import CLASSIFY_BATCH, RECLASSIFY_IMAGES
+from pneumoscan.worker.app import CLASSIFY_BATCH, RECLASSIFY_IMAGES, REQUEUE_STALE
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ def _classify(task: Task, paths: Sequence[str], image_ids: Sequence[int] | None 
 
     state = runtime()
     try:
+        if task.name == CLASSIFY_BATCH:
+            with state.sessions().begin() as session:
+                outbox.claim(session, paths)  # staleness now counts from here (see requeue_stale)
         results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings,
                                  image_ids=image_ids, force=force)
     except TRANSIENT_ERRORS as exc:
@@ -134,3 +137,14 @@ def reclassify_images(self: Task, image_ids: list[int], force: bool = False) -> 
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
     return _classify(self, [path for _, path in found], [image_id for image_id, _ in found], force)
+
+
+@shared_task(bind=True, name=REQUEUE_STALE, max_retries=0)
+def requeue_stale(self: Task) -> int:
+    """The outbox reaper (Celery beat): enqueue again files unsettled past PNEUMOSCAN_REQUEUE_AFTER."""
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+    from pneumoscan.scheduler.dispatch import requeue_stale as reap
+
+    state = runtime()
+    sessions = state.sessions()
+    return reap(sessions, CeleryDispatcher(self.app, sessions), state.settings.requeue_after, state.settings.batch_size)
