@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
-from pneumoscan.db.queries import RESULT_FIELDS, Result, ResultFilter, query_results
+from pneumoscan.db.queries import RESULT_FIELDS, SORTS, Result, ResultFilter, query_results
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pneumoscan.models.bundle import LABELS, BundleError, ModelBundle, load_bundle
 from pneumoscan.models.pretrained import WeightsError
@@ -95,6 +95,7 @@ def main(ctx: click.Context, verbose: int) -> None:
     """
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin ..." on every start otherwise
     try:
         ctx.ensure_object(dict)["settings"] = Settings()
     except ValidationError as exc:
@@ -103,11 +104,11 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.pass_context
 @_friendly
-def scan(ctx: click.Context, folder: Path) -> None:
-    """Classify every file under FOLDER once, then print a summary.
+def scan(ctx: click.Context, target: Path) -> None:
+    """Classify TARGET (a file, or every file under a folder) once, then print a summary.
 
     Files already classified by the current model (same content) are skipped. Exits 0 even when
     some files are rejected; see `pneumoscan results --status rejected` for the reasons.
@@ -116,7 +117,8 @@ def scan(ctx: click.Context, folder: Path) -> None:
 
     settings = _settings(ctx)
     classify = _classifier(settings)
-    paths = [str(p) for p in iter_files(folder)]
+    target = target.absolute()  # stored paths must mean the same file from any working directory
+    paths = [str(p) for p in iter_files(target)] if target.is_dir() else [str(target)]
     columns = (TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("scan", total=len(paths))
@@ -124,8 +126,17 @@ def scan(ctx: click.Context, folder: Path) -> None:
     _print_summary(results)
 
 
+def _outcome(result: Result) -> str:
+    """What happened to one file, in words: a skip says why."""
+    if result.status != "skipped":
+        return result.status
+    if (result.reason or "").startswith("same content as"):
+        return "skipped: same content as another file here"
+    return "skipped: already classified"
+
+
 def _print_summary(results: Sequence[Result]) -> None:
-    counts = Counter((r.status, r.label or "") for r in results)
+    counts = Counter((_outcome(r), r.label or "") for r in results)
     table = Table(title=f"{len(results)} files")
     for column in ("status", "label", "files"):
         table.add_column(column, justify="right" if column == "files" else "left")
@@ -153,7 +164,18 @@ def watch(ctx: click.Context, folder: Path) -> None:
     from pneumoscan.scheduler.watcher import Watcher
 
     settings = _settings(ctx)
-    dispatcher = InlineDispatcher(_classifier(settings)) if settings.embedded else _celery_dispatcher(settings)
+    verbose = logging.getLogger().level <= logging.INFO
+
+    def report(results: list[Result]) -> None:
+        counts = Counter(_outcome(r) + (f" {r.label}" if r.label else "") for r in results)
+        err.print(f"{datetime.now():%H:%M:%S} batch of {len(results)}: "
+                  + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
+        for r in results if verbose else ():
+            err.print(f"  {r.path}: {r.label or _outcome(r)}"
+                      + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}"))
+
+    dispatcher = (InlineDispatcher(_classifier(settings), report) if settings.embedded
+                  else _celery_dispatcher(settings))
     # Inline dispatch blocks the loop, so the pipeline is idle whenever a file is waiting: send it now.
     batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait, submit_when_idle=settings.embedded)
     watcher = Watcher(folder, batcher, settings.quiet_period)
@@ -242,16 +264,21 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     selection = ReclassifySelection(everything, _utc(since), status)
     with sessions() as session:
         total = count_for_reclassification(session, selection, bundle.version)
-    submit = _reclassify_submit(settings, bundle, sessions, force=everything)
+    outcomes: Counter[str] = Counter()
+    submit = _reclassify_submit(settings, bundle, sessions, force=everything, outcomes=outcomes)
     with _progress("reclassifying" if settings.embedded else "enqueuing") as progress:
         task = progress.add_task("reclassify", total=total)
         sent = run_reclassification(sessions, bundle.version, selection, submit, batch_size=settings.batch_size,
                                     on_batch=lambda n: progress.advance(task, n))
-    click.echo(f"{sent} images {'reclassified' if settings.embedded else 'enqueued'} for model {bundle.version}")
+    if not settings.embedded:
+        click.echo(f"{sent} images enqueued for model {bundle.version}")
+        return
+    detail = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
+    click.echo(f"{sent} images sent through model {bundle.version}" + (f": {detail}" if detail else ""))
 
 
-def _reclassify_submit(settings: Settings, bundle: ModelBundle, sessions: Any,
-                       force: bool) -> Callable[[list[int], list[str]], None]:
+def _reclassify_submit(settings: Settings, bundle: ModelBundle, sessions: Any, force: bool,
+                       outcomes: Counter[str]) -> Callable[[list[int], list[str]], None]:
     if not settings.embedded:
         dispatcher = _celery_dispatcher(settings)
         return lambda ids, _paths: dispatcher.submit_images(ids, force)
@@ -259,7 +286,9 @@ def _reclassify_submit(settings: Settings, bundle: ModelBundle, sessions: Any,
 
 
     def classify(ids: list[int], paths: list[str]) -> None:
-        classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids, force=force)
+        results = classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids,
+                                 force=force)
+        outcomes.update(_outcome(r) for r in results)
 
     return classify
 
@@ -288,25 +317,35 @@ def _cell(value: Any) -> Any:
 @click.option("--limit", type=click.IntRange(0), default=100, show_default=True,
               help="At most this many rows; 0 for all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--sort", type=click.Choice(SORTS), default="newest", show_default=True,
+              help="newest: last updated first; probability: most suspicious first.")
 @click.pass_context
 @_friendly
 def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
-            all_versions: bool, limit: int, fmt: str) -> None:
-    """List stored results, newest first, filtered and formatted for review or export."""
+            all_versions: bool, limit: int, fmt: str, sort: str) -> None:
+    """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
+    from pneumoscan.db.queries import count_results, model_versions
+
     settings = _settings(ctx)
+    explicit = model_version is not None
     if model_version is None and not all_versions:
         try:
             model_version = load_bundle(settings.model_path).version
         except BundleError:
             model_version = None  # no model configured yet: show whatever is stored
-    filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version, limit or None)
+    filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version,
+                           limit or None, sort)
     with _database(settings)() as session:
+        if explicit and model_version not in (known := model_versions(session)):
+            raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "
+                                       f"{', '.join(known) or 'none yet'}")
         rows = [{k: _cell(row[k]) for k in RESULT_FIELDS} for row in query_results(session, filters)]
-    _print_rows(rows, fmt)
+        total = count_results(session, filters) if limit and len(rows) == limit else len(rows)
+    _print_rows(rows, fmt, total)
 
 
-def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -314,16 +353,28 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        table = Table(show_lines=False)
         shown = ("id", "path", "status", "label", "probability", "model_version", "classified_at", "reason")
-        for column in shown:
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            probability = row["probability"]
-            table.add_row(*(f"{probability:.3f}" if k == "probability" and probability is not None
-                            else str(row[k] if row[k] is not None else "") for k in shown))
-        Console().print(table)
-        err.print(f"{len(rows)} rows", style="dim")
+
+        def text(row: dict[str, Any], key: str) -> str:
+            value = row[key]
+            if key == "probability" and value is not None:
+                return f"{value:.3f}"
+            return "" if value is None else str(value)
+
+        if sys.stdout.isatty():
+            table = Table(show_lines=False)
+            for column in shown:
+                table.add_column(column, no_wrap=column in ("id", "path", "probability", "classified_at"),
+                                 overflow="fold")
+            for row in rows:
+                table.add_row(*(text(row, k) for k in shown))
+            Console().print(table)
+        else:  # piped: one tab-separated line per row, never wrapped
+            click.echo("\t".join(shown))
+            for row in rows:
+                click.echo("\t".join(text(row, k).replace("\t", " ") for k in shown))
+    err.print(f"{len(rows)} of {total} rows" + (" (raise --limit, or --limit 0 for all)" if total > len(rows)
+                                                  else ""), style="dim")
 
 
 @main.command()
@@ -456,8 +507,20 @@ def db() -> None:
 @_friendly
 def db_upgrade(ctx: click.Context) -> None:
     """Apply all database migrations (also done automatically on start)."""
-    _database(_settings(ctx.find_root()))
-    click.echo("database is up to date")
+    from pneumoscan.db import current_revision, make_engine
+
+    settings = _settings(ctx.find_root())
+    engine = make_engine(settings.sqlalchemy_url)
+    before = current_revision(engine)
+    _database(settings)
+    after = current_revision(engine)
+    engine.dispose()
+    if before == after:
+        click.echo(f"database is up to date (revision {after})")
+    elif before is None:
+        click.echo(f"created the schema (revision {after})")
+    else:
+        click.echo(f"upgraded the schema from revision {before} to {after}")
 
 
 def _progress(label: str) -> Progress:

@@ -117,7 +117,8 @@ def classify_paths(
     ``force`` (``reclassify --all``) decodes and predicts known contents again, so that rejected files
     are triaged again under the current rules; an existing prediction of this model version is kept.
     """
-    names = [os.fspath(p) for p in paths]
+    # Absolute and normalised, links not followed: a stored path means the same file from any folder.
+    names = [os.path.abspath(os.fspath(p)) for p in paths]
     ids: list[int | None] = list(image_ids) if image_ids is not None else [None] * len(names)
     if len(ids) != len(names):
         raise ValueError(f"{len(ids)} image ids for {len(names)} paths")

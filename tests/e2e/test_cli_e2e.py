@@ -294,7 +294,6 @@ RESULTS_CASES = [
     (["--model-version", OLD], _expected(NEWEST_FIRST, OLD), "json"),
     (["--model-version", OLD, "--label", "PNEUMONIA", "--min-probability", "0.75"], _expected(["a.jpeg"], OLD),
      "json"),
-    (["--model-version", "never-trained"], _expected(NEWEST_FIRST, "never-trained"), "json"),
     (["--limit", "2"], _expected(["g.jpeg", "e.jpeg"]), "json"),
     (["--status", "done", "--limit", "3"], _expected(["e.jpeg", "d.dcm", "c.png"]), "csv"),
 ]
@@ -361,7 +360,27 @@ def test_results_table(results_env: tuple[dict[str, str], Path], pneumoscan_exe:
     proc = _ok(_run(pneumoscan_exe, ["results", "--status", "failed"], env))
     assert "g.jpeg" in proc.stdout and "permission denied" in proc.stdout
     assert "a.jpeg" not in proc.stdout
-    assert "1 rows" in proc.stderr
+    assert "1 of 1 rows" in proc.stderr
+    # Piped (not a terminal): a header and one tab-separated line per row, however long the path.
+    lines = _ok(_run(pneumoscan_exe, ["results"], env)).stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["id", "path", "status"]
+    assert len(lines) == 1 + len(KNOWN) and all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines)
+
+
+def test_results_names_an_unknown_model_version_and_the_known_ones(results_env: tuple[dict[str, str], Path],
+                                                                   pneumoscan_exe: Path) -> None:
+    env, _ = results_env
+    proc = _run(pneumoscan_exe, ["results", "--model-version", "never-trained"], env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no predictions of model version 'never-trained'" in proc.stderr and OLD in proc.stderr
+
+
+def test_results_sorts_by_probability_and_says_when_the_limit_cut_the_list(
+        results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path) -> None:
+    env, _ = results_env
+    proc = _ok(_run(pneumoscan_exe, ["results", "--sort", "probability", "--limit", "3", "--format", "json"], env))
+    assert [_key(r) for r in json.loads(proc.stdout)] == _expected(["d.dcm", "c.png", "b.jpeg"])
+    assert f"3 of {len(KNOWN)} rows" in proc.stderr and "--limit 0" in proc.stderr
 
 
 def test_results_rejects_bad_options(results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path) -> None:

@@ -27,7 +27,7 @@ WAIT = 90.0  # for work to finish; generous because the machine may be busy
 @pytest.fixture
 def app(broker_url: str) -> Iterator[Celery]:
     """A Celery app on the test's broker, built from settings as every process builds it."""
-    celery_app = make_app(Settings(broker_url=broker_url))
+    celery_app = make_app(Settings(broker_url=broker_url, patient_salt="test-salt"))
     yield celery_app
     celery_app.close()
 
@@ -193,6 +193,7 @@ def test_the_nightly_job_reclassifies_exactly_the_outdated_and_failed_images(
     assert set(statuses.values()) == {"done"}
 
 
+@pytest.mark.timeout(330)  # two worker start-ups, then up to two minutes of recovery
 def test_a_whole_worker_killed_has_its_batch_done_by_a_survivor_within_two_minutes(
         tmp_path: Path, tiny_bundle: Any, database: Database, cluster_env: dict[str, str],
         launch: Callable[..., Service], start_worker: Callable[..., Service]) -> None:

@@ -62,6 +62,17 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise DatabaseError(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at; None for a database without the schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot read {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
+
+
 # Tables whose statistics the results query depends on.
 _ANALYZED = ("images", "predictions")
 # Rows sampled per index by SQLite's approximate ANALYZE: milliseconds at any size, and close enough

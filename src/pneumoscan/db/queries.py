@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -209,8 +209,10 @@ class ResultFilter:
     since: datetime | None = None
     model_version: str | None = None
     limit: int | None = 100
+    sort: str = "newest"  # newest (last updated first) | probability (most suspicious first)
 
 
+SORTS = ("newest", "probability")
 RESULT_FIELDS = ("id", "path", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
                  "model_version", "classified_at", "study_uid", "series_uid", "sop_instance_uid",
                  "modality", "view_position", "updated_at")
@@ -268,8 +270,24 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         conditions.append(Image.updated_at >= filters.since)
     if image_ids is not None:
         conditions.append(Image.id.in_(sorted(image_ids)))
-    statement = statement.where(*conditions).order_by(Image.updated_at.desc(), Image.id.desc())
+    order = ((Prediction.probability.desc().nulls_last(), Image.id.desc()) if filters.sort == "probability"
+             else (Image.updated_at.desc(), Image.id.desc()))
+    statement = statement.where(*conditions).order_by(*order)
     return statement.limit(filters.limit) if filters.limit else statement
+
+
+def count_results(session: Session, filters: ResultFilter) -> int:
+    """How many rows the results query gives for ``filters`` without its limit."""
+    unlimited = replace(filters, limit=None)
+    return int(session.execute(select(func.count()).select_from(results_statement(unlimited).subquery()))
+               .scalar_one())
+
+
+def model_versions(session: Session) -> list[str]:
+    """Every model version that has predictions stored, in order of its first prediction."""
+    rows = session.execute(select(Prediction.model_version, func.min(Prediction.id).label("first"))
+                           .group_by(Prediction.model_version).order_by("first"))
+    return [str(version) for version, _ in rows]
 
 
 def plan_results(session: Session, filters: ResultFilter, sparse_matches: int = SPARSE_MATCHES) -> Select:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,13 +28,16 @@ class Dispatcher(Protocol):
 class InlineDispatcher:
     """Embedded mode: classify the batch right here, in the caller's thread."""
 
-    def __init__(self, classify: Callable[[Sequence[str]], list[Result]]) -> None:
+    def __init__(self, classify: Callable[[Sequence[str]], list[Result]],
+                 report: Callable[[list[Result]], None] | None = None) -> None:
         self._classify = classify
+        self._report = report
 
     def submit(self, paths: Sequence[str]) -> None:
         results = self._classify(paths)
-        done = sum(r.status == "done" for r in results)
-        log.info("classified batch of %d: %d done, %d other", len(results), done, len(results) - done)
+        log.info("classified batch of %d: %s", len(results), dict(Counter(r.status for r in results)))
+        if self._report is not None:
+            self._report(results)
 
 
 class CeleryDispatcher:
@@ -56,7 +61,7 @@ class CeleryDispatcher:
         """
         from pneumoscan.worker.app import CLASSIFY_BATCH
 
-        batch = [str(p) for p in paths]
+        batch = [os.path.abspath(p) for p in paths]  # as the pipeline stores them, so they settle
         with self._sessions.begin() as session:
             outbox.record(session, batch)
         self._send(CLASSIFY_BATCH, batch)
