@@ -319,11 +319,14 @@ def _cell(value: Any) -> Any:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--sort", type=click.Choice(SORTS), default="newest", show_default=True,
               help="newest: last updated first; probability: most suspicious first.")
+@click.option("--path", "path_pattern", metavar="PATTERN",
+              help="Only images seen at a path matching this glob (* and ?), e.g. '*/2026-12/*.dcm'; every copy "
+                   "of a content counts.")
 @click.pass_context
 @_friendly
 def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
-            all_versions: bool, limit: int, fmt: str, sort: str) -> None:
+            all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
     from pneumoscan.db.queries import count_results, model_versions
 
@@ -335,7 +338,7 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
         except BundleError:
             model_version = None  # no model configured yet: show whatever is stored
     filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version,
-                           limit or None, sort)
+                           limit or None, sort, path_pattern)
     with _database(settings)() as session:
         if explicit and model_version not in (known := model_versions(session)):
             raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "
@@ -353,7 +356,7 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = ("id", "path", "status", "label", "probability", "model_version", "classified_at", "reason")
+        shown = ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at", "reason")
 
         def text(row: dict[str, Any], key: str) -> str:
             value = row[key]

@@ -32,6 +32,7 @@ class _Read:
     data: bytes | None = None
     sha256: str | None = None
     error: Result | None = None
+    mtime: float | None = None
 
 
 _FILE_TYPES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
@@ -72,7 +73,7 @@ def _read(path: str, image_id: int | None = None) -> _Read:
         return outcome("failed", f"cannot read file: {exc.strerror or exc}")
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
         return outcome("failed", "file changed while it was being read; it is read again once it is complete")
-    return _Read(path, data, hashlib.sha256(data).hexdigest())
+    return _Read(path, data, hashlib.sha256(data).hexdigest(), mtime=after.st_mtime)
 
 
 def display_path(path: str) -> str:
@@ -210,7 +211,9 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Ses
             )
         # Reclassification: each result names the stored image it was read for, so that image can be
         # told when its file now holds other content (see save_results).
-        ordered = [replace(outcome[i], image_id=prepared.image_ids[i]) for i in range(len(reads))]
+        ordered = [replace(outcome[i], image_id=prepared.image_ids[i], mtime=read.mtime,
+                           byte_size=len(read.data) if read.data is not None else outcome[i].byte_size)
+                   for i, read in enumerate(reads)]
         save_results(session, ordered)
         outbox.settle(session, [r.path for r in reads])  # handed-over files leave the outbox with their result
     for result in ordered:

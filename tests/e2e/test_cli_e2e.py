@@ -90,7 +90,7 @@ def test_scan_classifies_a_folder_and_prints_a_summary(tmp_path: Path, tiny_bund
 
     # A second scan finds everything known already: nothing new is written.
     again = _ok(_run(pneumoscan_exe, ["scan", str(folder)], env))
-    assert ("skipped", "6") in _table_rows(again.stdout), again.stdout
+    assert ("skipped:", "already", "classified", "6") in _table_rows(again.stdout), again.stdout
     assert len(_db_rows(data, "SELECT * FROM predictions")) == 4
 
 
@@ -105,7 +105,7 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
 
     proc = _ok(_run(pneumoscan_exe, ["reclassify"], env))  # embedded mode: classified right here
 
-    assert f"3 images reclassified for model {tiny_bundle.version}" in proc.stdout, proc.stdout
+    assert f"3 images sent through model {tiny_bundle.version}: 3 done" in proc.stdout, proc.stdout
     versions = _db_rows(data, "SELECT p.model_version, count(*) AS n FROM predictions p GROUP BY p.model_version")
     assert {r["model_version"]: r["n"] for r in versions} == {"tiny-old-0": 3, tiny_bundle.version: 3}
     assert "0 images" in _ok(_run(pneumoscan_exe, ["reclassify"], env)).stdout  # nothing left to do
@@ -131,7 +131,7 @@ def test_reclassify_all_triages_rejected_images_again_under_new_rules(tmp_path: 
 
     proc = _ok(_run(pneumoscan_exe, ["reclassify", "--all"], widened))
 
-    assert "2 images reclassified" in proc.stdout, proc.stdout
+    assert "2 images sent through model tiny-test-1: 2 done" in proc.stdout, proc.stdout
     rows = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
     assert (rows["ct.dcm"]["id"], rows["ct.dcm"]["status"]) == (ct["id"], "done")
     predictions = _db_rows(data, "SELECT image_id, count(*) AS n FROM predictions GROUP BY image_id")
@@ -188,7 +188,7 @@ def test_reclassify_marks_an_image_whose_file_is_gone_failed(tmp_path: Path, tin
 
     proc = _ok(_run(pneumoscan_exe, ["reclassify"], _env(data, tiny_bundle.path)))
 
-    assert "2 images reclassified" in proc.stdout, proc.stdout
+    assert "2 images sent through model tiny-test-1: 1 done, 1 failed" in proc.stdout, proc.stdout
     rows = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
     assert len(_db_rows(data, "SELECT * FROM images")) == 2  # no stray row for the missing file
     assert (rows[gone.name]["id"], rows[gone.name]["sha256"]) == (before[gone.name]["id"], before[gone.name]["sha256"])
@@ -363,7 +363,7 @@ def test_results_table(results_env: tuple[dict[str, str], Path], pneumoscan_exe:
     assert "1 of 1 rows" in proc.stderr
     # Piped (not a terminal): a header and one tab-separated line per row, however long the path.
     lines = _ok(_run(pneumoscan_exe, ["results"], env)).stdout.splitlines()
-    assert lines[0].split("\t")[:3] == ["id", "path", "status"]
+    assert lines[0].split("\t")[:4] == ["id", "path", "paths", "status"]
     assert len(lines) == 1 + len(KNOWN) and all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines)
 
 
@@ -459,7 +459,9 @@ def test_invalid_setting_is_a_one_line_error(tmp_path: Path, tiny_bundle: Any, p
 def test_db_upgrade_creates_the_schema(tmp_path: Path, pneumoscan_exe: Path) -> None:
     data = tmp_path / "data"
     proc = _ok(_run(pneumoscan_exe, ["db", "upgrade"], _env(data, "/nonexistent")))
-    assert "up to date" in proc.stdout
+    assert "created the schema (revision " in proc.stdout
+    again = _ok(_run(pneumoscan_exe, ["db", "upgrade"], _env(data, "/nonexistent")))
+    assert "database is up to date (revision " in again.stdout
     tables = {r["name"] for r in _db_rows(data, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"images", "predictions", "reviews", "alembic_version"} <= tables
 
@@ -477,7 +479,7 @@ COMMANDS = ("scan", "watch", "results", "db", "worker", "scheduler", "reclassify
     ("args", "words"),
     [
         ([], list(COMMANDS)),
-        (["scan"], ["FOLDER", "summary"]),
+        (["scan"], ["TARGET", "summary"]),
         (["watch"], ["FOLDER", "quiet period"]),
         (["results"], ["--status", "--label", "--min-probability", "--max-probability", "--since",
                        "--model-version", "--limit", "--format"]),

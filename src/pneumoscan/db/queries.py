@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pneumoscan.db.schema import Image, Prediction, utcnow
+from pneumoscan.db.schema import Image, Prediction, Sighting, utcnow
 
 DICOM_COLUMNS = ("study_uid", "series_uid", "sop_instance_uid", "modality", "body_part", "view_position",
                  "study_date", "manufacturer", "patient_ref")
@@ -52,6 +52,7 @@ class Result:
     model_version: str | None = None
     dicom: dict[str, str | None] = field(default_factory=dict)
     image_id: int | None = None
+    mtime: float | None = None  # of the file when it was read, for its sighting
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -120,11 +121,24 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
             update(Image).where(Image.sha256 == bindparam("b_sha256"))
             .values(path=bindparam("b_path"), updated_at=now),
             [{"b_sha256": sha, "b_path": moved[sha].path} for sha in sorted(moved)])
-        if any(r.image_id is not None for r in moved.values()):
-            stored = select(Image.sha256, Image.id).where(Image.sha256.in_(sorted(moved)))
-            ids.update((sha, image_id) for sha, image_id in session.execute(stored).tuples() if sha)
+        stored = select(Image.sha256, Image.id).where(Image.sha256.in_(sorted(moved)))
+        ids.update((sha, image_id) for sha, image_id in session.execute(stored) if sha)
     for result in (*written.values(), *moved.values()):
         _supersede(session, result, ids.get(result.sha256 or ""), now)
+    _record_sightings(session, [r for r in results if r.sha256 in ids], ids, now)
+
+
+def _record_sightings(session: Session, results: list[Result], ids: dict[str, int], now: datetime) -> None:
+    """Every (content, path) of the batch, the duplicates and the skipped copies included."""
+    rows = {(ids[r.sha256], r.path): {"image_id": ids[r.sha256], "path": r.path, "first_seen_at": now,
+                                      "last_seen_at": now, "byte_size": r.byte_size, "mtime": r.mtime}
+            for r in results if r.sha256}
+    for chunk in _chunks([rows[key] for key in sorted(rows)]):
+        statement = dialect_insert(session, Sighting).values(chunk)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["image_id", "path"],
+            set_={"last_seen_at": statement.excluded.last_seen_at, "byte_size": statement.excluded.byte_size,
+                  "mtime": statement.excluded.mtime}))
 
 
 def _lock_contents(session: Session, hashes: Collection[str]) -> None:
@@ -210,12 +224,19 @@ class ResultFilter:
     model_version: str | None = None
     limit: int | None = 100
     sort: str = "newest"  # newest (last updated first) | probability (most suspicious first)
+    path: str | None = None  # a glob (* and ?) matched against every path the content was seen at
 
 
 SORTS = ("newest", "probability")
-RESULT_FIELDS = ("id", "path", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
+RESULT_FIELDS = ("id", "path", "paths", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
                  "model_version", "classified_at", "study_uid", "series_uid", "sop_instance_uid",
                  "modality", "view_position", "updated_at")
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell-style glob (``*``, ``?``) as a LIKE pattern with ``\\`` as the escape character."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 # A limited query with filters on the prediction first counts the predictions they match, up to this
@@ -257,9 +278,11 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     if filters.model_version is not None:
         version = Prediction.model_version.concat("") if walk else Prediction.model_version
         on = and_(on, version == filters.model_version)
+    paths = (select(func.count()).select_from(Sighting).where(Sighting.image_id == Image.id)
+             .correlate(Image).scalar_subquery())
     statement = select(
-        Image.id, Image.path, Image.sha256, Image.kind, Image.status, Image.reason, Prediction.label,
-        Prediction.probability, Prediction.threshold, Prediction.model_version,
+        Image.id, Image.path, paths.label("paths"), Image.sha256, Image.kind, Image.status, Image.reason,
+        Prediction.label, Prediction.probability, Prediction.threshold, Prediction.model_version,
         Prediction.created_at.label("classified_at"), Image.study_uid, Image.series_uid,
         Image.sop_instance_uid, Image.modality, Image.view_position, Image.updated_at,
     ).outerjoin(Prediction, on)
@@ -270,6 +293,10 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         conditions.append(Image.updated_at >= filters.since)
     if image_ids is not None:
         conditions.append(Image.id.in_(sorted(image_ids)))
+    if filters.path is not None:
+        like = glob_to_like(filters.path)
+        seen_at = select(Sighting.image_id).where(Sighting.path.like(like, escape="\\"))
+        conditions.append(or_(Image.id.in_(seen_at), Image.path.like(like, escape="\\")))
     order = ((Prediction.probability.desc().nulls_last(), Image.id.desc()) if filters.sort == "probability"
              else (Image.updated_at.desc(), Image.id.desc()))
     statement = statement.where(*conditions).order_by(*order)

@@ -142,3 +142,22 @@ class QueuedFile(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (Index("ix_queued_files_enqueued_at", "enqueued_at"),)
+
+
+class Sighting(Base):
+    """A path at which a content was seen: one image can have many (byte-identical copies)."""
+
+    __tablename__ = "sightings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("image_id", "path", name="uq_sightings_image_path"),
+        Index("ix_sightings_path", "path"),
+    )
