@@ -23,8 +23,9 @@ from rich.table import Table
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
 from pneumoscan.db.queries import RESULT_FIELDS, SORTS, Result, ResultFilter, query_results
+from pneumoscan.domain import LABELS, STATUSES
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
-from pneumoscan.models.bundle import LABELS, BundleError, ModelBundle, load_bundle
+from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.pretrained import WeightsError
 
 err = Console(stderr=True)
@@ -246,7 +247,7 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
               help="Every image, whatever its status or predictions, decoded and triaged again (rejected ones too).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="Only images updated since this local date or time.")
-@click.option("--status", type=click.Choice(["pending", "queued", "done", "failed", "rejected"]),
+@click.option("--status", type=click.Choice(STATUSES),
               help="Only images with this status (rejected ones only when asked for).")
 @click.pass_context
 @_friendly
@@ -306,8 +307,8 @@ def _cell(value: Any) -> Any:
 
 
 @main.command()
-@click.option("--status", type=click.Choice(["pending", "queued", "done", "failed", "rejected"]))
-@click.option("--label", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False))
+@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--label", type=click.Choice(LABELS, case_sensitive=False))
 @click.option("--min-probability", type=click.FloatRange(0, 1), help="Lowest probability of pneumonia.")
 @click.option("--max-probability", type=click.FloatRange(0, 1), help="Highest probability of pneumonia.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),

@@ -18,8 +18,9 @@ from pneumoscan.config import Settings
 from pneumoscan.db import outbox
 from pneumoscan.db.queries import Result, save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
+from pneumoscan.domain import label_at
 from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind, open_input
-from pneumoscan.models.bundle import LABELS, ModelBundle
+from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Ses
             outcome[i] = Result(
                 read.path, "done", sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
                 reason="; ".join(image.notes) or None, probability=float(probability),
-                label=LABELS[int(probability >= threshold)], threshold=threshold,
+                label=label_at(float(probability), threshold).value, threshold=threshold,
                 model_version=bundle.version, dicom=asdict(image.dicom) if image.dicom else {},
             )
         # Reclassification: each result names the stored image it was read for, so that image can be

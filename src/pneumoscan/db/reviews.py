@@ -10,8 +10,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, OperatingPoint, Prediction, Review, utcnow
-
-LABELS = ("NORMAL", "PNEUMONIA")
+from pneumoscan.domain import LABELS, Label
 
 
 class UnknownImage(LookupError):
@@ -49,7 +48,7 @@ def reviewed_cases(session: Session, model_version: str) -> list[ReviewedCase]:
         .join(Review, Review.id == latest.c.review_id)
         .join(Prediction, (Prediction.image_id == Review.image_id) & (Prediction.model_version == model_version))
         .order_by(latest.c.review_id))
-    return [ReviewedCase(int(r), int(i), int(label == "PNEUMONIA"), float(p)) for r, i, label, p in rows]
+    return [ReviewedCase(int(r), int(i), int(label == Label.PNEUMONIA), float(p)) for r, i, label, p in rows]
 
 
 def active_point(session: Session, model_version: str) -> OperatingPoint | None:
@@ -62,7 +61,7 @@ def active_point(session: Session, model_version: str) -> OperatingPoint | None:
 
 def relabel(session: Session, model_version: str, threshold: float) -> int:
     """Set every prediction of ``model_version`` to ``threshold`` and the label it gives; returns how many changed."""
-    new_label = case((Prediction.probability >= threshold, "PNEUMONIA"), else_="NORMAL")
+    new_label = case((Prediction.probability >= threshold, Label.PNEUMONIA.value), else_=Label.NORMAL.value)
     changed = session.execute(
         select(func.count()).select_from(Prediction)
         .where(Prediction.model_version == model_version, Prediction.label != new_label)).scalar_one()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -17,7 +18,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATUSES = ("pending", "queued", "done", "failed", "rejected")
+from pneumoscan.domain import LABELS, STATUSES
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    """A CHECK constraint keeping ``column`` to the domain vocabulary ``values``."""
+    return CheckConstraint(f"{column} IN ({', '.join(repr(v) for v in values)})", name=name)
 
 
 def utcnow() -> datetime:
@@ -49,7 +55,7 @@ class Image(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     patient_ref: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -57,6 +63,7 @@ class Image(Base):
     predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
 
     __table_args__ = (
+        _one_of("status", STATUSES, "ck_images_status"),
         Index("ix_images_status_updated_at", "status", "updated_at", "id"),
         Index("ix_images_path", "path"),
         Index("ix_images_updated_at", "updated_at"),
@@ -81,6 +88,7 @@ class Prediction(Base):
     image: Mapped[Image] = relationship(back_populates="predictions")
 
     __table_args__ = (
+        _one_of("label", LABELS, "ck_predictions_label"),
         UniqueConstraint("image_id", "model_version", name="uq_predictions_image_model"),
         Index("ix_predictions_model_created", "model_version", "created_at"),
         Index("ix_predictions_model_label_probability", "model_version", "label", "probability"),
@@ -99,6 +107,8 @@ class Review(Base):
     label: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (_one_of("label", LABELS, "ck_reviews_label"),)
 
 
 class OperatingPoint(Base):

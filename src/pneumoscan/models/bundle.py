@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.domain import label_at
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
-LABELS = ("NORMAL", "PNEUMONIA")
 
 
 class BundleError(Exception):
@@ -136,7 +137,7 @@ class ModelBundle:
 
     def label(self, probability: float) -> str:
         """NORMAL or PNEUMONIA at this bundle's threshold."""
-        return LABELS[int(probability >= self.threshold)]
+        return label_at(probability, self.threshold).value
 
 
 def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:

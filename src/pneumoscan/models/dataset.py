@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.domain import LABELS
 from pneumoscan.imaging import decode
-from pneumoscan.models.bundle import LABELS
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1_bacteria_1.jpeg, person1_virus_6.jpeg

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
 from pneumoscan.models.dataset import labels_of, train_validation
@@ -102,7 +103,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
         "preprocessing": first.get("preprocessing"),
         "threshold": threshold,
         "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
-        "labels": first.get("labels", ["NORMAL", "PNEUMONIA"]),
+        "labels": list(LABELS),
         "output": "mean probability of PNEUMONIA over the members",
         "created_at": now.isoformat(timespec="seconds"),
         "parameters": int(model.count_params()),

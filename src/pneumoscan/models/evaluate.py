@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import CARD_FILE, ModelBundle
 from pneumoscan.models.calibrate import calibration_report
@@ -85,7 +86,7 @@ def _plots(labels: np.ndarray, scores: np.ndarray, report: dict[str, Any], out: 
     for (r, c), value in np.ndenumerate(matrix):
         ax.text(c, r, str(value), ha="center", va="center", fontsize=14,
                 color="white" if value > matrix.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["NORMAL", "PNEUMONIA"], yticklabels=["NORMAL", "PNEUMONIA"],
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABELS, yticklabels=LABELS,
            xlabel="predicted", ylabel="true", title=f"Confusion matrix at threshold {report['threshold']:.3f}")
     ax = axes[1, 1]
     ax.plot([0, 1], [0, 1], ls="--", c="grey")

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.domain import LABELS
+
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
     """Counts at ``score >= threshold`` means positive (PNEUMONIA)."""
@@ -75,7 +77,7 @@ def summarize(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
         "f1": _ratio(2 * precision * recall, precision + recall),
         "roc_auc": roc_auc(labels, scores),
         "pr_auc": average_precision(labels, scores),
-        "confusion_matrix": {"labels": ["NORMAL", "PNEUMONIA"],
+        "confusion_matrix": {"labels": list(LABELS),
                              "rows_true_cols_predicted": [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]},
     }
 

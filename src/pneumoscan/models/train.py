@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.domain import LABELS
 from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
 from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
@@ -291,7 +292,7 @@ def train(
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
         "threshold_rule": f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
-        "labels": ["NORMAL", "PNEUMONIA"],
+        "labels": list(LABELS),
         "output": "probability of PNEUMONIA",
         "created_at": now.isoformat(timespec="seconds"),
         "parameters": int(best.count_params()),

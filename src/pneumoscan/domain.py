@@ -1,0 +1,42 @@
+"""The one vocabulary: statuses of an image, labels of a reading, and what a file can turn out to be.
+
+Everything else (CLI choices, database constraints, model cards, API schemas) derives from these;
+this module imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Where a stored image stands."""
+
+    DONE = "done"  # classified by a model; see its predictions
+    FAILED = "failed"  # could not be processed now (unreadable, internal error): the nightly job retries it
+    REJECTED = "rejected"  # its bytes are not a usable chest X-ray: settled until `reclassify --all`
+
+
+class Outcome(StrEnum):
+    """What happened to one input file in one run: a stored status, or skipped (nothing new to store)."""
+
+    DONE = Status.DONE.value
+    FAILED = Status.FAILED.value
+    REJECTED = Status.REJECTED.value
+    SKIPPED = "skipped"
+
+
+class Label(StrEnum):
+    """A reading of a chest X-ray, by the model or by a person; the model's index order (0, 1)."""
+
+    NORMAL = "NORMAL"
+    PNEUMONIA = "PNEUMONIA"
+
+
+STATUSES: tuple[str, ...] = tuple(Status)
+LABELS: tuple[str, ...] = tuple(Label)
+
+
+def label_at(probability: float, threshold: float) -> Label:
+    """PNEUMONIA when the probability reaches the threshold, else NORMAL."""
+    return Label.PNEUMONIA if probability >= threshold else Label.NORMAL
