@@ -60,3 +60,25 @@ def test_a_sighting_keeps_first_and_last_seen_size_and_mtime(tmp_path: Path, tin
     first = sightings[str(path)]
     assert first.mtime == 1_700_000_000 and first.byte_size == path.stat().st_size
     assert first.last_seen_at > first.first_seen_at and first.image_id == image.id
+
+
+def test_a_relative_scan_then_reclassify_from_another_folder_fails_nothing(tmp_path: Path, tiny_bundle: Any,
+                                                                           pneumoscan_exe: Path) -> None:
+    helpers.distinct_pngs(tmp_path / "site" / "xrays", 3)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old", "tiny-old-0")
+    env = helpers.pneumoscan_env(tmp_path / "data", old.path)
+
+    def run(*args: str, cwd: Path, model: Path) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(pneumoscan_exe), *args], env={**env, "PNEUMOSCAN_MODEL": str(model)}, cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    run("scan", "xrays", cwd=tmp_path / "site", model=old.path)
+    proc = run("reclassify", "--all", cwd=elsewhere, model=tiny_bundle.path)
+    assert "3 images sent through model tiny-test-1: 3 done" in proc.stdout, proc.stdout
+    rows = json.loads(run("results", "--format", "json", cwd=elsewhere, model=tiny_bundle.path).stdout)
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert all(Path(r["path"]).is_absolute() and Path(r["path"]).is_file() for r in rows)
