@@ -72,11 +72,11 @@ def _classifier(settings: Settings) -> Callable[..., list[Result]]:
 def _celery_app(settings: Settings) -> Any:
     if settings.embedded:
         raise click.ClickException("this command needs a broker: set PNEUMOSCAN_BROKER_URL (e.g. redis://host:6379/0)")
-    from pneumoscan.worker.app import make_app
+    from pneumoscan.worker.app import get_app
 
     url = settings.broker_url or ""
     err.print(f"broker: {url.split('@')[-1] if '@' in url else url}", style="dim")
-    return make_app(settings)
+    return get_app(settings)
 
 
 def _celery_dispatcher(settings: Settings) -> Any:

@@ -79,6 +79,10 @@ class ModelBundle:
         """The temperature fitted on validation (1.0 for bundles from before calibration)."""
         return float((self.card.get("calibration") or {}).get("temperature", 1.0))
 
+    def load(self) -> None:
+        """Load TensorFlow and the model now (a worker process does this after the fork, before its first task)."""
+        self.predictor  # noqa: B018
+
     @property
     def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
         """A compiled function from a (n, size, size, 1) float32 batch to pneumonia probabilities."""

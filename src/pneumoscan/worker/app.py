@@ -67,4 +67,20 @@ def worker_argv(*, concurrency: int | None, max_tasks_per_child: int, loglevel: 
     return [*argv, *extra]
 
 
-app = make_app(Settings())
+_app: Celery | None = None
+
+
+def get_app(settings: Settings | None = None) -> Celery:
+    """This process's one Celery app, built on first use from ``settings`` (or the environment)."""
+    global _app
+    if _app is None:
+        _app = make_app(settings or Settings())
+    return _app
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A pneumoscan.worker.app ...` looks up `app` here; building it lazily keeps importing
+    # this module free of side effects (and of a second app beside the CLI's).
+    if name == "app":
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -83,7 +83,7 @@ def _init_worker_process(**_: Any) -> None:
         _runtime.dispose()
     try:
         state = runtime()
-        state.bundle.predictor  # noqa: B018  (loads TensorFlow and the model now, with GPU memory growth on)
+        state.bundle.load()  # TensorFlow and the model now, with GPU memory growth on
     except Exception:  # raising here would only make the pool restart this process in a loop
         log.exception("cannot load the model; tasks in this process will fail until it is fixed")
         return
