@@ -1,20 +1,21 @@
-"""Binary classification metrics in plain NumPy: confusion matrix, ROC/PR curves and threshold choice."""
+"""Binary classification metrics: scikit-learn for the curves, AUCs and counts; our sensitivity-first threshold rule."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as sk
+from sklearn.calibration import calibration_curve
 
 from pneumoscan.domain import LABELS
 
 
 def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
     """Counts at ``score >= threshold`` means positive (PNEUMONIA)."""
-    y = np.asarray(labels).astype(bool)
-    p = np.asarray(scores) >= threshold
-    return {"tp": int(np.sum(p & y)), "fp": int(np.sum(p & ~y)), "tn": int(np.sum(~p & ~y)),
-            "fn": int(np.sum(~p & y))}
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    (tn, fp), (fn, tp) = sk.confusion_matrix(np.asarray(labels).astype(int), predicted, labels=[0, 1])
+    return {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
 
 
 def _ratio(num: float, den: float) -> float:
@@ -23,42 +24,29 @@ def _ratio(num: float, den: float) -> float:
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False and true positive rates at every distinct score, from the highest threshold down."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = np.cumsum(~y)[last_of_tie]
-    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
-    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
-    return fpr, tpr, np.r_[np.inf, s[last_of_tie]]
+    fpr, tpr, thresholds = sk.roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64),
+                                        drop_intermediate=False)
+    return fpr, tpr, thresholds
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (trapezoidal, ties counted as half)."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    """Area under the ROC curve (ties counted as half); 0.5 when only one class is present."""
+    y = np.asarray(labels).astype(int)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    return float(sk.roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall at every distinct score, from the highest threshold down."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last_of_tie].astype(np.float64)
-    fps = np.cumsum(~y)[last_of_tie].astype(np.float64)
-    precision = tps / (tps + fps)
-    recall = tps / max(tps[-1], 1)
-    return precision, recall
+    precision, recall, _ = sk.precision_recall_curve(np.asarray(labels).astype(int),
+                                                     np.asarray(scores, dtype=np.float64))
+    return precision[-2::-1], recall[-2::-1]  # drop sklearn's closing (1, 0) point and go top-down
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """PR AUC as average precision: the sum of precision weighted by each step in recall."""
-    precision, recall = pr_curve(labels, scores)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(sk.average_precision_score(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)))
 
 
 def summarize(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -100,15 +88,11 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: fl
 
 
 def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    """Mean predicted probability and observed PNEUMONIA rate in equal-width probability bins."""
-    y = np.asarray(labels, dtype=np.float64)
+    """Mean predicted probability and observed PNEUMONIA rate in equal-width probability bins (empty bins left out)."""
+    y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
-    index = np.minimum((s * bins).astype(int), bins - 1)
-    predicted, observed, counts = [], [], []
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            predicted.append(float(s[mask].mean()))
-            observed.append(float(y[mask].mean()))
-            counts.append(float(mask.sum()))
-    return {"mean_predicted": predicted, "fraction_positive": observed, "count": counts}
+    observed, predicted = calibration_curve(y, s, n_bins=bins, strategy="uniform")
+    index = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], s, side="right")  # as calibration_curve bins
+    counts = np.bincount(index, minlength=bins)
+    return {"mean_predicted": [float(v) for v in predicted], "fraction_positive": [float(v) for v in observed],
+            "count": [float(c) for c in counts if c > 0]}
