@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from celery import Task, shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.db.queries import ReclassifySelection, iter_reclassification
-from pneumoscan.worker.app import NIGHTLY_RECLASSIFY
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +31,3 @@ def reclassify(sessions: sessionmaker[Session], model_version: str, selection: R
                 on_batch(len(batch))
     log.info("reclassification: %d images sent for model %s", sent, model_version)
     return sent
-
-
-@shared_task(bind=True, name=NIGHTLY_RECLASSIFY, max_retries=10)
-def nightly_reclassify(self: Task) -> int:
-    """The nightly job (Celery beat): enqueue, in batches, every image the current model has not classified.
-
-    The same selection as ``pneumoscan reclassify`` with no options: no prediction from the current
-    model version, or failed.
-    """
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
-    from pneumoscan.worker.tasks import TRANSIENT_ERRORS, backoff, runtime
-
-    state = runtime()
-    dispatcher = CeleryDispatcher(self.app, state.sessions())
-    try:
-        return reclassify(state.sessions(), state.bundle.version, ReclassifySelection(),
-                          lambda ids, _paths: dispatcher.submit_images(ids), batch_size=state.settings.batch_size)
-    except TRANSIENT_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
-

@@ -11,7 +11,7 @@ CLASSIFY_BATCH = "pneumoscan.classify_batch"
 RECLASSIFY_IMAGES = "pneumoscan.reclassify_images"
 NIGHTLY_RECLASSIFY = "pneumoscan.nightly_reclassify"
 REQUEUE_STALE = "pneumoscan.requeue_stale"
-TASK_MODULES = ["pneumoscan.worker.tasks", "pneumoscan.scheduler.reclassify"]
+TASK_MODULES = ["pneumoscan.worker.tasks"]
 
 
 def make_app(settings: Settings) -> Celery:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
 from pneumoscan.models.bundle import ModelBundle, load_bundle
-from pneumoscan.worker.app import CLASSIFY_BATCH, RECLASSIFY_IMAGES, REQUEUE_STALE
+from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 MAX_RETRIES = 100  # with the backoff cap, about eight hours of outage before a batch is given up
 FILE_RETRIES = 3  # unreadable files are retried a few times, then left failed for the nightly run
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 300.0
-
-
-def backoff(retries: int) -> float:
-    """Seconds before retry number ``retries + 1``: exponential, capped, with jitter against herds."""
-    return min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** retries) * random.uniform(0.5, 1.0)
+# Celery's own retry policy for "the database is not there right now": exponential from 1 s, capped
+# at 5 minutes, with full jitter against a thundering herd when it comes back.
+RETRY_POLICY: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 300,
+                                "retry_jitter": True, "max_retries": MAX_RETRIES}
 
 
 @dataclass
@@ -105,41 +101,36 @@ def _classify(task: Task, paths: Sequence[str], image_ids: Sequence[int] | None 
                 outbox.claim(session, paths)  # staleness now counts from here (see requeue_stale)
         results = classify_paths(paths, bundle=state.bundle, sessions=state.sessions(), settings=state.settings,
                                  image_ids=image_ids, force=force)
-    except TRANSIENT_ERRORS as exc:
-        delay = backoff(task.request.retries)
-        log.warning("database unavailable (%s); batch of %d retried in %.1f s",
-                    type(exc).__name__, len(paths), delay)
-        raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES) from exc
+    except TRANSIENT_ERRORS as exc:  # the task's autoretry schedules the retry
+        log.warning("database unavailable (%s); batch of %d will be retried", type(exc).__name__, len(paths))
+        raise
     counts = Counter(r.status for r in results)
     log.info("batch of %d: %s", len(results), dict(counts))
     unreadable = [r.path for r in results if r.status == "failed" and os.path.exists(r.path)]
     if unreadable and task.name == CLASSIFY_BATCH and task.request.retries < FILE_RETRIES:
         # Only the failed files go round again; the rest of the batch is stored already.
-        raise task.retry(args=[unreadable], countdown=backoff(task.request.retries), max_retries=MAX_RETRIES)
+        raise task.retry(args=[unreadable], countdown=2 ** task.request.retries, max_retries=MAX_RETRIES)
     return dict(counts)
 
 
-@shared_task(bind=True, name=CLASSIFY_BATCH, max_retries=MAX_RETRIES)
+@shared_task(bind=True, name=CLASSIFY_BATCH, **RETRY_POLICY)
 def classify_batch(self: Task, paths: list[str]) -> dict[str, int]:
     """Classify a batch of files (paths as seen by the workers) and store the results."""
     return _classify(self, paths)
 
 
-@shared_task(bind=True, name=RECLASSIFY_IMAGES, max_retries=MAX_RETRIES)
+@shared_task(bind=True, name=RECLASSIFY_IMAGES, **RETRY_POLICY)
 def reclassify_images(self: Task, image_ids: list[int], force: bool = False) -> dict[str, int]:
     """Run stored images (by id) through the current model again, reading each from its stored path.
 
     ``force`` (``reclassify --all``) decodes known contents again instead of skipping them.
     """
-    try:
-        with runtime().sessions()() as session:
-            found = image_locations(session, image_ids)
-    except TRANSIENT_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+    with runtime().sessions()() as session:
+        found = image_locations(session, image_ids)
     return _classify(self, [path for _, path in found], [image_id for image_id, _ in found], force)
 
 
-@shared_task(bind=True, name=REQUEUE_STALE, max_retries=0)
+@shared_task(bind=True, name=REQUEUE_STALE, max_retries=0)  # beat sends the next one soon anyway
 def requeue_stale(self: Task) -> int:
     """The outbox reaper (Celery beat): enqueue again files unsettled past PNEUMOSCAN_REQUEUE_AFTER."""
     from pneumoscan.scheduler.dispatch import CeleryDispatcher
@@ -148,3 +139,20 @@ def requeue_stale(self: Task) -> int:
     state = runtime()
     sessions = state.sessions()
     return reap(sessions, CeleryDispatcher(self.app, sessions), state.settings.requeue_after, state.settings.batch_size)
+
+
+@shared_task(bind=True, name=NIGHTLY_RECLASSIFY, **{**RETRY_POLICY, "max_retries": 10})
+def nightly_reclassify(self: Task) -> int:
+    """The nightly job (Celery beat): enqueue, in batches, every image the current model has not classified.
+
+    The same selection as ``pneumoscan reclassify`` with no options: no prediction from the current
+    model version, or failed.
+    """
+    from pneumoscan.db.queries import ReclassifySelection
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+    from pneumoscan.scheduler.reclassify import reclassify
+
+    state = runtime()
+    dispatcher = CeleryDispatcher(self.app, state.sessions())
+    return reclassify(state.sessions(), state.bundle.version, ReclassifySelection(),
+                      lambda ids, _paths: dispatcher.submit_images(ids), batch_size=state.settings.batch_size)
