@@ -124,7 +124,8 @@ def run_config(count: int, paths: list[str], args: argparse.Namespace, bundle_pa
         workers = start_workers(count, env, logs)
         try:
             settings = Settings(broker_url=scratch.broker_url, database_url=scratch.db_url,
-                                batch_size=args.batch_size, data_dir=logs / "data")
+                                batch_size=args.batch_size, data_dir=logs / "data",
+                                patient_salt=env["PNEUMOSCAN_PATIENT_SALT"])
             dispatcher = CeleryDispatcher(make_app(settings), open_database(scratch.db_url))
             start = time.time()
             publish = []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,10 @@ import pytest
 # Tests must not pick up a developer's PNEUMOSCAN_* settings (a real database URL, a broker...).
 for _name in [n for n in os.environ if n.startswith("PNEUMOSCAN_")]:
     del os.environ[_name]
+# Settings built without a data folder (as some tests do) resolve the patient salt in the default
+# one: keep that out of the developer's own ~/.local/share.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="pneumoscan-tests-")
+atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).parent))  # make tests/helpers.py importable as `helpers`

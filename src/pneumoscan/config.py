@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from functools import cached_property
+import tempfile
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).parent / "models" / "default"
@@ -31,7 +32,9 @@ class Settings(BaseSettings):
     max_batch_wait: float = Field(default=2.0, ge=0, description="Seconds a partial batch waits for more files.")
     quiet_period: float = Field(default=2.0, ge=0, description="Seconds a file's size and mtime must be unchanged.")
     decode_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, description="Decoding threads.")
-    patient_salt: str | None = Field(default=None, description="Salt for PatientID hashes; unset: random per install.")
+    patient_salt: str | None = Field(default=None, validate_default=True, repr=False,
+                                     description="Salt for PatientID hashes; unset: random per install (required "
+                                     "with a broker, as every machine must hash alike).")
     max_pixels: int = Field(default=100_000_000, ge=1, description="Refuse images with more pixels than this.")
     allowed_modalities: str = Field(default="CR,DX,DR", description="DICOM modalities accepted (comma-separated).")
     allowed_body_parts: str = Field(default="CHEST", description="DICOM BodyPartExamined accepted; absent is accepted.")
@@ -49,6 +52,37 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("patient_salt")
+    @classmethod
+    def _resolve_salt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Settle the salt once, at start-up, so that no decode thread ever creates or reads the salt file.
+
+        ``data_dir`` and ``broker_url`` are declared earlier, so they are validated by now (and missing
+        from ``info.data`` only when invalid themselves, which is reported on its own).
+        """
+        if value:
+            return value
+        if info.data.get("broker_url") is not None:
+            # A random salt per machine would give one patient a different reference on each worker.
+            raise PydanticCustomError(
+                "salt_required", "required when PNEUMOSCAN_BROKER_URL is set: workers on several machines "
+                "must share one salt, so set the same secret on every machine")
+        data_dir = info.data.get("data_dir")
+        if data_dir is None:
+            return None
+        try:
+            salt = _install_salt(Path(data_dir))
+        except OSError as exc:
+            raise PydanticCustomError(
+                "salt_unavailable", "cannot keep a generated salt in {folder} ({problem}); set "
+                "PNEUMOSCAN_PATIENT_SALT or a writable PNEUMOSCAN_DATA_DIR",
+                {"folder": str(data_dir), "problem": exc.strerror or str(exc)}) from None
+        if not salt:  # left by a version that wrote the file in place; never hash with an empty salt
+            raise PydanticCustomError(
+                "salt_empty", "{path} is empty: remove it to have a new salt made, or set PNEUMOSCAN_PATIENT_SALT",
+                {"path": str(Path(data_dir) / _SALT_FILE)})
+        return salt
 
     @property
     def nightly_hour_minute(self) -> tuple[int, int]:
@@ -79,18 +113,55 @@ class Settings(BaseSettings):
         """True when no broker is configured: watch and classify in one process."""
         return self.broker_url is None
 
-    @cached_property
+    @property
     def salt(self) -> bytes:
-        """The PatientID salt: from settings, else a random one kept (mode 0600) in data_dir."""
-        if self.patient_salt:
-            return self.patient_salt.encode()
-        path = self.data_dir / "patient_salt"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        """The PatientID salt: from settings, else this install's random one, kept (mode 0600) in data_dir.
+
+        Resolved when the settings were built (see ``_resolve_salt``), so reading it does no I/O.
+        """
+        if not self.patient_salt:  # only settings built without validation (model_construct) lack it
+            raise RuntimeError("the patient salt was not resolved: build Settings with validation")
+        return self.patient_salt.encode()
+
+
+_SALT_FILE = "patient_salt"
+
+
+def _install_salt(data_dir: Path) -> str:
+    """This install's salt (stripped, maybe empty) from ``data_dir/patient_salt``, created first if need be.
+
+    The new salt is written in full to a temporary file and only then linked to its name. A link
+    never replaces an existing file, so when processes race exactly one of them wins, and the others,
+    and every later reader, find the winner's complete file: nobody sees a half-written salt.
+    """
+    path = data_dir / _SALT_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{_SALT_FILE}.", dir=data_dir)  # mode 0600
+        try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process won the race; its salt is the install's
+            else:
+                _fsync_folder(data_dir)  # a salt lost in a crash would orphan every reference made with it
+        finally:
+            os.unlink(temporary)
+    return path.read_text().strip()
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name == "nt":  # folders cannot be opened for fsync there; NTFS journals the link itself
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _upper_set(text: str) -> frozenset[str]:

@@ -7,6 +7,9 @@ import io
 import os
 import re
 import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -80,6 +83,48 @@ class Unavailable(ImagingError):
     """Transient: the file could not be read or decoded right now (permissions, vanished, memory)."""
 
     transient = True
+
+
+class InternalError(Exception):
+    """Not the file's fault: decoding failed in a way no codec reports damaged bytes, so it is our bug.
+
+    Deliberately not an ImagingError: the file must end ``failed`` (and be retried once the bug is
+    fixed), never ``rejected`` for good. The original exception is chained as ``__cause__``, with its
+    traceback, for the log.
+    """
+
+    def __init__(self, reason: str) -> None:
+        reason = clean_text(reason)
+        super().__init__(reason)
+        self.reason = reason
+
+
+# What damaged bytes make the codecs raise, wherever in decoding they surface: Pillow's
+# UnidentifiedImageError and other OSErrors ("image file is truncated"), SyntaxError from its plugins'
+# header checks and ValueError; pydicom's ValueError and OSError, also raised later from lazily converted
+# values; struct.error, EOFError and zlib.error from short or mangled compressed data; numpy's ValueError
+# for a buffer that does not fit the shape a header claims. Anything else is a bug (InternalError).
+_DAMAGED: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+# Pillow treats these as damaged files too (Image.open turns them into UnidentifiedImageError), but
+# they escape unconverted once the file is open: a TIFF without its size tags raises TypeError on seek.
+_PILLOW_DAMAGED: tuple[type[Exception], ...] = (TypeError, IndexError)
+# pydicom's pixel handlers report a missing required element (Rows, a LUT's Descriptor or Data) as
+# AttributeError or KeyError, as they look it up by keyword or by tag; a wrongly typed or sized value as
+# TypeError or IndexError; and the failure of every decoding plugin as RuntimeError.
+_PYDICOM_DAMAGED: tuple[type[Exception], ...] = (AttributeError, KeyError, TypeError, IndexError, RuntimeError)
+
+
+@contextmanager
+def _codec(kind: str, families: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Around a call into a codec only: ``families`` raised inside it mean damaged bytes, not a bug of ours.
+
+    Keep the block to the library call itself, so that the same types raised by our own code still
+    surface as InternalError.
+    """
+    try:
+        yield
+    except families as exc:
+        raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -174,7 +219,8 @@ def decode(
     """Decode file bytes to a (height, width) = ``size`` float32 image in [0, 1].
 
     Raises ``Rejected`` with a human-readable reason for anything that is not a usable image, and
-    ``Unavailable`` when decoding ran out of memory. Nothing else escapes, whatever the bytes.
+    ``Unavailable`` when decoding ran out of memory. Nothing else escapes, whatever the bytes; an
+    exception that damaged bytes do not cause (a bug of ours) becomes ``InternalError``.
     """
     if not data:
         raise Rejected("empty file (0 bytes)")
@@ -191,8 +237,10 @@ def decode(
         raise Unavailable("not enough memory to decode the image") from None
     except NotImplementedError as exc:
         raise Rejected(f"unsupported {kind.upper()}: {clean_text(str(exc), 200)}") from None
-    except Exception as exc:  # the codecs raise many types on damaged data; all mean "unusable bytes"
+    except _DAMAGED as exc:
         raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
+    except Exception as exc:  # no codec reports damaged bytes so: rejecting would hide our bug for good
+        raise InternalError(f"internal error while decoding a {kind.upper()}: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -216,25 +264,29 @@ def _too_large(width: int, height: int, max_pixels: int) -> Rejected | None:
 
 def _decode_raster(data: bytes, kind: str, size: tuple[int, int], max_pixels: int) -> DecodedImage:
     try:
-        # Only the plugin of the detected format parses the bytes; open() reads the header alone.
-        image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[kind]])
+        with _codec(kind, _PILLOW_DAMAGED):
+            # Only the plugin of the detected format parses the bytes; open() reads the header alone.
+            image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[kind]])
     except Image.DecompressionBombError as exc:
         raise Rejected(f"image too large: {exc}") from None
     if error := _too_large(image.width, image.height, max_pixels):
         raise error
-    frames = int(getattr(image, "n_frames", 1))
+    with _codec(kind, _PILLOW_DAMAGED):
+        frames = int(getattr(image, "n_frames", 1))  # TIFF and GIF seek through the file to count
     if frames > 1:
         what = "animated GIF" if kind == GIF else f"multi-page {kind.upper()}"
         raise Rejected(f"{what} with {frames} frames: not a single radiograph")
-    if kind == JPEG:
-        # Decode at reduced scale straight from the DCT; never smaller than the target.
-        image.draft("L", (size[1], size[0]))
-    image.load()
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16-bit and 32-bit gray: stretch the stored range, as there is no window to apply.
-        pixels = _stretch(np.asarray(image, dtype=np.float64), robust=False)
-    else:  # palette, CMYK, RGB(A), YCbCr, bilevel: Pillow's luma conversion
-        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    with _codec(kind, _PILLOW_DAMAGED):
+        if kind == JPEG:
+            # Decode at reduced scale straight from the DCT; never smaller than the target.
+            image.draft("L", (size[1], size[0]))
+        image.load()
+    deep = image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+    with _codec(kind, _PILLOW_DAMAGED):
+        # 16-bit and 32-bit gray keep their values; palette, CMYK, RGB(A), YCbCr, bilevel: Pillow's luma.
+        values = np.asarray(image, dtype=np.float64) if deep else np.asarray(image.convert("L"), dtype=np.float32)
+    # Deep gray has no window to apply: stretch the stored range.
+    pixels = _stretch(values, robust=False) if deep else values / 255.0
     return DecodedImage(_resize(pixels, size), kind)
 
 
@@ -268,7 +320,7 @@ def _read_dicom(data: bytes, *, header_only: bool) -> Any:
     """Parse a DICOM file; a data set without preamble is read only because detect_kind vouched for it."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     # Values are never validated on reading: pydicom's warnings quote the offending value, and that
     # value could be a patient's name or birth date.
@@ -276,14 +328,34 @@ def _read_dicom(data: bytes, *, header_only: bool) -> Any:
     has_preamble = data[128:132] == b"DICM"
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=not has_preamble)
     meta = getattr(ds, "file_meta", None)
-    if meta is None or "TransferSyntaxUID" not in meta:
-        # No file meta: the encoding pydicom found is the transfer syntax.
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is not None and not isinstance(syntax, str):
+        raise Rejected("corrupt DICOM: the Transfer Syntax UID is not one UID")
+    if "TransferSyntaxUID" in meta and not isinstance(syntax, UID):
+        # A damaged VR leaves plain text, without a UID's properties: set it again, as a UID.
+        del meta.TransferSyntaxUID
+    if not syntax:
+        # No (usable) file meta: the encoding pydicom found is the transfer syntax.
         implicit, little = ds.original_encoding
-        ds.file_meta = meta if meta is not None else FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = (
+        meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
+    elif not isinstance(syntax, UID):
+        meta.TransferSyntaxUID = UID(syntax)
     return ds
+
+
+def _number(ds: Any, keyword: str, default: int) -> int:
+    """A single-valued integer attribute, ``default`` when absent or empty; a damaged value rejects the file."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # several values where one belongs, text, NaN
+        raise Rejected(f"corrupt DICOM: {keyword} is not a single whole number") from None
 
 
 def _metadata(header: Any, salt: bytes) -> DicomMeta:
@@ -307,7 +379,7 @@ def _triage(header: Any, meta: DicomMeta, modalities: frozenset[str], body_parts
         raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
     if meta.body_part is not None and body_parts and meta.body_part.upper() not in body_parts:
         raise Rejected(f"body part {meta.body_part} is not allowed (allowed: {', '.join(sorted(body_parts))})")
-    if error := _too_large(int(header.get("Columns") or 0), int(header.get("Rows") or 0), max_pixels):
+    if error := _too_large(_number(header, "Columns", 0), _number(header, "Rows", 0), max_pixels):
         raise error
 
 
@@ -319,31 +391,55 @@ def _decode_dicom(
     modalities: frozenset[str],
     body_parts: frozenset[str],
 ) -> DecodedImage:
+    """Decode a DICOM file, with pydicom's own errors for damaged data counted as damage.
+
+    pydicom converts values lazily, so these can surface from any attribute read, not just from dcmread.
+    """
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    try:
+        return _decode_dataset(data, size, salt, max_pixels, modalities, body_parts)
+    except (InvalidDicomError, BytesLengthException) as exc:
+        raise Rejected(f"corrupt or truncated DICOM: {_describe(exc)}") from None
+
+
+def _decode_dataset(
+    data: bytes,
+    size: tuple[int, int],
+    salt: bytes,
+    max_pixels: int,
+    modalities: frozenset[str],
+    body_parts: frozenset[str],
+) -> DecodedImage:
+    from pydicom.errors import BytesLengthException, InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut
     from pydicom.uid import RLELossless
 
+    damaged: tuple[type[Exception], ...] = (*_DAMAGED, InvalidDicomError, BytesLengthException)
     try:
         header = _read_dicom(data, header_only=True)
-    except Exception as exc:
+    except damaged as exc:
         raise Rejected(f"corrupt or truncated DICOM header: {_describe(exc)}") from None
     meta = _metadata(header, salt)
     _triage(header, meta, modalities, body_parts, max_pixels)
 
     ds = _read_dicom(data, header_only=False)
-    if "PixelData" not in ds:
+    if not ds.get("PixelData"):  # absent, or present with no value
         raise Rejected("DICOM file has no pixel data")
     _check_codestream(ds, max_pixels)
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = _number(ds, "NumberOfFrames", 1)
     # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
     # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.
     rle = ds.file_meta.TransferSyntaxUID == RLELossless
     ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
-    array = ds.pixel_array
+    with _codec(DICOM, _PYDICOM_DAMAGED):
+        array = ds.pixel_array
     notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
 
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
-        array = apply_color_lut(array, ds)
+        with _codec(DICOM, _PYDICOM_DAMAGED):
+            array = apply_color_lut(array, ds)
     if array.ndim == 3:  # colour (pydicom hands YBR over as RGB): Rec. 601 luma
         luma = array[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         if photometric == "PALETTE COLOR":  # palettes declare 16 bits but often fill only 8 of them
@@ -355,7 +451,9 @@ def _decode_dicom(
     elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
     else:
-        pixels, note = _grayscale(apply_modality_lut(array, ds), ds)
+        with _codec(DICOM, _PYDICOM_DAMAGED):
+            values = apply_modality_lut(array, ds)
+        pixels, note = _grayscale(values, ds)
         notes += note
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = 1.0 - pixels
@@ -365,12 +463,19 @@ def _decode_dicom(
 def _grayscale(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
     """Modality values to [0, 1]: VOI LUT Sequence, else the first window, else a robust min-max."""
     from pydicom.pixels import apply_voi
+    from pydicom.sequence import Sequence
 
-    if ds.get("VOILUTSequence"):
-        item = ds.VOILUTSequence[0]
-        entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
-        lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
-        mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
+    if sequence := ds.get("VOILUTSequence"):
+        if not isinstance(sequence, Sequence):  # a damaged VR turns the sequence into bytes
+            raise Rejected("corrupt DICOM: the VOI LUT Sequence is not a sequence")
+        descriptor = sequence[0].get("LUTDescriptor")
+        try:
+            entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
+        except (TypeError, IndexError, ValueError):  # absent, or too few values to be a LUT Descriptor
+            raise Rejected("corrupt DICOM: the VOI LUT has no usable LUT Descriptor") from None
+        with _codec(DICOM, _PYDICOM_DAMAGED):
+            lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
+            mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
         low, high = float(lut.min()), float(lut.max())
         if high > low:
             return np.clip((mapped - low) / (high - low), 0.0, 1.0).astype(np.float32), ()
@@ -417,7 +522,7 @@ def _check_codestream(ds: Any, max_pixels: int) -> None:
 
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
         return
-    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)), b"")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=_number(ds, "NumberOfFrames", 1)), b"")
     dims = _codestream_size(bytes(frame[:65536]))
     if dims is not None and (error := _too_large(*dims, max_pixels)):
         raise error

@@ -19,7 +19,7 @@ from pneumoscan.db import outbox
 from pneumoscan.db.queries import Result, save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
 from pneumoscan.domain import label_at
-from pneumoscan.imaging import DecodedImage, ImagingError, clean_text, decode, detect_kind, open_input
+from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind, open_input
 from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,22 @@ def display_path(path: str) -> str:
 
 
 def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result:
+    """Decode one read file, or the result that says why it cannot be: rejected, or failed (to be retried).
+
+    A bug of ours (``InternalError``, or anything else that escapes) is ``failed``, never
+    ``rejected``: a rejection is final, so a bug would otherwise lose every file it touched for good.
+    """
     assert read.data is not None and read.sha256 is not None
     try:
         return decode(read.data, (size, size), salt=settings.salt, max_pixels=settings.max_pixels,
                       modalities=settings.modality_set, body_parts=settings.body_part_set)
     except ImagingError as exc:
         status, reason = ("failed" if exc.transient else "rejected"), exc.reason
-    except Exception as exc:  # a bug of ours, not the file's: keep the batch going and retry the file later
-        log.debug("decoding %s failed", read.path, exc_info=True)
-        status, reason = "failed", clean_text(f"internal error while decoding: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # not the file's fault: keep the batch going, and log the traceback to fix it by
+        log.exception("internal error decoding %s; recorded as failed, to be retried", read.path)
+        status = "failed"
+        reason = exc.reason if isinstance(exc, InternalError) else clean_text(
+            f"internal error while decoding: {type(exc).__name__}: {exc}")
     return Result(read.path, status, sha256=read.sha256, kind=detect_kind(read.data[:132]),
                   byte_size=len(read.data), reason=reason)
 

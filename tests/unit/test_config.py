@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,80 @@ def test_random_salt_is_created_once_and_private(tmp_path: Path) -> None:
     assert len(first) == 64
     assert Settings(data_dir=tmp_path / "data").salt == first  # kept across runs
     assert Settings(data_dir=tmp_path / "other").salt != first  # and per install
+
+
+def test_salt_is_resolved_when_the_settings_are_built(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    path = tmp_path / "data" / "patient_salt"
+    assert path.read_text().encode() == settings.salt
+    path.unlink()  # nothing reads the file again: decode threads only ever see the value
+    assert settings.salt == settings.salt and len(settings.salt) == 64
+    assert "patient_salt" not in repr(settings) and settings.salt.decode() not in repr(settings)
+
+
+def test_an_empty_salt_file_is_refused_not_used(tmp_path: Path) -> None:
+    (tmp_path / "patient_salt").write_text("")  # as the old in-place write could leave it
+    with pytest.raises(ValidationError, match="is empty"):
+        Settings(data_dir=tmp_path)
+
+
+# Each child imports everything first, says so, and waits for one byte on stdin: the parent writes
+# it to both only when both are ready, so that they resolve the salt at the same moment.
+_CHILD = """
+import sys
+from pneumoscan.config import Settings
+print("ready", flush=True)
+sys.stdin.read(1)
+print(Settings().salt.decode(), flush=True)
+"""
+
+
+def test_two_processes_starting_at_once_agree_on_one_complete_salt(tmp_path: Path) -> None:
+    for round_ in range(20):
+        env = {**os.environ, "PNEUMOSCAN_DATA_DIR": str(tmp_path / f"install-{round_}")}
+        children = [subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    for _ in range(2)]
+        try:
+            for child in children:
+                assert child.stdout is not None and child.stdout.readline() == "ready\n", child.communicate()
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("g")
+                child.stdin.flush()
+            outcomes = [child.communicate(timeout=60) for child in children]
+        finally:
+            for child in children:
+                child.kill()
+        assert [child.returncode for child in children] == [0, 0], [err for _, err in outcomes]
+        salts = {out.strip() for out, _ in outcomes}
+        assert len(salts) == 1 and len(salts.pop()) == 64, (round_, outcomes)
+        assert sorted(p.name for p in (tmp_path / f"install-{round_}").iterdir()) == ["patient_salt"]
+
+
+def test_a_broker_without_a_shared_salt_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="PNEUMOSCAN_BROKER_URL"):
+        Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0")
+    with pytest.raises(ValidationError, match="PNEUMOSCAN_BROKER_URL"):
+        Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", patient_salt="")
+    assert Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0", patient_salt="shared").salt == b"shared"
+    assert not (tmp_path / "patient_salt").exists()  # no per-machine salt is ever made in distributed mode
+
+
+def test_the_command_refuses_to_start_with_a_broker_and_no_salt(tmp_path: Path, pneumoscan_exe: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PNEUMOSCAN_DATA_DIR": str(tmp_path / "data"),
+           "PNEUMOSCAN_BROKER_URL": "redis://127.0.0.1:6379/0"}
+
+    def run(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(pneumoscan_exe), "results"], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    refused = run({})
+    assert refused.returncode == 1, refused
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "PNEUMOSCAN_PATIENT_SALT" in lines[0] and "share" in lines[0]
+    assert not (tmp_path / "data" / "patient_salt").exists()
+    # The same command with a shared salt starts (`results` needs the database only, not the broker).
+    accepted = run({"PNEUMOSCAN_PATIENT_SALT": "shared-secret"})
+    assert accepted.returncode == 0, accepted.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,55 @@ def test_a_codestream_claiming_more_pixels_than_allowed_is_refused_before_decodi
     ds.save_as(out)
     with pytest.raises(Rejected, match="too large: 224x224"):
         _decode(out.getvalue(), max_pixels=16 * 16)
+
+
+# --- damaged values: rejected for what they are, never taken for a bug of ours ----------------------
+
+
+def _saved(ds: Any) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _two_columns(ds: Any) -> None:
+    ds.Columns = [224, 224]
+
+
+def _empty_pixel_data(ds: Any) -> None:
+    ds.PixelData = b""
+
+
+def _voi_lut_without_data(ds: Any) -> None:
+    item = _lut([4096, 0, 16], [16 * v for v in range(4096)])
+    del item.LUTData
+    ds.VOILUTSequence = [item]
+
+
+def _voi_lut_without_descriptor(ds: Any) -> None:
+    item = _lut([4096, 0, 16], [16 * v for v in range(4096)])
+    del item.LUTDescriptor
+    ds.VOILUTSequence = [item]
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_two_columns, "Columns is not a single whole number"),  # int() of several values: TypeError
+    (_empty_pixel_data, "no pixel data"),
+    (_voi_lut_without_data, "corrupt or truncated DICOM: KeyError"),  # how pydicom reports a missing LUT Data
+    (_voi_lut_without_descriptor, "no usable LUT Descriptor"),
+])
+def test_damaged_values_are_rejected_as_such(damage: Callable[[Any], None], reason: str) -> None:
+    ds = helpers.dicom_dataset(SOURCE)
+    damage(ds)
+    with pytest.raises(Rejected, match=reason):
+        _decode(_saved(ds))
+
+
+def test_a_transfer_syntax_uid_with_a_damaged_vr_still_names_the_syntax() -> None:
+    # One flipped VR leaves the Transfer Syntax UID as plain text, which has no UID properties.
+    data = _saved(helpers.dicom_dataset(SOURCE, **helpers.IDENTITY_WINDOW_12))
+    marker = b"\x02\x00\x10\x00UI"
+    assert data.count(marker) == 1
+    image = _decode(data.replace(marker, b"\x02\x00\x10\x00SH"))
+    assert image.kind == DICOM
+    _close(image.pixels, EXPECTED, "explicit-le")

@@ -20,7 +20,8 @@ from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY
 
 
 def test_app_is_at_least_once_json_and_one_at_a_time() -> None:
-    app = make_app(Settings(broker_url="redis://127.0.0.1:1/0", visibility_timeout=7200, max_tasks_per_child=50))
+    app = make_app(Settings(broker_url="redis://127.0.0.1:1/0", patient_salt="test-salt", visibility_timeout=7200,
+                            max_tasks_per_child=50))
     conf = app.conf
     assert conf.broker_url == "redis://127.0.0.1:1/0"
     assert (conf.task_serializer, list(conf.accept_content)) == ("json", ["json"])
@@ -71,7 +72,7 @@ def _closed_port() -> int:
 
 
 def test_dispatcher_fails_fast_when_the_broker_is_down_and_the_batch_is_kept(sessions: Any) -> None:
-    app = make_app(Settings(broker_url=f"redis://127.0.0.1:{_closed_port()}/0"))
+    app = make_app(Settings(broker_url=f"redis://127.0.0.1:{_closed_port()}/0", patient_salt="test-salt"))
     batcher = MicroBatcher(CeleryDispatcher(app, sessions), batch_size=2, max_wait=0)
     batcher.add(["/inbox/a.png", "/inbox/b.png"])
     started = time.monotonic()
