@@ -25,6 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared
+from support import process
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -236,11 +239,8 @@ def ratio(numerator: float, denominator: float) -> float:
 
 def pneumoscan_env(data_dir: Path, bundle: Path, **extra: str) -> dict[str, str]:
     """This process's environment without any PNEUMOSCAN_* setting, plus a fresh data folder and the bundle."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
-    env.update({"PNEUMOSCAN_DATA_DIR": str(data_dir), "PNEUMOSCAN_MODEL": str(bundle),
-                "PNEUMOSCAN_PATIENT_SALT": "bench-salt", "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"})
-    env.update(extra)
-    return env
+    return process.pneumoscan_env(data_dir, bundle, **{"PNEUMOSCAN_PATIENT_SALT": "bench-salt", "COLUMNS": "200",
+                                                       **extra})
 
 
 @dataclass
@@ -393,7 +393,7 @@ def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, 
             if b:  # the first batch opens the connection
                 times.append(time.perf_counter() - start)
     finally:
-        sessions.kw["bind"].dispose()
+        sessions.dispose()
     per_batch = median(times)
     return {"batch_size": batch_size, "batches": batches, "ms_per_batch": per_batch * 1000,
             "ms_per_image": per_batch * 1000 / batch_size, "rows_per_s_one_connection": batch_size / per_batch}
@@ -405,11 +405,5 @@ def now() -> float:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it is truthy (tests' helper, shared); fails after ``timeout`` seconds."""
+    return process.wait_for(predicate, timeout, interval, what)

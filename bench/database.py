@@ -193,7 +193,7 @@ def time_queries(url: str, now: datetime, repeats: int) -> list[dict[str, Any]]:
                          "p95_ms": common.percentile(times, 95), "meets_target": common.median(times) < TARGET_MS,
                          "plan": query_plan(sessions, filters)})
     finally:
-        sessions.kw["bind"].dispose()
+        sessions.dispose()
     return rows
 
 
@@ -206,7 +206,7 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
         folder.mkdir(parents=True)
         path = folder / "results.db"
         url = f"sqlite:///{path}"
-        open_database(url).kw["bind"].dispose()
+        open_database(url).dispose()
         with common.Timer() as load:
             load_sqlite(path, args.rows, now)
         return {"backend": backend, "load_s": load.seconds, "queries": time_queries(url, now, args.repeats)}
@@ -219,7 +219,7 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
         return {"backend": backend, "load_s": load.seconds,
                 "queries": time_queries(f"sqlite:///{path}", now, args.repeats)}
     with common.scratch_postgres(args.pg_admin) as scratch:
-        open_database(scratch.db_url).kw["bind"].dispose()
+        open_database(scratch.db_url).dispose()
         with common.Timer() as load:
             load_postgresql(scratch.pg_url, args.rows, now)
         return {"backend": backend, "load_s": load.seconds,

@@ -61,7 +61,7 @@ class Scratch:
 
         database = self._stack.enter_context(common.scratch_postgres(self._admin))
         self.pg_url, self.db_url = database.pg_url, database.db_url
-        open_database(self.db_url).kw["bind"].dispose()  # migrate once, before the workers race to
+        open_database(self.db_url).dispose()  # migrate once, before the workers race to
         return self
 
     def __exit__(self, *_: object) -> None:

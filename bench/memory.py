@@ -46,7 +46,7 @@ def build_backlog(db_url: str, files: list[Path]) -> None:
         session.execute(insert(Prediction), [
             {"image_id": i, "model_version": OLD_VERSION, "probability": 0.5, "label": "PNEUMONIA",
              "threshold": 0.5, "created_at": then} for i in ids])
-    sessions.kw["bind"].dispose()
+    sessions.dispose()
 
 
 def run_size(n: int, files: list[Path], args: argparse.Namespace, bundle_path: Path, version: str) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def sessions(settings: Any) -> Iterator[Any]:
 
     factory = open_database(settings.sqlalchemy_url)
     yield factory
-    factory.kw["bind"].dispose()
+    factory.dispose()
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from support import process
+
+wait_for = process.wait_for  # shared with bench/ (tests/support/process.py)
 
 FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 NORMAL_IMAGES = sorted((FIXTURE_IMAGES / "NORMAL").glob("*.jpeg"))
@@ -234,18 +234,6 @@ def write_dicom(source: Path, dest: Path, **kwargs: Any) -> Path:
     return dest
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
-        time.sleep(interval)
-
-
 def distinct_pngs(folder: Path, count: int, *, prefix: str = "x", start: int = 0) -> list[Path]:
     """``count`` PNGs of real chest X-rays named prefix-NNNN.png, each with different pixels (one flipped).
 
@@ -265,21 +253,10 @@ def distinct_pngs(folder: Path, count: int, *, prefix: str = "x", start: int = 0
 
 
 def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str, str]:
-    """The environment for running `pneumoscan` as a user would: this process's, less any PNEUMOSCAN_* setting,
-    plus a data folder, a model, a fixed salt, short waits and small batches; ``extra`` adds or overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
-    env.update({
-        "PNEUMOSCAN_DATA_DIR": str(data_dir),
-        "PNEUMOSCAN_MODEL": str(model),
-        "PNEUMOSCAN_PATIENT_SALT": "test-salt",
-        "PNEUMOSCAN_QUIET_PERIOD": "0.5",
-        "PNEUMOSCAN_MAX_BATCH_WAIT": "0.3",
-        "PNEUMOSCAN_BATCH_SIZE": "8",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "COLUMNS": "250",  # keep rich tables on one line per row
-    })
-    env.update(extra)
-    return env
+    """The environment for running `pneumoscan` as a user would, with short waits and small batches."""
+    return process.pneumoscan_env(data_dir, model, **{"PNEUMOSCAN_QUIET_PERIOD": "0.5",
+                                                      "PNEUMOSCAN_MAX_BATCH_WAIT": "0.3",
+                                                      "PNEUMOSCAN_BATCH_SIZE": "8", **extra})
 
 
 def bundle_as_version(bundle: Any, folder: Path, version: str) -> Any:

@@ -33,8 +33,8 @@ class Label(StrEnum):
     PNEUMONIA = "PNEUMONIA"
 
 
-STATUSES: tuple[str, ...] = tuple(Status)
-LABELS: tuple[str, ...] = tuple(Label)
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 
 
 def label_at(probability: float, threshold: float) -> Label:

@@ -123,6 +123,8 @@ def _codec(kind: str, families: tuple[type[Exception], ...]) -> Iterator[None]:
     """
     try:
         yield
+    except NotImplementedError:  # a RuntimeError, but it means "unsupported", which decode() says as such
+        raise
     except families as exc:
         raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
 

@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
-from pneumoscan.db import outbox
+from pneumoscan.db import Database, outbox
 from pneumoscan.db.queries import Result, save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
 from pneumoscan.domain import label_at
@@ -107,7 +106,7 @@ def classify_paths(
     paths: Sequence[str | os.PathLike[str]],
     *,
     bundle: ModelBundle,
-    sessions: sessionmaker[Session],
+    sessions: Database,
     settings: Settings,
     on_batch: Callable[[list[Result]], None] | None = None,
     image_ids: Sequence[int] | None = None,
@@ -165,7 +164,7 @@ class _Prepared:
 
 
 def _prepare(
-    paths: Sequence[str], image_ids: Sequence[int | None], bundle: ModelBundle, sessions: sessionmaker[Session],
+    paths: Sequence[str], image_ids: Sequence[int | None], bundle: ModelBundle, sessions: Database,
     settings: Settings, pool: Executor, seen: dict[str, str], force: bool,
 ) -> _Prepared:
     reads = list(pool.map(_read, paths, image_ids))
@@ -197,7 +196,7 @@ def _prepare(
     return _Prepared(reads, image_ids, outcome, images)
 
 
-def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: sessionmaker[Session]) -> list[Result]:
+def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> list[Result]:
     """Predict a prepared batch and write all its results in one transaction.
 
     The label uses the site's operating point for this model when one is in force (read in the same

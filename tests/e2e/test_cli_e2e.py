@@ -252,7 +252,7 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Any) -> t
         save_results(session, results)
         for name, (*_, updated_at) in KNOWN.items():
             session.execute(update(Image).where(Image.path == str(folder / name)).values(updated_at=updated_at))
-    sessions.kw["bind"].dispose()
+    sessions.dispose()
     return _env(data, tiny_bundle.path), folder
 
 

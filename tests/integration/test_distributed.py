@@ -39,7 +39,7 @@ def dispatcher(app: Celery, database: Database) -> Iterator[CeleryDispatcher]:
 
     sessions = open_database(database.url)
     yield CeleryDispatcher(app, sessions)
-    sessions.kw["bind"].dispose()
+    sessions.dispose()
 
 
 def _predictions(db: Database) -> int:
@@ -166,7 +166,7 @@ def test_the_nightly_job_reclassifies_exactly_the_outdated_and_failed_images(
             save_results(session, [Result(str(undecoded[0]), "failed", kind="png", reason="decoder busy",
                                           sha256=hashlib.sha256(undecoded[0].read_bytes()).hexdigest())])
     finally:
-        sessions.kw["bind"].dispose()
+        sessions.dispose()
     before = set(database.rows("SELECT p.id, i.path, p.model_version FROM predictions p "
                                "JOIN images i ON i.id = p.image_id"))
     assert len(before) == 8
@@ -264,7 +264,7 @@ def test_the_scheduler_re_enqueues_what_a_previous_run_left_unsettled_when_it_st
         with sessions.begin() as session:
             outbox.record(session, [str(p) for p in paths], now=datetime.now(UTC) - timedelta(minutes=10))
     finally:
-        sessions.kw["bind"].dispose()
+        sessions.dispose()
     start_worker(cluster_env, "w1")
     inbox = tmp_path / "inbox"
     inbox.mkdir()

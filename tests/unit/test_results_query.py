@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from pneumoscan.db import make_engine, refresh_statistics, upgrade
+from pneumoscan.db import make_engine, open_database, refresh_statistics, upgrade
 from pneumoscan.db.queries import (
     Result,
     ResultFilter,
@@ -59,8 +59,21 @@ def _indexes(engine: Engine, table: str) -> dict[str, list[str]]:
 
 def test_migration_0002_adds_the_results_indexes_to_a_database_with_rows(engine: Engine) -> None:
     upgrade(engine, "0001")
-    with sessionmaker(engine).begin() as session:
-        save_results(session, _stored(20))
+    with engine.begin() as connection:  # rows as revision 0001 stored them
+        ids: dict[str, int] = {}
+        for result in _stored(20):
+            if result.sha256 not in ids:
+                ids[str(result.sha256)] = len(ids) + 1
+                connection.execute(text("INSERT INTO images (id, sha256, path, status, first_seen_at, updated_at) "
+                                        "VALUES (:id, :sha, :path, :status, :t, :t)"),
+                                   {"id": ids[str(result.sha256)], "sha": result.sha256, "path": result.path,
+                                    "status": result.status, "t": START})
+            if result.status == "done":
+                connection.execute(text(
+                    "INSERT INTO predictions (image_id, model_version, probability, label, threshold, created_at) "
+                    "VALUES (:id, :v, :p, :label, 0.5, :t)"),
+                    {"id": ids[str(result.sha256)], "v": result.model_version, "p": result.probability,
+                     "label": result.label, "t": START})
     upgrade(engine)
     assert _indexes(engine, "predictions")["ix_predictions_model_probability"] == ["model_version", "probability"]
     images = _indexes(engine, "images")
@@ -79,7 +92,7 @@ def test_statistics_are_gathered_when_missing_or_outgrown_and_not_otherwise(engi
         assert not refresh_statistics(connection)  # empty tables: nothing to learn
     with sessionmaker(engine).begin() as session:
         save_results(session, _stored(30))
-    upgrade(engine)  # what every open does
+    open_database(engine.url.render_as_string(hide_password=False)).dispose()  # what every open does
     with engine.begin() as connection:
         analyzed = set(connection.execute(text("SELECT idx FROM sqlite_stat1")).scalars())
         assert {"ix_predictions_model_probability", "ix_images_status_updated_at"} <= analyzed

@@ -19,7 +19,7 @@ from pneumoscan.db.queries import Result, save_results
 def database(tmp_path: Path) -> Iterator[tuple[Any, list[str], Path]]:
     path = tmp_path / "results.db"
     sessions = open_database(f"sqlite:///{path}")
-    engine = sessions.kw["bind"]
+    engine = sessions.engine
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute",
                  lambda _conn, _cursor, statement, *_rest: statements.append(statement.split()[0].upper()))
@@ -40,7 +40,7 @@ def test_a_batch_is_a_handful_of_statements(database: tuple[Any, list[str], Path
         save_results(session, [_done(i) for i in range(n)])
     writes = [s for s in statements if s in ("INSERT", "UPDATE", "DELETE")]
     chunks = -(-n // 500)
-    assert len(writes) == 1 + 2 * chunks  # placeholder delete, image upserts, prediction inserts
+    assert len(writes) == 1 + 3 * chunks  # placeholder delete, image upserts, prediction inserts, sightings
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*) FROM images").fetchone() == (n,)
         assert connection.execute("SELECT count(*), sum(probability) FROM predictions").fetchone() == (
@@ -55,11 +55,13 @@ def test_skipped_results_move_their_images_in_one_statement(database: tuple[Any,
     statements.clear()
     with sessions.begin() as session:
         save_results(session, moved)
-    assert [s for s in statements if s in ("INSERT", "UPDATE", "DELETE")] == ["UPDATE"]  # one executemany
+    # One executemany moves the images, one statement records the new sightings.
+    assert [s for s in statements if s in ("INSERT", "UPDATE", "DELETE")] == ["UPDATE", "INSERT"]
     with sqlite3.connect(path) as connection:
         paths = sorted(p for (p,) in connection.execute("SELECT path FROM images"))
         assert paths == sorted(r.path for r in moved)
         assert connection.execute("SELECT count(*) FROM predictions").fetchone() == (40,)
+        assert connection.execute("SELECT count(*) FROM sightings").fetchone() == (80,)  # old and new paths
 
 
 def test_one_content_twice_in_a_batch_keeps_the_last_path(database: tuple[Any, list[str], Path]) -> None:

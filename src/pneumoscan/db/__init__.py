@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -47,17 +48,27 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # Workers that start together would otherwise race to create the same tables; the
-                # lock is held until this transaction commits, and the loser then finds nothing to do.
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-        if engine.dialect.name == "sqlite":
-            with engine.begin() as connection:
-                refresh_statistics(connection)
+        with engine.connect() as connection:
+            if sqlite:
+                # SQLite changes a constraint by copying the table and dropping the old one; with
+                # foreign keys on, that drop would cascade to every prediction and review. The pragma
+                # only takes effect outside a transaction, so it comes before the migration's.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()  # end SQLAlchemy's autobegun (empty) transaction
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    # Workers that start together would otherwise race to create the same tables; the
+                    # lock is held until this transaction commits, and the loser then finds nothing to do.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise DatabaseError("a migration left rows whose image is missing; nothing was changed")
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
 
@@ -115,8 +126,40 @@ def refresh_statistics(connection: Connection) -> bool:
     return bool(stale)
 
 
-def open_database(url: str) -> sessionmaker[Session]:
-    """Connect to ``url``, bring its schema up to date and return a session factory."""
+class Database:
+    """One database: its engine and its sessions, the handle that every stage is given.
+
+    ``db()`` opens a session for reading, ``db.begin()`` one transaction; ``dispose`` drops the
+    connection pool (``close=False`` in a forked child, so the parent's sockets stay open).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def __call__(self) -> Session:
+        return self._sessions()
+
+    def begin(self) -> AbstractContextManager[Session]:
+        """A session in a transaction that commits when the block ends (and rolls back on an error)."""
+        return self._sessions.begin()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self, *, close: bool = True) -> None:
+        self.engine.dispose(close=close)
+
+
+def open_database(url: str) -> Database:
+    """Connect to ``url``, bring its schema up to date, refresh SQLite's planner statistics if stale."""
     engine = make_engine(url)
     upgrade(engine)
-    return sessionmaker(engine, expire_on_commit=False)
+    if engine.dialect.name == "sqlite":
+        try:
+            with engine.begin() as connection:
+                refresh_statistics(connection)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot open {engine.url.render_as_string(hide_password=True)}: {exc}") from exc
+    return Database(engine)

@@ -8,12 +8,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from pneumoscan.db import outbox
+from pneumoscan.db import Database, outbox
 from pneumoscan.db.queries import Result
 
 if TYPE_CHECKING:
     from celery import Celery
-    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class CeleryDispatcher:
     seconds, and the caller (the watcher keeps the paths and backs off) decides when to try again.
     """
 
-    def __init__(self, app: Celery, sessions: sessionmaker[Session], *, publish_retries: int = 2) -> None:
+    def __init__(self, app: Celery, sessions: Database, *, publish_retries: int = 2) -> None:
         self._app = app
         self._sessions = sessions
         self._policy = {"max_retries": publish_retries, "interval_start": 0.2, "interval_step": 0.5,
@@ -89,7 +88,7 @@ class CeleryDispatcher:
         self._app.send_task(name, args=[batch, *extra], retry=True, retry_policy=self._policy)
 
 
-def requeue_stale(sessions: sessionmaker[Session], dispatcher: CeleryDispatcher, older_than: float,
+def requeue_stale(sessions: Database, dispatcher: CeleryDispatcher, older_than: float,
                   batch_size: int) -> int:
     """The outbox reaper: hand over again the files that a lost message or a dead worker left unsettled.
 

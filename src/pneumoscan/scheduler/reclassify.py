@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy.orm import Session, sessionmaker
-
+from pneumoscan.db import Database
 from pneumoscan.db.queries import ReclassifySelection, iter_reclassification
 
 log = logging.getLogger(__name__)
@@ -14,7 +13,7 @@ log = logging.getLogger(__name__)
 Submit = Callable[[list[int], list[str]], None]
 
 
-def reclassify(sessions: sessionmaker[Session], model_version: str, selection: ReclassifySelection,
+def reclassify(sessions: Database, model_version: str, selection: ReclassifySelection,
                submit: Submit, *, batch_size: int, on_batch: Callable[[int], None] | None = None) -> int:
     """Hand every image ``selection`` picks to ``submit`` as batches of (ids, stored paths); returns the count.
 

@@ -13,10 +13,9 @@ from typing import Any
 from celery import Task, shared_task
 from celery.signals import worker_process_init
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
 
 from pneumoscan.config import Settings
-from pneumoscan.db import DatabaseError, open_database, outbox
+from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE
@@ -41,10 +40,10 @@ class Runtime:
 
     settings: Settings
     bundle: ModelBundle
-    _sessions: sessionmaker[Session] | None = None
+    _sessions: Database | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def sessions(self) -> sessionmaker[Session]:
+    def sessions(self) -> Database:
         """The session factory, connecting (and migrating) on first use; raises if the database is down."""
         with self._lock:
             if self._sessions is None:
@@ -54,7 +53,7 @@ class Runtime:
     def dispose(self) -> None:
         """Forget connections inherited from a parent process without closing the parent's sockets."""
         if self._sessions is not None:
-            self._sessions.kw["bind"].dispose(close=False)
+            self._sessions.dispose(close=False)
             self._sessions = None
 
 
