@@ -634,7 +634,8 @@ def ensemble(bundles: tuple[Path, ...], data_dir: Path, out: Path, min_sensitivi
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     v = bundle.card["validation_metrics"]
-    click.echo(f"wrote {out}: {bundle.version} ({len(members)} members), threshold {bundle.threshold:.4f}, "
+    click.echo(f"wrote {out}: {bundle.version} ({len(bundle.card['members'])} members), "
+               f"threshold {bundle.threshold:.4f}, "
                f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "
                f"specificity {v['specificity']:.3f}")
 
