@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -119,4 +120,5 @@ def test_gpu_override_reserves_devices_for_workers() -> None:
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert worker["build"]["args"]["EXTRAS"] == "gpu"
-    assert "gpu" in (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("tensorflow[and-cuda]") for req in extras["gpu"])

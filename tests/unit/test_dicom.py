@@ -308,7 +308,9 @@ def test_triage_decides_from_the_header_before_touching_the_pixels() -> None:
     started = time.perf_counter()
     with pytest.raises(Rejected, match="too large: 60000x60000"):
         _decode(out.getvalue())
-    assert time.perf_counter() - started < 0.5
+    # Decoding 3.6 gigapixels would take minutes and gigabytes; 5 s is far below that, and far above
+    # what the header check takes even on two loaded cores.
+    assert time.perf_counter() - started < 5.0
 
 
 @pytest.mark.parametrize("syntax", ["jpeg-lossless-sv1", "j2k-lossless"])

@@ -388,4 +388,4 @@ def test_decompression_bombs_are_refused_from_the_header(data: bytes) -> None:
     started = time.perf_counter()
     with pytest.raises(Rejected, match="image too large"):
         decode(data, SIZE)
-    assert time.perf_counter() - started < 0.5  # nothing was decompressed
+    assert time.perf_counter() - started < 5.0  # nothing was decompressed: that would take minutes
