@@ -28,20 +28,24 @@ def _stored(n: int) -> list[Result]:
 
 
 def test_migration_0002_applies_to_a_postgresql_database_with_rows(database: Database) -> None:
-    from sqlalchemy.orm import sessionmaker
+    from support import legacy
 
     engine = make_engine(database.url)
     try:
         upgrade(engine, "0001")
-        with sessionmaker(engine).begin() as session:
-            save_results(session, _stored(20))
+        with engine.begin() as connection:
+            legacy.insert_at_0001(connection, _stored(20), datetime(2026, 11, 1, tzinfo=UTC))
         upgrade(engine)
         upgrade(engine)  # again: nothing to do
         with engine.begin() as connection:
             assert not refresh_statistics(connection)  # autovacuum's job on PostgreSQL
     finally:
         engine.dispose()
-    assert database.rows("SELECT version_num FROM alembic_version") == [("0002",)]
+    from pneumoscan.db import current_revision
+
+    engine = make_engine(database.url)
+    assert database.rows("SELECT version_num FROM alembic_version") == [(current_revision(engine),)]
+    engine.dispose()
     indexes = dict(database.rows("SELECT indexname, indexdef FROM pg_indexes "
                                  "WHERE tablename IN ('images', 'predictions')"))
     assert "(model_version, probability)" in indexes["ix_predictions_model_probability"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
+from support import legacy
 
 from pneumoscan.db import make_engine, open_database, refresh_statistics, upgrade
 from pneumoscan.db.queries import (
@@ -59,21 +60,8 @@ def _indexes(engine: Engine, table: str) -> dict[str, list[str]]:
 
 def test_migration_0002_adds_the_results_indexes_to_a_database_with_rows(engine: Engine) -> None:
     upgrade(engine, "0001")
-    with engine.begin() as connection:  # rows as revision 0001 stored them
-        ids: dict[str, int] = {}
-        for result in _stored(20):
-            if result.sha256 not in ids:
-                ids[str(result.sha256)] = len(ids) + 1
-                connection.execute(text("INSERT INTO images (id, sha256, path, status, first_seen_at, updated_at) "
-                                        "VALUES (:id, :sha, :path, :status, :t, :t)"),
-                                   {"id": ids[str(result.sha256)], "sha": result.sha256, "path": result.path,
-                                    "status": result.status, "t": START})
-            if result.status == "done":
-                connection.execute(text(
-                    "INSERT INTO predictions (image_id, model_version, probability, label, threshold, created_at) "
-                    "VALUES (:id, :v, :p, :label, 0.5, :t)"),
-                    {"id": ids[str(result.sha256)], "v": result.model_version, "p": result.probability,
-                     "label": result.label, "t": START})
+    with engine.begin() as connection:
+        legacy.insert_at_0001(connection, _stored(20), START)
     upgrade(engine)
     assert _indexes(engine, "predictions")["ix_predictions_model_probability"] == ["model_version", "probability"]
     images = _indexes(engine, "images")
