@@ -41,11 +41,15 @@ def test_migration_0002_applies_to_a_postgresql_database_with_rows(database: Dat
             assert not refresh_statistics(connection)  # autovacuum's job on PostgreSQL
     finally:
         engine.dispose()
-    from pneumoscan.db import current_revision
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
-    engine = make_engine(database.url)
-    assert database.rows("SELECT version_num FROM alembic_version") == [(current_revision(engine),)]
-    engine.dispose()
+    from pneumoscan.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert database.rows("SELECT version_num FROM alembic_version") == [(head,)]
     indexes = dict(database.rows("SELECT indexname, indexdef FROM pg_indexes "
                                  "WHERE tablename IN ('images', 'predictions')"))
     assert "(model_version, probability)" in indexes["ix_predictions_model_probability"]
