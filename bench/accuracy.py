@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pneumoscan.config import SHIPPED_MODEL_DIR
+from pneumoscan.config import SHIPPED_MODEL_DIR, Settings
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.evaluate import evaluate
 
@@ -27,7 +27,7 @@ def main() -> int:
     args = parser.parse_args()
     bundle = load_bundle(args.bundle, verify=True)
     with tempfile.TemporaryDirectory() as out:
-        report = evaluate(bundle, args.data_dir, args.split, Path(out))
+        report = evaluate(bundle, args.data_dir, args.split, Path(out), Settings(patient_salt="bench").decode_policy)
     recorded = bundle.card.get("test_metrics") or {}
     print(f"{bundle.version} on {args.data_dir}/{args.split} (n={report['n']}, threshold {report['threshold']:.4f})")
     print(f"{'metric':<12} {'measured':>9} {'card':>9}")

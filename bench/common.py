@@ -237,6 +237,13 @@ def ratio(numerator: float, denominator: float) -> float:
 
 # --- child processes -----------------------------------------------------------------------------
 
+def decode_policy() -> Any:
+    """The decoding rules of a default install, with the benchmarks' fixed salt (no salt file written)."""
+    from pneumoscan.config import Settings
+
+    return Settings(patient_salt="bench-salt").decode_policy
+
+
 def pneumoscan_env(data_dir: Path, bundle: Path, **extra: str) -> dict[str, str]:
     """This process's environment without any PNEUMOSCAN_* setting, plus a fresh data folder and the bundle."""
     return process.pneumoscan_env(data_dir, bundle, **{"PNEUMOSCAN_PATIENT_SALT": "bench-salt", "COLUMNS": "200",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DATASET, RESULTS_DIR
+from common import DATASET, RESULTS_DIR, decode_policy
 
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
@@ -42,7 +42,7 @@ def _trained(layout: Path, out: Path, config: TrainConfig) -> tuple[ModelBundle,
         return load_bundle(out), 0.0
     except BundleError:
         started = time.perf_counter()
-        bundle = train(layout, out, config)
+        bundle = train(layout, out, config, decode_policy())
         return bundle, (time.perf_counter() - started) / 60
 
 
@@ -93,7 +93,7 @@ def main() -> int:
             bundle, minutes = _trained(layout, args.work / f"{recipe}-without-{args.hold_out}-{size}px",
                                        TrainConfig(input_size=size, epochs=args.epochs, version=f"proxy-{recipe}",
                                                    **RECIPES[recipe]))  # type: ignore[arg-type]
-            scores = tuple(bundle.predict(load_images(group, size).astype(np.float32) / 255.0)
+            scores = tuple(bundle.predict(load_images(group, size, decode_policy(), exact=True))
                            for group in (val, held_out, val_pneumonia))
             member_scores.append(scores)
             row = _row(recipe, f"{size}px", args, y_val, labels, *scores)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.config import SHIPPED_MODEL_DIR
+from pneumoscan.config import SHIPPED_MODEL_DIR, Settings
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.models.calibrate import site_threshold
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "site_calibration.json")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle, verify=True)
-    _, labels, scores = score_split(bundle, args.data_dir, args.split)
+    _, labels, scores = score_split(bundle, args.data_dir, args.split, Settings(patient_salt="bench").decode_policy)
     site: dict[str, list[float]] = {k: [] for k in (*KEYS, "threshold")}
     shipped: dict[str, list[float]] = {k: [] for k in KEYS}
     for seed in range(args.draws):

@@ -41,13 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from make_inputs import cached_inputs, input_set
 
-SALT = b"bench-salt"
-
 
 def decode_file(path: Path, size: int) -> np.ndarray:
     from pneumoscan.imaging import decode
 
-    return decode(path.read_bytes(), (size, size), salt=SALT).pixels
+    return decode(path.read_bytes(), (size, size), common.decode_policy()).pixels
 
 
 def decode_alone(paths: list[Path], size: int, workers: int) -> dict[str, Any]:

@@ -14,6 +14,18 @@ from support import process
 
 wait_for = process.wait_for  # shared with bench/ (tests/support/process.py)
 
+
+def policy(**changes: Any) -> Any:
+    """A default install's decoding rules (built by Settings, with a fixed salt); ``changes`` replace fields."""
+    import dataclasses
+
+    from pneumoscan.config import Settings
+
+    return dataclasses.replace(Settings(patient_salt="test-salt").decode_policy, **changes)
+
+
+POLICY = policy()
+
 FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "images"
 NORMAL_IMAGES = sorted((FIXTURE_IMAGES / "NORMAL").glob("*.jpeg"))
 PNEUMONIA_IMAGES = sorted((FIXTURE_IMAGES / "PNEUMONIA").glob("*.jpeg"))

@@ -424,7 +424,7 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
     if validation_data is not None:
         from pneumoscan.models.train import recalibrate
 
-        bundle = recalibrate(_settings(ctx).model_path, validation_data)
+        bundle = recalibrate(_settings(ctx).model_path, validation_data, _settings(ctx).decode_policy)
         calibration = bundle.card["calibration"]
         click.echo(f"{bundle.version}: temperature {calibration['temperature']:.3f}, threshold "
                    f"{bundle.threshold:.4f}; validation NLL {calibration['before']['nll']:.4f} -> "
@@ -490,9 +490,7 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     bundle = _bundle(settings)
     try:
         with open_input(path) as fh:
-            image = decode(fh.read(), (bundle.input_size, bundle.input_size), salt=settings.salt,
-                           max_pixels=settings.max_pixels, modalities=settings.modality_set,
-                           body_parts=settings.body_part_set)
+            image = decode(fh.read(), (bundle.input_size, bundle.input_size), settings.decode_policy)
     except (OSError, ImagingError) as exc:
         raise click.ClickException(f"cannot read {path}: {getattr(exc, 'reason', None) or exc}") from None
     probability = float(bundle.predict(image.pixels[None])[0])
@@ -574,11 +572,13 @@ _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a i
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")
 @click.option("--version", "version", help="Model version for the card [default: architecture-timestamp].")
 @click.option("--restart", is_flag=True, help="Train again from scratch even if --out holds a finished bundle.")
+@click.pass_context
 @_friendly
-def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size: int, epochs: int,
-          batch_size: int, learning_rate: float, schedule: str, val_fraction: float, min_sensitivity: float,
-          no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int, backbone_lr_scale: float,
-          freeze_bn: bool, ema: float, init: Path | None, seed: int, version: str | None, restart: bool) -> None:
+def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weights: str, input_size: int,
+          epochs: int, batch_size: int, learning_rate: float, schedule: str, val_fraction: float,
+          min_sensitivity: float, no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int,
+          backbone_lr_scale: float, freeze_bn: bool, ema: float, init: Path | None, seed: int, version: str | None,
+          restart: bool) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
     Validation is carved from train by patient; the test split is never read. An interrupted run
@@ -599,7 +599,8 @@ def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size
         err.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
 
     try:
-        bundle = run_training(data_dir, out, config, on_epoch=show, restart=restart)
+        bundle = run_training(data_dir, out, config, _settings(ctx).decode_policy, on_epoch=show,
+                              restart=restart)
     except AlreadyTrained as exc:
         click.echo(str(exc))
         return
@@ -621,16 +622,18 @@ def train(data_dir: Path, out: Path, architecture: str, weights: str, input_size
 @click.option("--min-sensitivity", type=click.FloatRange(0.5, 1),
               help="Threshold rule [default: the first bundle's].")
 @click.option("--version", "version", help="Model version for the card [default: ensemble-timestamp].")
+@click.pass_context
 @_friendly
-def ensemble(bundles: tuple[Path, ...], data_dir: Path, out: Path, min_sensitivity: float | None,
-             version: str | None) -> None:
+def ensemble(ctx: click.Context, bundles: tuple[Path, ...], data_dir: Path, out: Path,
+             min_sensitivity: float | None, version: str | None) -> None:
     """Average BUNDLES (trained on one validation split) into one bundle that the worker runs as one model."""
     from pneumoscan.models.dataset import DatasetError
     from pneumoscan.models.ensemble import ensemble as combine
 
     members = [load_bundle(path, verify=True) for path in bundles]
     try:
-        bundle = combine(members, data_dir, out, version=version, min_sensitivity=min_sensitivity)
+        bundle = combine(members, data_dir, out, _settings(ctx).decode_policy, version=version,
+                         min_sensitivity=min_sensitivity)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     v = bundle.card["validation_metrics"]
@@ -647,8 +650,10 @@ def ensemble(bundles: tuple[Path, ...], data_dir: Path, out: Path, min_sensitivi
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write metrics.json, predictions.csv and plots [default: BUNDLE_DIR/eval-SPLIT].")
 @click.option("--update-card", is_flag=True, help="Store the metrics in the bundle card as test_metrics.")
+@click.pass_context
 @_friendly
-def evaluate(bundle_dir: Path, data_dir: Path, split: str, out: Path | None, update_card: bool) -> None:
+def evaluate(ctx: click.Context, bundle_dir: Path, data_dir: Path, split: str, out: Path | None,
+             update_card: bool) -> None:
     """Measure BUNDLE_DIR on DATA_DIR/SPLIT at the bundle's own threshold, decoding as the worker does."""
     from pneumoscan.models.dataset import DatasetError, list_split
     from pneumoscan.models.evaluate import evaluate as run_evaluation
@@ -660,6 +665,7 @@ def evaluate(bundle_dir: Path, data_dir: Path, split: str, out: Path | None, upd
         with _progress(f"evaluating {split}") as progress:
             task = progress.add_task(split, total=total)
             report = run_evaluation(bundle, data_dir, split, out or bundle_dir / f"eval-{split}",
+                                    _settings(ctx).decode_policy,
                                     on_batch=lambda n: progress.advance(task, n))
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -12,6 +13,20 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    """What decoding accepts and how it pseudonymises, built once from Settings (``Settings.decode_policy``).
+
+    The pipeline, training, evaluation and `explain` all decode under it, so an allow-list set in the
+    environment means the same everywhere.
+    """
+
+    max_pixels: int
+    modalities: frozenset[str]
+    body_parts: frozenset[str]
+    salt: bytes
 
 
 def _data_home() -> Path:
@@ -97,6 +112,11 @@ class Settings(BaseSettings):
     @property
     def body_part_set(self) -> frozenset[str]:
         return _upper_set(self.allowed_body_parts)
+
+    @property
+    def decode_policy(self) -> DecodePolicy:
+        """The decoding rules these settings make (size limit, DICOM allow-lists, PatientID salt)."""
+        return DecodePolicy(self.max_pixels, self.modality_set, self.body_part_set, self.salt)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from pneumoscan.config import DecodePolicy
+
 JPEG, PNG, TIFF, GIF, DICOM = "jpeg", "png", "tiff", "gif", "dicom"
 
 _MAGIC = (
@@ -212,13 +214,9 @@ def patient_ref(patient_id: str, salt: bytes) -> str:
 def decode(
     data: bytes,
     size: tuple[int, int],
-    *,
-    salt: bytes = b"",
-    max_pixels: int = 100_000_000,
-    modalities: frozenset[str] = frozenset({"CR", "DX", "DR"}),
-    body_parts: frozenset[str] = frozenset({"CHEST"}),
+    policy: DecodePolicy,
 ) -> DecodedImage:
-    """Decode file bytes to a (height, width) = ``size`` float32 image in [0, 1].
+    """Decode file bytes to a (height, width) = ``size`` float32 image in [0, 1], under ``policy``.
 
     Raises ``Rejected`` with a human-readable reason for anything that is not a usable image, and
     ``Unavailable`` when decoding ran out of memory. Nothing else escapes, whatever the bytes; an
@@ -231,8 +229,8 @@ def decode(
         raise Rejected(f"unrecognized format: not {_ACCEPTED} (checked by content, not name)")
     try:
         if kind == DICOM:
-            return _decode_dicom(data, size, salt, max_pixels, modalities, body_parts)
-        return _decode_raster(data, kind, size, max_pixels)
+            return _decode_dicom(data, size, policy)
+        return _decode_raster(data, kind, size, policy.max_pixels)
     except ImagingError:
         raise
     except MemoryError:
@@ -366,8 +364,7 @@ def _metadata(header: Any, salt: bytes) -> DicomMeta:
     return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None)
 
 
-def _triage(header: Any, meta: DicomMeta, modalities: frozenset[str], body_parts: frozenset[str],
-            max_pixels: int) -> None:
+def _triage(header: Any, meta: DicomMeta, policy: DecodePolicy) -> None:
     """Reject, from the header alone, what is not a chest radiograph or is too large to decode."""
     from pydicom.uid import UID
 
@@ -377,21 +374,19 @@ def _triage(header: Any, meta: DicomMeta, modalities: frozenset[str], body_parts
             raise Rejected(f"not an image: {UID(sop).name} is {what}")
     if "DirectoryRecordSequence" in header:
         raise Rejected("not an image: a DICOMDIR (media directory)")
+    modalities, body_parts = policy.modalities, policy.body_parts
     if meta.modality is not None and modalities and meta.modality.upper() not in modalities:
         raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
     if meta.body_part is not None and body_parts and meta.body_part.upper() not in body_parts:
         raise Rejected(f"body part {meta.body_part} is not allowed (allowed: {', '.join(sorted(body_parts))})")
-    if error := _too_large(_number(header, "Columns", 0), _number(header, "Rows", 0), max_pixels):
+    if error := _too_large(_number(header, "Columns", 0), _number(header, "Rows", 0), policy.max_pixels):
         raise error
 
 
 def _decode_dicom(
     data: bytes,
     size: tuple[int, int],
-    salt: bytes,
-    max_pixels: int,
-    modalities: frozenset[str],
-    body_parts: frozenset[str],
+    policy: DecodePolicy,
 ) -> DecodedImage:
     """Decode a DICOM file, with pydicom's own errors for damaged data counted as damage.
 
@@ -400,7 +395,7 @@ def _decode_dicom(
     from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
-        return _decode_dataset(data, size, salt, max_pixels, modalities, body_parts)
+        return _decode_dataset(data, size, policy)
     except (InvalidDicomError, BytesLengthException) as exc:
         raise Rejected(f"corrupt or truncated DICOM: {_describe(exc)}") from None
 
@@ -408,10 +403,7 @@ def _decode_dicom(
 def _decode_dataset(
     data: bytes,
     size: tuple[int, int],
-    salt: bytes,
-    max_pixels: int,
-    modalities: frozenset[str],
-    body_parts: frozenset[str],
+    policy: DecodePolicy,
 ) -> DecodedImage:
     from pydicom.errors import BytesLengthException, InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut
@@ -422,13 +414,13 @@ def _decode_dataset(
         header = _read_dicom(data, header_only=True)
     except damaged as exc:
         raise Rejected(f"corrupt or truncated DICOM header: {_describe(exc)}") from None
-    meta = _metadata(header, salt)
-    _triage(header, meta, modalities, body_parts, max_pixels)
+    meta = _metadata(header, policy.salt)
+    _triage(header, meta, policy)
 
     ds = _read_dicom(data, header_only=False)
     if not ds.get("PixelData"):  # absent, or present with no value
         raise Rejected("DICOM file has no pixel data")
-    _check_codestream(ds, max_pixels)
+    _check_codestream(ds, policy.max_pixels)
     frames = _number(ds, "NumberOfFrames", 1)
     # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
     # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.

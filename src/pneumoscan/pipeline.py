@@ -89,8 +89,7 @@ def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result
     """
     assert read.data is not None and read.sha256 is not None
     try:
-        return decode(read.data, (size, size), salt=settings.salt, max_pixels=settings.max_pixels,
-                      modalities=settings.modality_set, body_parts=settings.body_part_set)
+        return decode(read.data, (size, size), settings.decode_policy)
     except ImagingError as exc:
         status, reason = ("failed" if exc.transient else "rejected"), exc.reason
     except Exception as exc:  # not the file's fault: keep the batch going, and log the traceback to fix it by

@@ -247,7 +247,7 @@ def test_evaluate_scores_dicom_exactly_as_the_pipeline_does(tmp_path: Path, bits
         gray = helpers.gray(source).astype(np.float64)
         stored = np.round(gray * ((1 << bits) - 1) / 255.0).astype(np.uint16)
         paths.append(helpers.write_dicom(source, folder / f"{i}.dcm", stored=stored, bits=bits))
-    scored_paths, _, scores = score_split(tiny_bundle, data, "test")
+    scored_paths, _, scores = score_split(tiny_bundle, data, "test", helpers.POLICY)
     results = {r.path: r.probability for r in classify_paths(paths, bundle=tiny_bundle, sessions=sessions,
                                                              settings=settings)}
     assert all(results.values())

@@ -68,8 +68,8 @@ def test_classifies_jpeg_png_and_dicom(mixed_files: dict[str, tuple[Path, str]],
         assert result.label == ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL")
 
     # The stored probabilities are what the model says about each decoded image on its own.
-    expected = [float(tiny_bundle.predict(decode(p.read_bytes(), (64, 64), salt=settings.salt).pixels[None])[0])
-                for p in paths]
+    policy = helpers.policy(salt=settings.salt)
+    expected = [float(tiny_bundle.predict(decode(p.read_bytes(), (64, 64), policy).pixels[None])[0]) for p in paths]
     np.testing.assert_allclose([r.probability for r in results], expected, atol=1e-5)
 
     rows = {r["path"]: r for r in _rows(settings, """

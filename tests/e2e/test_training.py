@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -72,7 +73,7 @@ def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Pa
     bundle = load_bundle(trained)
     config = bundle.card["training"]["config"]
     _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
-    scores = bundle.predict(load_images(val, 64).astype(np.float32) / 255.0)
+    scores = bundle.predict(load_images(val, 64, helpers.POLICY, exact=True))
     expected = metrics.choose_threshold(labels_of(val), scores, config["min_sensitivity"])
     assert bundle.threshold == pytest.approx(expected, abs=1e-6)
     assert bundle.card["validation_metrics"]["n"] == len(val)
@@ -89,10 +90,10 @@ def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path:
             raise KeyboardInterrupt("simulated interruption")
 
     with pytest.raises(KeyboardInterrupt):
-        train(data_dir, out, config, on_epoch=crash_after_second_epoch)
+        train(data_dir, out, config, helpers.POLICY, on_epoch=crash_after_second_epoch)
     assert not (out / "model.keras").exists()
     epochs_seen: list[int] = []
-    bundle = train(data_dir, out, config, on_epoch=lambda epoch, _logs: epochs_seen.append(epoch))
+    bundle = train(data_dir, out, config, helpers.POLICY, on_epoch=lambda epoch, _logs: epochs_seen.append(epoch))
     assert epochs_seen == [2]  # only the epoch that was missing
     history = (out / "checkpoints" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
@@ -183,7 +184,7 @@ def members(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     out = {}
     for name, size in (("same", 64), ("small", 48)):
         config = TrainConfig("tiny", input_size=size, epochs=1, batch_size=8, val_fraction=0.3, version=name)
-        out[name] = train(data_dir, root / name, config).path
+        out[name] = train(data_dir, root / name, config, helpers.POLICY).path
     return out
 
 
@@ -199,7 +200,7 @@ def test_ensemble_of_same_size_members_is_their_mean(trained: Path, members: dic
     combined = load_bundle(tmp_path / "e", verify=True)
     assert combined.card["architecture"] == "ensemble" and combined.input_size == 64
     assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "same"]
-    x = load_images(list_split(data_dir, "train")[:12], 64).astype(np.float32) / 255.0
+    x = load_images(list_split(data_dir, "train")[:12], 64, helpers.POLICY, exact=True)
     expected = (load_bundle(trained).predict(x) + load_bundle(members["same"]).predict(x)) / 2
     np.testing.assert_allclose(combined.predict(x), expected, atol=1e-5)
 
@@ -212,13 +213,14 @@ def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
     assert combined.input_size == 64
     config = combined.card["training"]["config"]
     _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
-    scores = combined.predict(load_images(val, 64, exact=True))  # calibrated, decoded as the worker does
+    scores = combined.predict(load_images(val, 64, helpers.POLICY, exact=True))  # calibrated, as the worker decodes
     assert combined.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
     # The 48 px member sees the 64 px image resized inside the model: close to its own 48 px decoding.
     small = load_bundle(members["small"])
-    alone = (load_bundle(trained).predict(load_images(val, 64, exact=True), calibrated=False)
-             + small.predict(load_images(val, 48, exact=True), calibrated=False)) / 2
-    np.testing.assert_allclose(combined.predict(load_images(val, 64, exact=True), calibrated=False), alone, atol=0.02)
+    alone = (load_bundle(trained).predict(load_images(val, 64, helpers.POLICY, exact=True), calibrated=False)
+             + small.predict(load_images(val, 48, helpers.POLICY, exact=True), calibrated=False)) / 2
+    together = combined.predict(load_images(val, 64, helpers.POLICY, exact=True), calibrated=False)
+    np.testing.assert_allclose(together, alone, atol=0.02)
 
 
 def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
@@ -230,7 +232,7 @@ def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
     assert result.returncode == 0, result.stderr[-2000:]
     combined = load_bundle(tmp_path / "e", verify=True)
     assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "small", "same"]
-    x = load_images(list_split(data_dir, "train")[:8], 64, exact=True)
+    x = load_images(list_split(data_dir, "train")[:8], 64, helpers.POLICY, exact=True)
     import keras
 
     resized = keras.layers.Resizing(48, 48, interpolation="bilinear", antialias=True)(x[..., None])
@@ -245,7 +247,7 @@ def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Pat
     from pneumoscan.models.train import TrainConfig, train
 
     other = train(data_dir, tmp_path / "other", TrainConfig("tiny", input_size=64, epochs=1, batch_size=8,
-                                                             val_fraction=0.3, seed=1)).path
+                                                             val_fraction=0.3, seed=1), helpers.POLICY).path
     result = _ensemble_cli(str(trained), str(other), "--data", str(data_dir), "--out", str(tmp_path / "e"))
     assert result.returncode != 0 and "not trained on one validation split" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "e").exists()
@@ -270,7 +272,7 @@ def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(tr
     assert refit.version == "tiny-trained" and refit.temperature == pytest.approx(
         load_bundle(trained).temperature, rel=1e-4)
     _, val = patient_split(list_split(data_dir, "train"), 0.3, 0)
-    scores = refit.predict(load_images(val, 64, exact=True))
+    scores = refit.predict(load_images(val, 64, helpers.POLICY, exact=True))
     assert refit.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
     assert refit.card["calibration"]["after"]["nll"] <= refit.card["calibration"]["before"]["nll"] + 1e-9
     wrong = subprocess.run([CLI, "calibrate", "--validation", str(tmp_path)], capture_output=True, text=True,

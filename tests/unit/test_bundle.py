@@ -23,7 +23,7 @@ def test_load_bundle_reads_the_card(tiny_bundle: Any) -> None:
 
 
 def test_predict_batches(tiny_bundle: Any) -> None:
-    batch = np.stack([decode(p.read_bytes(), (64, 64)).pixels for p in helpers.ALL_IMAGES])
+    batch = np.stack([decode(p.read_bytes(), (64, 64), helpers.POLICY).pixels for p in helpers.ALL_IMAGES])
     probabilities = tiny_bundle.predict(batch)
     assert probabilities.shape == (len(helpers.ALL_IMAGES),)
     assert probabilities.dtype == np.float32

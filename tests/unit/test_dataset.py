@@ -86,8 +86,18 @@ def test_list_split_and_load_images_on_real_files(tmp_path: Path) -> None:
     examples = list_split(tmp_path, "train")
     assert Counter(e.label for e in examples) == {0: len(helpers.NORMAL_IMAGES), 1: len(helpers.PNEUMONIA_IMAGES)}
     assert all(e.path.name != ".DS_Store" for e in examples)
-    images = load_images(examples, 32, workers=2)
+    images = load_images(examples, 32, helpers.POLICY, workers=2)
     assert images.shape == (len(examples), 32, 32) and images.dtype == np.uint8
     assert images.std() > 10
     with pytest.raises(DatasetError, match="NORMAL and PNEUMONIA"):
         list_split(tmp_path, "test")
+
+
+def test_training_data_is_decoded_under_the_configured_policy(tmp_path: Path) -> None:
+    from pneumoscan.models.dataset import DatasetError, Example
+
+    ct = helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / "IM-0001-0001.dcm", modality="CT")
+    with pytest.raises(DatasetError, match=r"IM-0001-0001\.dcm cannot be used: modality CT"):
+        load_images([Example(ct, 0)], 32, helpers.POLICY)
+    widened = helpers.policy(modalities=frozenset({"CR", "DX", "DR", "CT"}))  # as PNEUMOSCAN_ALLOWED_MODALITIES
+    assert load_images([Example(ct, 0)], 32, widened).shape == (1, 32, 32)

@@ -35,10 +35,10 @@ def _broken_resize(pixels: Any, size: tuple[int, int]) -> Any:
 ])
 def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch, helper: str,
                                                                 bug: Any, data: bytes) -> None:
-    decode(data, (64, 64))  # a good file
+    decode(data, (64, 64), helpers.POLICY)  # a good file
     monkeypatch.setattr(imaging, helper, bug)
     with pytest.raises(InternalError) as info:
-        decode(data, (64, 64))
+        decode(data, (64, 64), helpers.POLICY)
     assert not isinstance(info.value, Rejected)
     assert info.value.reason.startswith("internal error") and "AttributeError" in info.value.reason
     assert isinstance(info.value.__cause__, AttributeError)  # kept, with its traceback, for the log

@@ -60,7 +60,7 @@ def test_damaged_bytes_decode_to_an_image_or_are_rejected(data: bytes) -> None:
     # Nothing but Rejected may escape: an InternalError here means a codec raised a type that decode
     # does not count as damage (so the file would be retried forever), or our own code broke on the bytes.
     try:
-        image = decode(data, (32, 32), max_pixels=4_000_000)
+        image = decode(data, (32, 32), helpers.policy(max_pixels=4_000_000))
     except Rejected as exc:
         assert exc.reason and "\n" not in exc.reason and "Traceback" not in exc.reason
         return

@@ -63,7 +63,7 @@ CASES = [(variant, syntax) for variant in VARIANTS for syntax in helpers.TRANSFE
 
 
 def _decode(data: bytes, size: tuple[int, int] = NATIVE, **kwargs: Any) -> DecodedImage:
-    return decode(data, size, **kwargs)
+    return decode(data, size, helpers.policy(**kwargs))
 
 
 def _close(pixels: np.ndarray, expected: np.ndarray, syntax: str) -> None:

@@ -59,7 +59,7 @@ def test_detect_kind_ignores_the_file_name(tmp_path: Path) -> None:
     assert detect_kind(_head(dicom_named_png)) == DICOM
     assert detect_kind(_head(jpeg_without_suffix)) == JPEG
     # ... and decode agrees with detect_kind rather than with the suffix.
-    assert decode(png_named_jpg.read_bytes(), SIZE).kind == PNG
+    assert decode(png_named_jpg.read_bytes(), SIZE, helpers.POLICY).kind == PNG
 
 
 @pytest.mark.parametrize(
@@ -85,8 +85,8 @@ def test_dicom_without_preamble_is_read(syntax: str, file_meta: bool) -> None:
     data = helpers.dicom_bytes(SOURCE, syntax=syntax, preamble=False, file_meta=file_meta)
     assert data[128:132] != b"DICM"
     assert detect_kind(data[:132]) == DICOM
-    reference = decode(helpers.dicom_bytes(SOURCE), SIZE)
-    image = decode(data, SIZE)
+    reference = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.POLICY)
+    image = decode(data, SIZE, helpers.POLICY)
     np.testing.assert_array_equal(image.pixels, reference.pixels)
     assert image.dicom is not None and image.dicom.sop_instance_uid is not None
 
@@ -116,7 +116,7 @@ def _check_image(image: DecodedImage, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("size", [(64, 64), (224, 224), (100, 80)])
 def test_decode_jpeg_shape_and_range(size: tuple[int, int]) -> None:
-    image = decode(helpers.jpeg_bytes(SOURCE), size)
+    image = decode(helpers.jpeg_bytes(SOURCE), size, helpers.POLICY)
     _check_image(image, size)
     assert image.kind == JPEG
     assert image.dicom is None
@@ -124,7 +124,7 @@ def test_decode_jpeg_shape_and_range(size: tuple[int, int]) -> None:
 
 def test_decode_jpeg_matches_pillow_at_native_size() -> None:
     reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.jpeg_bytes(SOURCE), reference.shape)
+    image = decode(helpers.jpeg_bytes(SOURCE), reference.shape, helpers.POLICY)
     # draft("L") takes the JPEG's own luma plane, Pillow's convert("L") recomputes it from RGB.
     assert np.abs(image.pixels - reference).mean() < 0.01
     assert np.abs(image.pixels - reference).max() < 0.05
@@ -132,21 +132,21 @@ def test_decode_jpeg_matches_pillow_at_native_size() -> None:
 
 def test_decode_png_8bit_is_exact() -> None:
     reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.png_bytes(SOURCE, "L"), reference.shape)
+    image = decode(helpers.png_bytes(SOURCE, "L"), reference.shape, helpers.POLICY)
     assert image.kind == PNG
     np.testing.assert_allclose(image.pixels, reference, atol=1e-6)
 
 
 def test_decode_png_rgb_is_gray() -> None:
     reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.png_bytes(SOURCE, "RGB"), reference.shape)
+    image = decode(helpers.png_bytes(SOURCE, "RGB"), reference.shape, helpers.POLICY)
     np.testing.assert_allclose(image.pixels, reference, atol=1.5 / 255)
 
 
 def test_decode_png_16bit_is_min_max_normalized() -> None:
     values = helpers.gray(SOURCE).astype(np.float64) * 257
     expected = (values - values.min()) / (values.max() - values.min())
-    image = decode(helpers.png_bytes(SOURCE, "I;16"), values.shape)
+    image = decode(helpers.png_bytes(SOURCE, "I;16"), values.shape, helpers.POLICY)
     assert image.kind == PNG
     np.testing.assert_allclose(image.pixels, expected, atol=1e-5)
 
@@ -157,7 +157,7 @@ def test_decode_resizes_without_transposing() -> None:
     pixels[:, :112] = 255
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
-    image = decode(out.getvalue(), (100, 50))
+    image = decode(out.getvalue(), (100, 50), helpers.POLICY)
     assert image.pixels.shape == (100, 50)
     assert image.pixels[:, :20].mean() > 0.99
     assert image.pixels[:, -20:].mean() < 0.01
@@ -170,7 +170,7 @@ def test_decode_dicom_shape_range_and_metadata() -> None:
     ds = helpers.dicom_dataset(SOURCE)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    image = decode(out.getvalue(), SIZE, salt=b"pepper")
+    image = decode(out.getvalue(), SIZE, helpers.policy(salt=b"pepper"))
     _check_image(image, SIZE)
     assert image.kind == DICOM
     meta = image.dicom
@@ -189,10 +189,10 @@ def test_decode_dicom_shape_range_and_metadata() -> None:
 
 
 def test_patient_ref_is_salted_and_stable() -> None:
-    a = decode(helpers.dicom_bytes(SOURCE), SIZE, salt=b"one").dicom
-    b = decode(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]), SIZE, salt=b"one").dicom
-    c = decode(helpers.dicom_bytes(SOURCE), SIZE, salt=b"two").dicom
-    d = decode(helpers.dicom_bytes(SOURCE, patient_id="OTHER9"), SIZE, salt=b"one").dicom
+    a = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"one")).dicom
+    b = decode(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]), SIZE, helpers.policy(salt=b"one")).dicom
+    c = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"two")).dicom
+    d = decode(helpers.dicom_bytes(SOURCE, patient_id="OTHER9"), SIZE, helpers.policy(salt=b"one")).dicom
     assert a is not None and b is not None and c is not None and d is not None
     assert a.patient_ref == b.patient_ref  # same patient, different studies: linkable
     assert a.patient_ref != c.patient_ref  # another salt: not linkable across installs
@@ -203,20 +203,21 @@ def test_patient_ref_is_salted_and_stable() -> None:
 def test_decode_dicom_follows_the_picture() -> None:
     # The DICOM was made from the JPEG: decoded, they must show the same picture.
     size = (224, 224)
-    from_jpeg = decode(helpers.jpeg_bytes(SOURCE), size).pixels
-    from_dicom = decode(helpers.dicom_bytes(SOURCE), size).pixels
+    from_jpeg = decode(helpers.jpeg_bytes(SOURCE), size, helpers.POLICY).pixels
+    from_dicom = decode(helpers.dicom_bytes(SOURCE), size, helpers.POLICY).pixels
     assert np.corrcoef(from_jpeg.ravel(), from_dicom.ravel())[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("size", [(224, 224), (64, 64)])
 def test_monochrome1_is_inverted(size: tuple[int, int]) -> None:
-    mono2 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME2"), size).pixels
-    mono1 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1"), size).pixels
+    mono2 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME2"), size, helpers.POLICY).pixels
+    mono1 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1"), size, helpers.POLICY).pixels
     # Stored values are inverted (4095 - v) and the decoder inverts them back: same picture.
     np.testing.assert_allclose(mono1, mono2, atol=1e-4)
     # Read the other way round: the same stored values labelled MONOCHROME1 give ~1 - x.
     stored = helpers.twelve_bit(SOURCE)
-    relabelled = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1", stored=stored), size).pixels
+    relabelled = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1", stored=stored), size,
+                        helpers.POLICY).pixels
     np.testing.assert_allclose(relabelled, 1.0 - mono2, atol=1e-4)
 
 
@@ -233,7 +234,7 @@ def test_rescale_slope_and_intercept_feed_the_window() -> None:
 
     data = helpers.dicom_bytes(SOURCE, RescaleSlope=slope, RescaleIntercept=intercept,
                                WindowCenter=center, WindowWidth=width)
-    pixels = decode(data, v.shape).pixels
+    pixels = decode(data, v.shape, helpers.POLICY).pixels
     np.testing.assert_allclose(pixels, expected, atol=1e-3)
 
     # Windowing the raw stored values instead would give a clearly different picture.
@@ -243,8 +244,9 @@ def test_rescale_slope_and_intercept_feed_the_window() -> None:
 
 
 def test_rescale_without_window_keeps_the_picture() -> None:
-    plain = decode(helpers.dicom_bytes(SOURCE), (224, 224)).pixels
-    rescaled = decode(helpers.dicom_bytes(SOURCE, RescaleSlope=0.5, RescaleIntercept=-1024.0), (224, 224)).pixels
+    plain = decode(helpers.dicom_bytes(SOURCE), (224, 224), helpers.POLICY).pixels
+    rescaled = decode(helpers.dicom_bytes(SOURCE, RescaleSlope=0.5, RescaleIntercept=-1024.0), (224, 224),
+                      helpers.POLICY).pixels
     np.testing.assert_allclose(rescaled, plain, atol=1e-4)
 
 
@@ -254,17 +256,17 @@ def test_real_pydicom_ct_file_is_rejected_by_modality() -> None:
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     assert detect_kind(data[:132]) == DICOM
     with pytest.raises(Rejected, match="modality CT"):
-        decode(data, SIZE)
+        decode(data, SIZE, helpers.POLICY)
     # ... but it decodes when CT is allowed, which shows the decoder handles third-party files.
-    image = decode(data, SIZE, modalities=frozenset({"CT"}), body_parts=frozenset())
+    image = decode(data, SIZE, helpers.policy(modalities=frozenset({"CT"}), body_parts=frozenset()))
     _check_image(image, SIZE)
 
 
 def test_dicom_body_part_rules() -> None:
     with pytest.raises(Rejected, match="body part HAND"):
-        decode(helpers.dicom_bytes(SOURCE, body_part="HAND"), SIZE)
+        decode(helpers.dicom_bytes(SOURCE, body_part="HAND"), SIZE, helpers.POLICY)
     # An absent BodyPartExamined is accepted.
-    assert decode(helpers.dicom_bytes(SOURCE, body_part=None), SIZE).kind == DICOM
+    assert decode(helpers.dicom_bytes(SOURCE, body_part=None), SIZE, helpers.POLICY).kind == DICOM
 
 
 # --- decode: rejections --------------------------------------------------------------------------
@@ -272,17 +274,17 @@ def test_dicom_body_part_rules() -> None:
 
 def test_rejects_empty() -> None:
     with pytest.raises(Rejected, match="empty"):
-        decode(b"", SIZE)
+        decode(b"", SIZE, helpers.POLICY)
 
 
 def test_rejects_unknown_bytes() -> None:
     with pytest.raises(Rejected, match="unrecognized format"):
-        decode(os.urandom(4096), SIZE)
+        decode(os.urandom(4096), SIZE, helpers.POLICY)
 
 
 def test_rejects_jpeg_magic_followed_by_garbage() -> None:
     with pytest.raises(Rejected, match="JPEG") as info:
-        decode(b"\xff\xd8\xff" + os.urandom(4096), SIZE)
+        decode(b"\xff\xd8\xff" + os.urandom(4096), SIZE, helpers.POLICY)
     assert "Traceback" not in info.value.reason
 
 
@@ -290,34 +292,34 @@ def test_rejects_jpeg_magic_followed_by_garbage() -> None:
 def test_rejects_truncated_jpeg(fraction: float) -> None:
     data = helpers.jpeg_bytes(SOURCE)
     with pytest.raises(Rejected, match="truncated JPEG"):
-        decode(data[: int(len(data) * fraction)], SIZE)
+        decode(data[: int(len(data) * fraction)], SIZE, helpers.POLICY)
 
 
 def test_rejects_truncated_png() -> None:
     data = helpers.png_bytes(SOURCE)
     with pytest.raises(Rejected, match="truncated PNG"):
-        decode(data[: len(data) // 2], SIZE)
+        decode(data[: len(data) // 2], SIZE, helpers.POLICY)
 
 
 @pytest.mark.parametrize("cut", [200, 2000, -5000])
 def test_rejects_truncated_dicom(cut: int) -> None:
     data = helpers.dicom_bytes(SOURCE)
     with pytest.raises(Rejected, match="DICOM"):
-        decode(data[:cut], SIZE)
+        decode(data[:cut], SIZE, helpers.POLICY)
 
 
 def test_rejects_blank_dicom() -> None:
     flat = np.full((64, 64), 1000, np.uint16)
     with pytest.raises(Rejected, match="blank"):
-        decode(helpers.dicom_bytes(SOURCE, stored=flat), SIZE)
+        decode(helpers.dicom_bytes(SOURCE, stored=flat), SIZE, helpers.POLICY)
 
 
 def test_rejects_too_many_pixels() -> None:
     with pytest.raises(Rejected, match="too large"):
-        decode(helpers.jpeg_bytes(SOURCE), SIZE, max_pixels=224 * 224 - 1)
+        decode(helpers.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
     with pytest.raises(Rejected, match="too large"):
-        decode(helpers.dicom_bytes(SOURCE), SIZE, max_pixels=224 * 224 - 1)
-    assert decode(helpers.jpeg_bytes(SOURCE), SIZE, max_pixels=224 * 224).kind == JPEG
+        decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
+    assert decode(helpers.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224)).kind == JPEG
 
 
 # --- decode: more raster formats and bad input --------------------------------------------------
@@ -342,14 +344,14 @@ RGB = Image.fromarray(np.stack([GRAY] * 3, axis=-1), mode="RGB")
     ("rgb-lzw-tiff", _encoded(RGB, "TIFF", compression="tiff_lzw"), TIFF, 1e-6),
 ])
 def test_palette_cmyk_and_other_rasters_become_gray(name: str, data: bytes, kind: str, tolerance: float) -> None:
-    image = decode(data, GRAY.shape)
+    image = decode(data, GRAY.shape, helpers.POLICY)
     assert image.kind == kind
     assert np.abs(image.pixels - GRAY / 255.0).max() <= tolerance
 
 
 def test_decode_tiff_16bit_is_min_max_normalized() -> None:
     values = GRAY.astype(np.float64) * 257
-    image = decode(_encoded(Image.fromarray(values.astype(np.uint16)), "TIFF"), GRAY.shape)
+    image = decode(_encoded(Image.fromarray(values.astype(np.uint16)), "TIFF"), GRAY.shape, helpers.POLICY)
     assert image.kind == TIFF
     np.testing.assert_allclose(image.pixels, (values - values.min()) / (values.max() - values.min()), atol=1e-5)
 
@@ -358,10 +360,10 @@ def test_animated_gif_and_multi_page_tiff_are_rejected() -> None:
     frames = [Image.fromarray(GRAY), Image.fromarray(255 - GRAY), Image.fromarray(GRAY // 2)]
     gif = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     with pytest.raises(Rejected, match="animated GIF with 3 frames"):
-        decode(gif, SIZE)
+        decode(gif, SIZE, helpers.POLICY)
     tiff = _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:2])
     with pytest.raises(Rejected, match="multi-page TIFF with 2 frames"):
-        decode(tiff, SIZE)
+        decode(tiff, SIZE, helpers.POLICY)
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -387,5 +389,5 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 def test_decompression_bombs_are_refused_from_the_header(data: bytes) -> None:
     started = time.perf_counter()
     with pytest.raises(Rejected, match="image too large"):
-        decode(data, SIZE)
+        decode(data, SIZE, helpers.POLICY)
     assert time.perf_counter() - started < 5.0  # nothing was decompressed: that would take minutes

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
-from pneumoscan.imaging import decode
+from pneumoscan.imaging import ImagingError, decode
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1_bacteria_1.jpeg, person1_virus_6.jpeg
@@ -100,15 +101,19 @@ def train_validation(data_dir: Path, val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
-def load_images(examples: list[Example], size: int, workers: int = 8, *, exact: bool = False) -> np.ndarray:
-    """Decode examples through the pipeline's own decoder to a (n, size, size) array.
+def load_images(examples: list[Example], size: int, policy: DecodePolicy, *, exact: bool = False,
+                workers: int = 8) -> np.ndarray:
+    """Decode examples through the pipeline's own decoder, under ``policy``, to a (n, size, size) array.
 
     ``exact`` gives the float32 pixels in [0, 1] that the worker feeds the model (evaluation,
     thresholds, calibration); otherwise they are rounded to uint8 (x 255) to keep training sets small.
     """
 
     def one(example: Example) -> np.ndarray:
-        pixels = decode(example.path.read_bytes(), (size, size)).pixels
+        try:
+            pixels = decode(example.path.read_bytes(), (size, size), policy).pixels
+        except (ImagingError, OSError) as exc:  # bad training data is the user's to fix: name the file
+            raise DatasetError(f"{example.path} cannot be used: {getattr(exc, 'reason', None) or exc}") from None
         return pixels.astype(np.float32) if exact else np.round(pixels * 255.0).astype(np.uint8)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
@@ -72,7 +73,7 @@ def _member_cards(member: ModelBundle) -> list[dict[str, Any]]:
              "validation_roc_auc": member.card["validation_metrics"]["roc_auc"]}]
 
 
-def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: str | None = None,
+def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy, *, version: str | None = None,
              min_sensitivity: float | None = None) -> ModelBundle:
     """Combine ``members`` into one bundle in ``out``, with its threshold chosen on their validation split."""
     if len(members) < 2:
@@ -93,7 +94,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, *, version: 
     size = int(model.input_shape[1])
     _, val_set = train_validation(data_dir, val_fraction, seed)
     y_val = labels_of(val_set)
-    calibration, scores, threshold = validation_calibration(model, val_set, size, rule)
+    calibration, scores, threshold = validation_calibration(model, val_set, size, policy, rule)
     now = datetime.now(UTC)
     first = members[0].card
     card = {

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import CARD_FILE, ModelBundle
@@ -19,24 +20,24 @@ from pneumoscan.models.dataset import labels_of, list_split, load_images
 log = logging.getLogger(__name__)
 
 
-def score_split(bundle: ModelBundle, data_dir: Path, split: str, *, batch_size: int = 64,
+def score_split(bundle: ModelBundle, data_dir: Path, split: str, policy: DecodePolicy, *, batch_size: int = 64,
                 on_batch: Callable[[int], None] | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(paths, labels, probabilities) of the bundle on ``data_dir/split``, decoded as the worker does."""
     examples = list_split(data_dir, split)
     scores = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        pixels = load_images(chunk, bundle.input_size, exact=True)
+        pixels = load_images(chunk, bundle.input_size, policy, exact=True)
         scores.append(bundle.predict(pixels))
         if on_batch is not None:
             on_batch(len(chunk))
     return [e.path for e in examples], labels_of(examples), np.concatenate(scores)
 
 
-def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path,
+def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path, policy: DecodePolicy,
              on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Score ``split`` at the bundle's threshold; write metrics.json, predictions.csv and PNG plots to ``out``."""
-    paths, labels, scores = score_split(bundle, data_dir, split, on_batch=on_batch)
+    paths, labels, scores = score_split(bundle, data_dir, split, policy, on_batch=on_batch)
     report = {
         "model_version": bundle.version,
         "data": str(data_dir),

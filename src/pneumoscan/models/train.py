@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
@@ -215,6 +216,7 @@ def train(
     data_dir: Path,
     out: Path,
     config: TrainConfig,
+    policy: DecodePolicy,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     restart: bool = False,
@@ -241,8 +243,8 @@ def train(
         raise ValueError("validation split needs both classes: add images or raise --val-fraction")
     log.info("train %d images, validation %d images (%d patients)", len(train_set), len(val_set),
              len({e.patient for e in val_set}))
-    x_train, y_train = load_images(train_set, config.input_size), labels_of(train_set)
-    x_val, y_val = load_images(val_set, config.input_size), labels_of(val_set)
+    x_train, y_train = load_images(train_set, config.input_size, policy), labels_of(train_set)
+    x_val, y_val = load_images(val_set, config.input_size, policy), labels_of(val_set)
 
     counts = np.bincount(y_train, minlength=2)
     class_weight = {c: float(len(y_train) / (2 * max(counts[c], 1))) for c in (0, 1)}
@@ -278,7 +280,7 @@ def train(
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
 
     best = keras.models.load_model(best_path, compile=False)
-    calibration, val_scores, threshold = validation_calibration(best, val_set, config.input_size,
+    calibration, val_scores, threshold = validation_calibration(best, val_set, config.input_size, policy,
                                                                 config.min_sensitivity)
     _plot_curves(history_csv, out / "training_curves.png")
     warnings = _warnings(y_val, val_scores)
@@ -316,19 +318,19 @@ def train(
     return bundle
 
 
-def validation_calibration(model: Any, val_set: list[Example], size: int,
+def validation_calibration(model: Any, val_set: list[Example], size: int, policy: DecodePolicy,
                            min_sensitivity: float) -> tuple[dict[str, Any], np.ndarray, float]:
     """Score validation exactly as the worker decodes it, fit the temperature, then choose the threshold.
 
     Returns (the card's calibration entry, calibrated validation scores, threshold on those scores).
     """
-    x_val = load_images(val_set, size, exact=True)[..., None]
+    x_val = load_images(val_set, size, policy, exact=True)[..., None]
     raw = np.concatenate([np.asarray(model(x_val[i:i + 64], training=False)).ravel()
                           for i in range(0, len(x_val), 64)])
     return calibrate.fit_on_validation(labels_of(val_set), raw, min_sensitivity)
 
 
-def recalibrate(bundle_dir: Path, data_dir: Path) -> ModelBundle:
+def recalibrate(bundle_dir: Path, data_dir: Path, policy: DecodePolicy) -> ModelBundle:
     """Refit a bundle's temperature and threshold on the validation split recorded in its card.
 
     For bundles made before calibration existed; the weights and the version stay as they are.
@@ -343,7 +345,7 @@ def recalibrate(bundle_dir: Path, data_dir: Path) -> ModelBundle:
                          "or its card does not record the validation split")
     _, val_set = train_validation(data_dir, float(config["val_fraction"]), int(config.get("seed", 0)))
     rule = float(config.get("min_sensitivity", 0.97))
-    calibration, scores, threshold = validation_calibration(bundle.model, val_set, bundle.input_size, rule)
+    calibration, scores, threshold = validation_calibration(bundle.model, val_set, bundle.input_size, policy, rule)
     card = {**bundle.card, "calibration": calibration, "threshold": threshold,
             "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
             "validation_metrics": metrics.summarize(labels_of(val_set), scores, threshold),
