@@ -6,6 +6,7 @@ this module imports nothing of the project.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -40,3 +41,35 @@ LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 def label_at(probability: float, threshold: float) -> Label:
     """PNEUMONIA when the probability reaches the threshold, else NORMAL."""
     return Label.PNEUMONIA if probability >= threshold else Label.NORMAL
+
+
+# The DICOM attributes pneumoscan keeps: DicomMeta field -> (DICOM keyword, stored width). The one list:
+# decoding reads these keywords, and the images table stores these fields (see db/schema.py).
+DICOM_FIELDS: dict[str, tuple[str, int]] = {
+    "study_uid": ("StudyInstanceUID", 64),
+    "series_uid": ("SeriesInstanceUID", 64),
+    "sop_instance_uid": ("SOPInstanceUID", 64),
+    "modality": ("Modality", 16),
+    "body_part": ("BodyPartExamined", 64),
+    "view_position": ("ViewPosition", 16),
+    "study_date": ("StudyDate", 8),
+    "manufacturer": ("Manufacturer", 64),
+}
+
+
+@dataclass(frozen=True)
+class DicomMeta:
+    """The DICOM attributes pneumoscan stores. No names or birth dates, PatientID only as a salted hash."""
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    view_position: str | None = None
+    study_date: str | None = None
+    manufacturer: str | None = None
+    patient_ref: str | None = None  # salted SHA-256 of PatientID
+
+
+DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref")

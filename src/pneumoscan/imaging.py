@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.config import DecodePolicy
+from pneumoscan.domain import DICOM_FIELDS, DicomMeta
 
 JPEG, PNG, TIFF, GIF, DICOM = "jpeg", "png", "tiff", "gif", "dicom"
 
@@ -47,17 +48,6 @@ _NOT_IMAGES = (
     ("1.2.840.10008.5.1.4.1.1.66.", "raw data, a registration, a segmentation or fiducials"),
 )
 
-# DicomMeta field -> (DICOM keyword, the database column's width).
-_META = {
-    "study_uid": ("StudyInstanceUID", 64),
-    "series_uid": ("SeriesInstanceUID", 64),
-    "sop_instance_uid": ("SOPInstanceUID", 64),
-    "modality": ("Modality", 16),
-    "body_part": ("BodyPartExamined", 64),
-    "view_position": ("ViewPosition", 16),
-    "study_date": ("StudyDate", 8),
-    "manufacturer": ("Manufacturer", 64),
-}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -129,21 +119,6 @@ def _codec(kind: str, families: tuple[type[Exception], ...]) -> Iterator[None]:
         raise
     except families as exc:
         raise Rejected(f"corrupt or truncated {kind.upper()}: {_describe(exc)}") from None
-
-
-@dataclass(frozen=True)
-class DicomMeta:
-    """The DICOM attributes pneumoscan stores. No names or birth dates, PatientID only as a salted hash."""
-
-    study_uid: str | None = None
-    series_uid: str | None = None
-    sop_instance_uid: str | None = None
-    modality: str | None = None
-    body_part: str | None = None
-    view_position: str | None = None
-    study_date: str | None = None
-    manufacturer: str | None = None
-    patient_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -359,7 +334,7 @@ def _number(ds: Any, keyword: str, default: int) -> int:
 
 
 def _metadata(header: Any, salt: bytes) -> DicomMeta:
-    values = {name: _text(header, keyword, limit) for name, (keyword, limit) in _META.items()}
+    values = {name: _text(header, keyword, limit) for name, (keyword, limit) in DICOM_FIELDS.items()}
     pid = _text(header, "PatientID", 256)
     return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None)
 

@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +213,7 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> lis
                 read.path, "done", sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
                 reason="; ".join(image.notes) or None, probability=float(probability),
                 label=label_at(float(probability), threshold).value, threshold=threshold,
-                model_version=bundle.version, dicom=asdict(image.dicom) if image.dicom else {},
+                model_version=bundle.version, dicom=image.dicom,
             )
         # Reclassification: each result names the stored image it was read for, so that image can be
         # told when its file now holds other content (see save_results).

@@ -233,6 +233,7 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Any) -> t
     from pneumoscan.db import open_database
     from pneumoscan.db.queries import Result, save_results
     from pneumoscan.db.schema import Image
+    from pneumoscan.domain import DicomMeta
 
     data = tmp_path_factory.mktemp("results") / "data"
     folder = Path("/scans")
@@ -247,7 +248,7 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Any) -> t
         for version, (probability, label, threshold) in predictions.items():
             results.append(Result(str(folder / name), status, sha256=sha, kind=name.rsplit(".", 1)[1],
                                   probability=probability, label=label, threshold=threshold,
-                                  model_version=version, dicom=dicom))
+                                  model_version=version, dicom=DicomMeta(**dicom) if dicom else None))
     with sessions.begin() as session:
         save_results(session, results)
         for name, (*_, updated_at) in KNOWN.items():

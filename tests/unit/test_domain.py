@@ -40,3 +40,15 @@ def test_the_database_refuses_words_outside_the_vocabulary(sessions: Any, sql: s
                              "VALUES ('/ok', :v, '2026-01-01', '2026-01-01')"), {"v": Status.DONE.value})
     with pytest.raises(IntegrityError, match="CHECK constraint failed"), sessions.begin() as session:
         session.execute(text(sql), {"v": bad})
+
+
+def test_the_images_table_stores_every_dicom_field_at_its_width() -> None:
+    from dataclasses import fields
+
+    from pneumoscan.db.schema import Image
+    from pneumoscan.domain import DICOM_COLUMNS, DICOM_FIELDS, DicomMeta
+
+    assert tuple(f.name for f in fields(DicomMeta)) == DICOM_COLUMNS
+    for name, (_keyword, width) in DICOM_FIELDS.items():
+        assert Image.__table__.c[name].type.length == width, name
+    assert Image.__table__.c["patient_ref"].type.length == 64  # a SHA-256 in hex

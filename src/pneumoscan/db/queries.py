@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, Prediction, Sighting, utcnow
-
-DICOM_COLUMNS = ("study_uid", "series_uid", "sop_instance_uid", "modality", "body_part", "view_position",
-                 "study_date", "manufacturer", "patient_ref")
+from pneumoscan.domain import DICOM_COLUMNS, DicomMeta
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class Result:
     label: str | None = None
     threshold: float | None = None
     model_version: str | None = None
-    dicom: dict[str, str | None] = field(default_factory=dict)
+    dicom: DicomMeta | None = None
     image_id: int | None = None
     mtime: float | None = None  # of the file when it was read, for its sighting
 
@@ -155,8 +153,9 @@ def _lock_contents(session: Session, hashes: Collection[str]) -> None:
 
 
 def _image_values(result: Result, now: datetime) -> dict[str, Any]:
+    dicom = asdict(result.dicom) if result.dicom else dict.fromkeys(DICOM_COLUMNS)
     return {"path": result.path, "kind": result.kind, "byte_size": result.byte_size, "status": result.status,
-            "reason": result.reason, "updated_at": now, **{c: result.dicom.get(c) for c in DICOM_COLUMNS}}
+            "reason": result.reason, "updated_at": now, **dicom}
 
 
 def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
