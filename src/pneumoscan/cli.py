@@ -79,6 +79,13 @@ def _celery_app(settings: Settings) -> Any:
     return get_app(settings)
 
 
+def _dispatcher(settings: Settings, report: Callable[[list[Result]], None] | None = None) -> Any:
+    """Where batches go, chosen once: classified here (embedded) or enqueued for workers (a broker is set)."""
+    from pneumoscan.scheduler.dispatch import InlineDispatcher
+
+    return InlineDispatcher(_classifier(settings), report) if settings.embedded else _celery_dispatcher(settings)
+
+
 def _celery_dispatcher(settings: Settings) -> Any:
     from pneumoscan.scheduler.dispatch import CeleryDispatcher
 
@@ -161,7 +168,6 @@ def watch(ctx: click.Context, folder: Path) -> None:
     PNEUMOSCAN_MAX_BATCH_WAIT for a fuller batch.
     """
     from pneumoscan.scheduler.batcher import MicroBatcher
-    from pneumoscan.scheduler.dispatch import InlineDispatcher
     from pneumoscan.scheduler.watcher import Watcher
 
     settings = _settings(ctx)
@@ -175,8 +181,7 @@ def watch(ctx: click.Context, folder: Path) -> None:
             err.print(f"  {r.path}: {r.label or _outcome(r)}"
                       + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}"))
 
-    dispatcher = (InlineDispatcher(_classifier(settings), report) if settings.embedded
-                  else _celery_dispatcher(settings))
+    dispatcher = _dispatcher(settings, report)
     # Inline dispatch blocks the loop, so the pipeline is idle whenever a file is waiting: send it now.
     batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait, submit_when_idle=settings.embedded)
     watcher = Watcher(folder, batcher, settings.quiet_period)
@@ -266,32 +271,17 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     with sessions() as session:
         total = count_for_reclassification(session, selection, bundle.version)
     outcomes: Counter[str] = Counter()
-    submit = _reclassify_submit(settings, bundle, sessions, force=everything, outcomes=outcomes)
+    dispatcher = _dispatcher(settings, lambda results: outcomes.update(_outcome(r) for r in results))
     with _progress("reclassifying" if settings.embedded else "enqueuing") as progress:
         task = progress.add_task("reclassify", total=total)
-        sent = run_reclassification(sessions, bundle.version, selection, submit, batch_size=settings.batch_size,
-                                    on_batch=lambda n: progress.advance(task, n))
+        sent = run_reclassification(sessions, bundle.version, selection,
+                                    lambda ids, paths: dispatcher.submit_images(ids, paths, everything),
+                                    batch_size=settings.batch_size, on_batch=lambda n: progress.advance(task, n))
     if not settings.embedded:
         click.echo(f"{sent} images enqueued for model {bundle.version}")
         return
     detail = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
     click.echo(f"{sent} images sent through model {bundle.version}" + (f": {detail}" if detail else ""))
-
-
-def _reclassify_submit(settings: Settings, bundle: ModelBundle, sessions: Any, force: bool,
-                       outcomes: Counter[str]) -> Callable[[list[int], list[str]], None]:
-    if not settings.embedded:
-        dispatcher = _celery_dispatcher(settings)
-        return lambda ids, _paths: dispatcher.submit_images(ids, force)
-    from pneumoscan.pipeline import classify_paths
-
-
-    def classify(ids: list[int], paths: list[str]) -> None:
-        results = classify_paths(paths, bundle=bundle, sessions=sessions, settings=settings, image_ids=ids,
-                                 force=force)
-        outcomes.update(_outcome(r) for r in results)
-
-    return classify
 
 
 def _utc(value: datetime | None) -> datetime | None:

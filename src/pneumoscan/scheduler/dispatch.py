@@ -18,22 +18,30 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
-    """Accepts batches of file paths for classification."""
+    """Accepts batches for classification: new files by path, or stored images by id (reclassification)."""
 
     def submit(self, paths: Sequence[str]) -> None:
-        """Hand over one batch. Returns once the batch is safely processed or queued."""
+        """Hand over one batch of files. Returns once the batch is safely processed or queued."""
+
+    def submit_images(self, image_ids: Sequence[int], paths: Sequence[str], force: bool = False) -> None:
+        """Hand over stored images (with their stored paths) to be classified again by the current model."""
 
 
 class InlineDispatcher:
     """Embedded mode: classify the batch right here, in the caller's thread."""
 
-    def __init__(self, classify: Callable[[Sequence[str]], list[Result]],
+    def __init__(self, classify: Callable[..., list[Result]],
                  report: Callable[[list[Result]], None] | None = None) -> None:
         self._classify = classify
         self._report = report
 
     def submit(self, paths: Sequence[str]) -> None:
-        results = self._classify(paths)
+        self._done(self._classify(paths))
+
+    def submit_images(self, image_ids: Sequence[int], paths: Sequence[str], force: bool = False) -> None:
+        self._done(self._classify(paths, image_ids=image_ids, force=force))
+
+    def _done(self, results: list[Result]) -> None:
         log.info("classified batch of %d: %s", len(results), dict(Counter(r.status for r in results)))
         if self._report is not None:
             self._report(results)
@@ -66,8 +74,8 @@ class CeleryDispatcher:
         self._send(CLASSIFY_BATCH, batch)
         log.info("enqueued batch of %d files", len(paths))
 
-    def submit_images(self, image_ids: Sequence[int], force: bool = False) -> None:
-        """Enqueue one ``reclassify_images`` task for these stored images."""
+    def submit_images(self, image_ids: Sequence[int], paths: Sequence[str] = (), force: bool = False) -> None:
+        """Enqueue one ``reclassify_images`` task for these stored images (the worker reads their paths)."""
         from pneumoscan.worker.app import RECLASSIFY_IMAGES
 
         self._send(RECLASSIFY_IMAGES, [int(i) for i in image_ids], force)

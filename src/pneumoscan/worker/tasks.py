@@ -154,4 +154,4 @@ def nightly_reclassify(self: Task) -> int:
     state = runtime()
     dispatcher = CeleryDispatcher(self.app, state.sessions())
     return reclassify(state.sessions(), state.bundle.version, ReclassifySelection(),
-                      lambda ids, _paths: dispatcher.submit_images(ids), batch_size=state.settings.batch_size)
+                      dispatcher.submit_images, batch_size=state.settings.batch_size)
