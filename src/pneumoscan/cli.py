@@ -83,13 +83,17 @@ def _dispatcher(settings: Settings, report: Callable[[list[Result]], None] | Non
     """Where batches go, chosen once: classified here (embedded) or enqueued for workers (a broker is set)."""
     from pneumoscan.scheduler.dispatch import InlineDispatcher
 
-    return InlineDispatcher(_classifier(settings), report) if settings.embedded else _celery_dispatcher(settings)
+    if settings.embedded:
+        return InlineDispatcher(_classifier(settings), report)
+    enqueued = None if report is None else (lambda paths: err.print(
+        f"{datetime.now():%H:%M:%S} enqueued a batch of {len(paths)} for the workers"))
+    return _celery_dispatcher(settings, enqueued)
 
 
-def _celery_dispatcher(settings: Settings) -> Any:
+def _celery_dispatcher(settings: Settings, on_submit: Callable[[Sequence[str]], None] | None = None) -> Any:
     from pneumoscan.scheduler.dispatch import CeleryDispatcher
 
-    return CeleryDispatcher(_celery_app(settings), _database(settings))
+    return CeleryDispatcher(_celery_app(settings), _database(settings), on_submit=on_submit)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

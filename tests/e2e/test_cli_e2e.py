@@ -431,6 +431,8 @@ def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_e
     assert "Traceback" not in text, text
     assert "watching" in text and "stopped" in text
     assert names() == {"before.jpeg", "after.dcm"}
+    # One line per batch at the default level, so a user can see that it works.
+    assert text.count("batch of 1: 1 done") == 2, text
 
 
 # --- errors and help -----------------------------------------------------------------------------

@@ -67,6 +67,7 @@ def test_300_files_with_two_workers_give_300_images_and_300_predictions(
         assert "succeeded" in worker.log(), worker.log()
         assert "IntegrityError" not in worker.log() and "Traceback" not in worker.log(), worker.log()
     assert "dispatch failed" not in watcher.log(), watcher.log()
+    assert "enqueued a batch of 8 for the workers" in watcher.log(), watcher.log()
 
 
 def test_a_worker_killed_mid_batch_has_its_batch_redelivered(

@@ -54,9 +54,11 @@ class CeleryDispatcher:
     seconds, and the caller (the watcher keeps the paths and backs off) decides when to try again.
     """
 
-    def __init__(self, app: Celery, sessions: Database, *, publish_retries: int = 2) -> None:
+    def __init__(self, app: Celery, sessions: Database, *, publish_retries: int = 2,
+                 on_submit: Callable[[Sequence[str]], None] | None = None) -> None:
         self._app = app
         self._sessions = sessions
+        self._on_submit = on_submit
         self._policy = {"max_retries": publish_retries, "interval_start": 0.2, "interval_step": 0.5,
                         "interval_max": 1.0}
 
@@ -72,6 +74,8 @@ class CeleryDispatcher:
         with self._sessions.begin() as session:
             outbox.record(session, batch)
         self._send(CLASSIFY_BATCH, batch)
+        if self._on_submit is not None:
+            self._on_submit(batch)
         log.info("enqueued batch of %d files", len(paths))
 
     def submit_images(self, image_ids: Sequence[int], paths: Sequence[str] = (), force: bool = False) -> None:
