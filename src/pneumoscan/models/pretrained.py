@@ -138,7 +138,7 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * scaled else rounded
 
 
-def _lite_blocks(variant: str) -> Iterator[tuple[int, int, int, int, int]]:
+def lite_blocks(variant: str) -> Iterator[tuple[int, int, int, int, int]]:
     """(input channels, expansion, kernel, stride, output channels) of every MBConv block in order."""
     width, depth = LITE_VARIANTS[variant][:2]
     channels = 32
@@ -179,7 +179,7 @@ def build_lite(variant: str, inputs: Any, *, channels: int = 1, include_top: boo
     x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="lite_scale")(inputs)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="_conv_stem")(x)
     x = layers.ReLU(6.0, name="stem_relu6")(bn("_bn0")(x))
-    for i, (c_in, expand, kernel, stride, c_out) in enumerate(_lite_blocks(variant)):
+    for i, (c_in, expand, kernel, stride, c_out) in enumerate(lite_blocks(variant)):
         p = f"_blocks.{i}."
         y = x
         if expand != 1:
