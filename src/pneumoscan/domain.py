@@ -6,6 +6,7 @@ this module imports nothing of the project.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,6 +37,11 @@ class Label(StrEnum):
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
+
+
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text (undecodable bytes escaped): how a path is stored, logged and queued."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def label_at(probability: float, threshold: float) -> Label:

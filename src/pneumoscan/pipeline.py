@@ -17,7 +17,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, outbox
 from pneumoscan.db.queries import Result, save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
-from pneumoscan.domain import label_at
+from pneumoscan.domain import display_path, label_at
 from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind, open_input
 from pneumoscan.models.bundle import ModelBundle
 
@@ -74,11 +74,6 @@ def _read(path: str, image_id: int | None = None) -> _Read:
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
         return outcome("failed", "file changed while it was being read; it is read again once it is complete")
     return _Read(path, data, hashlib.sha256(data).hexdigest(), mtime=after.st_mtime)
-
-
-def display_path(path: str) -> str:
-    """``path`` as valid UTF-8 text (undecodable bytes escaped), safe for the database and the logs."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -11,11 +10,7 @@ from sqlalchemy.orm import Session
 
 from pneumoscan.db.queries import dialect_insert
 from pneumoscan.db.schema import QueuedFile, utcnow
-
-
-def _text(path: str) -> str:
-    """A path as valid UTF-8 (undecodable bytes escaped), as the pipeline stores and settles it."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+from pneumoscan.domain import display_path
 
 
 def record(session: Session, paths: Sequence[str], now: datetime | None = None) -> None:
@@ -27,21 +22,21 @@ def record(session: Session, paths: Sequence[str], now: datetime | None = None) 
     statement = statement.on_conflict_do_update(
         index_elements=["path"],
         set_={"enqueued_at": now, "claimed_at": None, "attempts": QueuedFile.__table__.c.attempts + 1})
-    rows = [{"path": p, "enqueued_at": now, "attempts": 1} for p in dict.fromkeys(map(_text, paths))]
+    rows = [{"path": p, "enqueued_at": now, "attempts": 1} for p in dict.fromkeys(map(display_path, paths))]
     session.execute(statement, rows)
 
 
 def claim(session: Session, paths: Sequence[str], now: datetime | None = None) -> None:
     """A worker started on ``paths``: their staleness now counts from this moment."""
     if paths:
-        session.execute(update(QueuedFile).where(QueuedFile.path.in_([_text(p) for p in paths]))
+        session.execute(update(QueuedFile).where(QueuedFile.path.in_([display_path(p) for p in paths]))
                         .values(claimed_at=now or utcnow()))
 
 
 def settle(session: Session, paths: Sequence[str]) -> None:
     """``paths`` have their results stored (in this same transaction): they leave the outbox."""
     if paths:
-        session.execute(delete(QueuedFile).where(QueuedFile.path.in_([_text(p) for p in paths])))
+        session.execute(delete(QueuedFile).where(QueuedFile.path.in_([display_path(p) for p in paths])))
 
 
 def stale(session: Session, older_than: float, *, claimed_only: bool = False, limit: int = 10_000,
