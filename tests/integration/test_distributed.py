@@ -207,7 +207,11 @@ def test_a_whole_worker_killed_has_its_batch_done_by_a_survivor_within_two_minut
     scheduler = launch(["scheduler", str(inbox)], cluster_env, "scheduler")
     scheduler.wait_for_log("watching", 30)
     paths = helpers.distinct_pngs(inbox, 120)
-    helpers.wait_for(lambda: _predictions(database) >= 8, WAIT, interval=0.02, message="the first stored files")
+    # Kill while the victim holds a batch it has claimed and not yet stored, so that only the reaper
+    # can bring that batch back (killing between batches would leave nothing to recover).
+    holding = "SELECT count(*) FROM queued_files WHERE claimed_at IS NOT NULL"
+    helpers.wait_for(lambda: _predictions(database) >= 8 and database.count(holding) > 0, WAIT, interval=0.005,
+                     message="the victim in the middle of a batch")
     os.killpg(victim.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     assert _predictions(database) < len(paths), "all files were done before the kill; the test needs more"
