@@ -22,8 +22,8 @@ from rich.table import Table
 
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
-from pneumoscan.db.queries import RESULT_FIELDS, SORTS, Result, ResultFilter, query_results
-from pneumoscan.domain import LABELS, STATUSES
+from pneumoscan.db.queries import RESULT_FIELDS, REVIEW_STATES, SORTS, Result, ResultFilter, query_results
+from pneumoscan.domain import LABELS, ROLES, STATUSES
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.pretrained import WeightsError
@@ -39,7 +39,7 @@ def _friendly(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (BundleError, DatabaseError, NotADirectoryError, ValueError, WeightsError) as exc:
+        except (BundleError, DatabaseError, NotADirectoryError, ValueError, WeightsError) as exc:  # UserError too
             raise click.ClickException(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -317,11 +317,14 @@ def _cell(value: Any) -> Any:
 @click.option("--path", "path_pattern", metavar="PATTERN",
               help="Only images seen at a path matching this glob (* and ?), e.g. '*/2026-12/*.dcm'; every copy "
                    "of a content counts.")
+@click.option("--review", type=click.Choice(REVIEW_STATES),
+              help="Only predictions not yet reviewed, reviewed, or whose latest review disagrees with them.")
 @click.pass_context
 @_friendly
 def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
-            all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None) -> None:
+            all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None,
+            review: str | None) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
     from pneumoscan.db.queries import count_results, model_versions
 
@@ -333,7 +336,7 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
         except BundleError:
             model_version = None  # no model configured yet: show whatever is stored
     filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version,
-                           limit or None, sort, path_pattern)
+                           limit or None, sort, path_pattern, review)
     with _database(settings)() as session:
         if explicit and model_version not in (known := model_versions(session)):
             raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "
@@ -351,7 +354,8 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at", "reason")
+        shown = ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at",
+                 "review_label", "reason")
 
         def text(row: dict[str, Any], key: str) -> str:
             value = row[key]
@@ -427,10 +431,8 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
         return
     if not from_reviews:
         raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
-    import numpy as np
-
     from pneumoscan.db import reviews
-    from pneumoscan.models.calibrate import TooFewReviews, site_threshold
+    from pneumoscan.models.calibrate import TooFewReviews
 
     settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
@@ -446,17 +448,13 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
             click.echo(f"withdrew operating point {point.id}; threshold is {threshold:.4f} again, "
                        f"{changed} labels changed")
             return
-        cases = reviews.reviewed_cases(session, bundle.version)
-        labels = np.array([c.label for c in cases], dtype=int)
         try:
-            threshold, figures = site_threshold(labels, np.array([c.probability for c in cases]), target_sensitivity,
-                                                min_reviews)
+            point, figures, n = reviews.fit_point(session, bundle.version, bundle.threshold, target_sensitivity,
+                                                  min_reviews)
         except TooFewReviews as exc:
             raise click.ClickException(str(exc)) from None
-        point = reviews.record_point(session, bundle.version, threshold, bundle.threshold, target_sensitivity,
-                                     cases, figures)
     click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
-               f"{threshold:.4f} from {len(cases)} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
+               f"{point.threshold:.4f} from {n} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
                f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; "
                f"{point.relabelled} labels changed (undo with `pneumoscan calibrate --from-reviews --undo`)")
 
@@ -491,6 +489,111 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     heatmap = bundle.explain(image.pixels[None])[0]
     write_overlay(out, image.pixels, heatmap, f"Grad-CAM heatmap, {bundle.version}: P(pneumonia) {probability:.2f}")
     click.echo(f"wrote {out}: {bundle.label(probability)} at probability {probability:.3f}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; keep the default behind a TLS reverse proxy (see the README).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.pass_context
+@_friendly
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the review web app and its API (/worklist, /dashboard, /api, /docs, /metrics)."""
+    import uvicorn
+
+    from pneumoscan.web.app import create_app
+
+    settings = _settings(ctx)
+    app = create_app(settings, _database(settings))
+    err.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)", style="dim")
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True, server_header=False)
+
+
+@main.group()
+def users() -> None:
+    """Manage the web app's users and their API tokens."""
+
+
+def _password(prompt: bool) -> str:
+    if not prompt:
+        raise click.UsageError("give the password on standard input: --password-stdin")
+    text = sys.stdin.readline().rstrip("\r\n")
+    if not text:
+        raise click.ClickException("no password on standard input")
+    return text
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.pass_context
+@_friendly
+def users_add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
+    """Add a user (passwords are kept only as argon2 hashes)."""
+    from pneumoscan.db.users import add_user
+
+    password = _password(password_stdin)
+    with _database(_settings(ctx)).begin() as session:
+        account = add_user(session, name, role, password)
+    click.echo(f"added {account.role} {account.name}")
+
+
+@users.command("list")
+@click.pass_context
+@_friendly
+def users_list(ctx: click.Context) -> None:
+    """List users with their role and state."""
+    from pneumoscan.db.users import list_users
+
+    with _database(_settings(ctx))() as session:
+        for user in list_users(session):
+            state = "disabled" if user.disabled else "locked" if user.locked_until else "active"
+            last = f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never"
+            click.echo(f"{user.name}\t{user.role}\t{state}\tlast sign-in {last}")
+
+
+@users.command("disable")
+@click.argument("name")
+@click.pass_context
+@_friendly
+def users_disable(ctx: click.Context, name: str) -> None:
+    """Disable a user: their sessions and API tokens stop working at once."""
+    from pneumoscan.db.users import set_disabled
+
+    with _database(_settings(ctx)).begin() as session:
+        set_disabled(session, name, True)
+    click.echo(f"disabled {name}")
+
+
+@users.command("enable")
+@click.argument("name")
+@click.pass_context
+@_friendly
+def users_enable(ctx: click.Context, name: str) -> None:
+    """Enable a disabled user, or unlock one locked after failed sign-ins."""
+    from pneumoscan.db.users import set_disabled
+
+    with _database(_settings(ctx)).begin() as session:
+        set_disabled(session, name, False)
+    click.echo(f"enabled {name}")
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--revoke", is_flag=True, help="Revoke every token of NAME instead.")
+@click.pass_context
+@_friendly
+def users_token(ctx: click.Context, name: str, revoke: bool) -> None:
+    """Print a new API token for NAME (shown once; only its hash is kept), for Authorization: Bearer."""
+    from pneumoscan.db.users import issue_token, revoke_tokens
+
+    with _database(_settings(ctx)).begin() as session:
+        if revoke:
+            click.echo(f"revoked {revoke_tokens(session, name)} tokens of {name}")
+            return
+        token = issue_token(session, name)
+    click.echo(token)
 
 
 @main.group()

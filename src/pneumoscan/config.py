@@ -60,6 +60,12 @@ class Settings(BaseSettings):
                                  "the bound on what a lost message or a dead worker delays")
     max_tasks_per_child: int = Field(default=200, ge=1, description="Worker processes are replaced after this "
                                      "many tasks, which bounds memory growth.")
+    secret_key: str | None = Field(default=None, repr=False, description="Signs the web app's session cookies; "
+                                   "unset: random per install, kept in data_dir.")
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Web sessions expire this many "
+                                 "hours after sign-in.")
+    secure_cookies: bool = Field(default=False, description="Send the session cookie over HTTPS only; set it "
+                                 "when the app is served behind a TLS reverse proxy.")
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                             description="Local time (HH:MM) of the nightly reclassification.")
 
@@ -87,7 +93,7 @@ class Settings(BaseSettings):
         if data_dir is None:
             return None
         try:
-            salt = _install_salt(Path(data_dir))
+            salt = _install_secret(Path(data_dir), _SALT_FILE)
         except OSError as exc:
             raise PydanticCustomError(
                 "salt_unavailable", "cannot keep a generated salt in {folder} ({problem}); set "
@@ -98,6 +104,15 @@ class Settings(BaseSettings):
                 "salt_empty", "{path} is empty: remove it to have a new salt made, or set PNEUMOSCAN_PATIENT_SALT",
                 {"path": str(Path(data_dir) / _SALT_FILE)})
         return salt
+
+    def web_secret(self) -> str:
+        """The key that signs session cookies: from settings, else this install's random one (made on first use)."""
+        if self.secret_key:
+            return self.secret_key
+        secret = _install_secret(self.data_dir, _WEB_SECRET_FILE)
+        if not secret:
+            raise ValueError(f"{self.data_dir / _WEB_SECRET_FILE} is empty: remove it, or set PNEUMOSCAN_SECRET_KEY")
+        return secret
 
     @property
     def nightly_hour_minute(self) -> tuple[int, int]:
@@ -145,19 +160,20 @@ class Settings(BaseSettings):
 
 
 _SALT_FILE = "patient_salt"
+_WEB_SECRET_FILE = "web_secret"
 
 
-def _install_salt(data_dir: Path) -> str:
-    """This install's salt (stripped, maybe empty) from ``data_dir/patient_salt``, created first if need be.
+def _install_secret(data_dir: Path, name: str) -> str:
+    """This install's secret (stripped, maybe empty) from ``data_dir/name``, created first if need be.
 
-    The new salt is written in full to a temporary file and only then linked to its name. A link
+    The new secret is written in full to a temporary file and only then linked to its name. A link
     never replaces an existing file, so when processes race exactly one of them wins, and the others,
-    and every later reader, find the winner's complete file: nobody sees a half-written salt.
+    and every later reader, find the winner's complete file: nobody sees a half-written secret.
     """
-    path = data_dir / _SALT_FILE
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{_SALT_FILE}.", dir=data_dir)  # mode 0600
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=data_dir)  # mode 0600
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))

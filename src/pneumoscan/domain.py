@@ -35,8 +35,16 @@ class Label(StrEnum):
     PNEUMONIA = "PNEUMONIA"
 
 
+class Role(StrEnum):
+    """What a web app user may do: review cases, or also manage users."""
+
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
+ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 
 
 def display_path(path: str) -> str:

@@ -188,10 +188,12 @@ def patient_ref(patient_id: str, salt: bytes) -> str:
 
 def decode(
     data: bytes,
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     policy: DecodePolicy,
 ) -> DecodedImage:
     """Decode file bytes to a (height, width) = ``size`` float32 image in [0, 1], under ``policy``.
+
+    ``size`` None keeps the stored size (for showing the image to a person).
 
     Raises ``Rejected`` with a human-readable reason for anything that is not a usable image, and
     ``Unavailable`` when decoding ran out of memory. Nothing else escapes, whatever the bytes; an
@@ -223,10 +225,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    if pixels.shape == (height, width):
+def _resize(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or pixels.shape == size:
         return pixels.astype(np.float32, copy=False)
+    height, width = size
     image = Image.fromarray(pixels.astype(np.float32, copy=False), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
@@ -237,7 +239,7 @@ def _too_large(width: int, height: int, max_pixels: int) -> Rejected | None:
     return None
 
 
-def _decode_raster(data: bytes, kind: str, size: tuple[int, int], max_pixels: int) -> DecodedImage:
+def _decode_raster(data: bytes, kind: str, size: tuple[int, int] | None, max_pixels: int) -> DecodedImage:
     try:
         with _codec(kind, _PILLOW_DAMAGED):
             # Only the plugin of the detected format parses the bytes; open() reads the header alone.
@@ -252,7 +254,7 @@ def _decode_raster(data: bytes, kind: str, size: tuple[int, int], max_pixels: in
         what = "animated GIF" if kind == GIF else f"multi-page {kind.upper()}"
         raise Rejected(f"{what} with {frames} frames: not a single radiograph")
     with _codec(kind, _PILLOW_DAMAGED):
-        if kind == JPEG:
+        if kind == JPEG and size is not None:
             # Decode at reduced scale straight from the DCT; never smaller than the target.
             image.draft("L", (size[1], size[0]))
         image.load()
@@ -360,7 +362,7 @@ def _triage(header: Any, meta: DicomMeta, policy: DecodePolicy) -> None:
 
 def _decode_dicom(
     data: bytes,
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     policy: DecodePolicy,
 ) -> DecodedImage:
     """Decode a DICOM file, with pydicom's own errors for damaged data counted as damage.
@@ -377,7 +379,7 @@ def _decode_dicom(
 
 def _decode_dataset(
     data: bytes,
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     policy: DecodePolicy,
 ) -> DecodedImage:
     from pydicom.errors import BytesLengthException, InvalidDicomError

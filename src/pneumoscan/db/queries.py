@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pneumoscan.db.schema import Image, Prediction, Sighting, utcnow
+from pneumoscan.db.schema import Image, Prediction, Review, Sighting, utcnow
 from pneumoscan.domain import DICOM_COLUMNS, DicomMeta
 
 
@@ -224,12 +224,21 @@ class ResultFilter:
     limit: int | None = 100
     sort: str = "newest"  # newest (last updated first) | probability (most suspicious first)
     path: str | None = None  # a glob (* and ?) matched against every path the content was seen at
+    review: str | None = None  # unreviewed | reviewed | disagreement (latest review against the model's label)
+    offset: int = 0  # rows to skip, for paging
 
 
 SORTS = ("newest", "probability")
+REVIEW_STATES = ("unreviewed", "reviewed", "disagreement")
 RESULT_FIELDS = ("id", "path", "paths", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
-                 "model_version", "classified_at", "study_uid", "series_uid", "sop_instance_uid",
-                 "modality", "view_position", "updated_at")
+                 "model_version", "classified_at", "review_label", "reviewed_by", "study_uid", "series_uid",
+                 "sop_instance_uid", "modality", "view_position", "updated_at")
+
+
+def _latest_review(column: Any) -> Any:
+    """A scalar subquery: ``column`` of the image's latest review (None when it has none)."""
+    return (select(column).where(Review.image_id == Image.id).order_by(Review.id.desc()).limit(1)
+            .correlate(Image).scalar_subquery())
 
 
 def glob_to_like(pattern: str) -> str:
@@ -272,6 +281,7 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     `plan_results` found to be few); ``walk`` keeps the prediction's columns (model version
     included) off its indexes, so that SQLite reads the images newest first until the limit is
     reached. Neither changes the rows. (PostgreSQL would misjudge the hidden terms as rare.)
+    A review filter keeps only images with a prediction: a review is a reading of a model's call.
     """
     on = Prediction.image_id == Image.id
     if filters.model_version is not None:
@@ -282,10 +292,13 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     statement = select(
         Image.id, Image.path, paths.label("paths"), Image.sha256, Image.kind, Image.status, Image.reason,
         Prediction.label, Prediction.probability, Prediction.threshold, Prediction.model_version,
-        Prediction.created_at.label("classified_at"), Image.study_uid, Image.series_uid,
+        Prediction.created_at.label("classified_at"), _latest_review(Review.label).label("review_label"),
+        _latest_review(Review.reviewer).label("reviewed_by"), Image.study_uid, Image.series_uid,
         Image.sop_instance_uid, Image.modality, Image.view_position, Image.updated_at,
-    ).outerjoin(Prediction, on)
+    ).join(Prediction, on, isouter=filters.review is None)
     conditions = _prediction_conditions(filters, indexable=not walk)
+    if filters.review is not None:
+        conditions.append(_review_condition(filters.review))
     if filters.status is not None:
         conditions.append(Image.status == filters.status)
     if filters.since is not None:
@@ -299,12 +312,25 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     order = ((Prediction.probability.desc().nulls_last(), Image.id.desc()) if filters.sort == "probability"
              else (Image.updated_at.desc(), Image.id.desc()))
     statement = statement.where(*conditions).order_by(*order)
+    if filters.offset:
+        statement = statement.offset(filters.offset)
     return statement.limit(filters.limit) if filters.limit else statement
+
+
+def _review_condition(state: str) -> ColumnElement[bool]:
+    reviewed = exists().where(Review.image_id == Image.id)
+    if state == "unreviewed":
+        return ~reviewed
+    if state == "reviewed":
+        return reviewed
+    if state == "disagreement":
+        return _latest_review(Review.label) != Prediction.label
+    raise ValueError(f"review state must be one of {', '.join(REVIEW_STATES)}, not {state!r}")
 
 
 def count_results(session: Session, filters: ResultFilter) -> int:
     """How many rows the results query gives for ``filters`` without its limit."""
-    unlimited = replace(filters, limit=None)
+    unlimited = replace(filters, limit=None, offset=0)
     return int(session.execute(select(func.count()).select_from(results_statement(unlimited).subquery()))
                .scalar_one())
 
@@ -419,3 +445,49 @@ def image_locations(session: Session, image_ids: Sequence[int]) -> list[tuple[in
     rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(list(image_ids))))
     found = {int(image_id): str(path) for image_id, path in rows}
     return [(i, found[i]) for i in image_ids if i in found]
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One prediction of the dashboard's window: when it was made, and for a file's first result, when the
+    file was written (its earliest sighting's mtime, as a POSIX time), which makes the drop-to-result latency."""
+
+    classified_at: float
+    written_at: float | None
+
+
+def activity(session: Session, model_version: str, since: datetime) -> list[Activity]:
+    """Predictions of ``model_version`` made since ``since``, oldest first.
+
+    A first result is one stored in the same transaction that first stored its image (the two share
+    one timestamp); reclassifications have no ``written_at``, as their latency would be the file's age.
+    """
+    written = (select(func.min(Sighting.mtime)).where(Sighting.image_id == Image.id)
+               .correlate(Image).scalar_subquery())
+    rows = session.execute(
+        select(Prediction.created_at, Image.first_seen_at, written)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(Prediction.model_version == model_version, Prediction.created_at >= since)
+        .order_by(Prediction.created_at))
+    out = []
+    for classified_at, first_seen_at, mtime in rows:
+        at = _posix(classified_at)
+        first = abs(at - _posix(first_seen_at)) < 1e-3
+        out.append(Activity(at, float(mtime) if first and mtime is not None and mtime <= at else None))
+    return out
+
+
+def _posix(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Stored images by status."""
+    return {str(s): int(n) for s, n in session.execute(select(Image.status, func.count()).group_by(Image.status))}
+
+
+def prediction_counts(session: Session) -> dict[tuple[str, str], int]:
+    """Predictions by (model version, label)."""
+    rows = session.execute(select(Prediction.model_version, Prediction.label, func.count())
+                           .group_by(Prediction.model_version, Prediction.label))
+    return {(str(v), str(label)): int(n) for v, label, n in rows}

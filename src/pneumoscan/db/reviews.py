@@ -105,3 +105,48 @@ def history(session: Session, model_version: str) -> list[OperatingPoint]:
     """Every operating point ever fitted for ``model_version``, oldest first."""
     return list(session.scalars(select(OperatingPoint).where(OperatingPoint.model_version == model_version)
                                 .order_by(OperatingPoint.id)))
+
+
+def fit_point(session: Session, model_version: str, card_threshold: float, target_sensitivity: float,
+              min_reviews: int) -> tuple[OperatingPoint, dict[str, Any], int]:
+    """Fit and put in force the operating point that this site's reviews of ``model_version`` give.
+
+    Returns (the point, its figures on the reviewed cases, how many reviewed cases it was fitted on).
+    Raises ``models.calibrate.TooFewReviews`` when a class has fewer than ``min_reviews`` reviews.
+    """
+    import numpy as np
+
+    from pneumoscan.models.calibrate import site_threshold  # numpy and scikit-learn, no TensorFlow
+
+    cases = reviewed_cases(session, model_version)
+    labels = np.array([c.label for c in cases], dtype=int)
+    threshold, figures = site_threshold(labels, np.array([c.probability for c in cases]), target_sensitivity,
+                                        min_reviews)
+    point = record_point(session, model_version, threshold, card_threshold, target_sensitivity, cases, figures)
+    return point, figures, len(cases)
+
+
+def reviews_of(session: Session, image_id: int) -> list[Review]:
+    """Every review of an image, oldest first: who said what, and when."""
+    return list(session.scalars(select(Review).where(Review.image_id == image_id).order_by(Review.id)))
+
+
+def agreement(session: Session, model_version: str) -> dict[str, dict[str, int]]:
+    """The model's labels against the latest review of each image it predicted: counts[reviewer][model]."""
+    latest = (select(Review.image_id, func.max(Review.id).label("review_id"))
+              .group_by(Review.image_id).subquery())
+    rows = session.execute(
+        select(Review.label, Prediction.label, func.count())
+        .select_from(latest).join(Review, Review.id == latest.c.review_id)
+        .join(Prediction, (Prediction.image_id == Review.image_id) & (Prediction.model_version == model_version))
+        .group_by(Review.label, Prediction.label))
+    counts = {truth: dict.fromkeys(LABELS, 0) for truth in LABELS}
+    for truth, predicted, n in rows:
+        counts[truth][predicted] = int(n)
+    return counts
+
+
+def review_counts(session: Session) -> dict[str, int]:
+    """Reviews stored, by the label the reviewer gave."""
+    return {str(label): int(n) for label, n in
+            session.execute(select(Review.label, func.count()).group_by(Review.label))}

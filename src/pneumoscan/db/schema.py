@@ -1,4 +1,4 @@
-"""Database schema: images, predictions (one per image and model version) and reviews."""
+"""Database schema: images, predictions (one per image and model version), reviews, and the web app's users."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -18,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pneumoscan.domain import LABELS, STATUSES
+from pneumoscan.domain import LABELS, ROLES, STATUSES
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -108,7 +109,8 @@ class Review(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (_one_of("label", LABELS, "ck_reviews_label"),)
+    __table_args__ = (_one_of("label", LABELS, "ck_reviews_label"),
+                      Index("ix_reviews_image_id_id", "image_id", "id"))
 
 
 class OperatingPoint(Base):
@@ -171,3 +173,41 @@ class Sighting(Base):
         UniqueConstraint("image_id", "path", name="uq_sightings_image_path"),
         Index("ix_sightings_path", "path"),
     )
+
+
+class User(Base):
+    """A person who signs in to the web app: a reviewer, or an admin who also manages users.
+
+    Only an argon2 hash of the password is kept. ``failed_logins`` counts failures since the last
+    success; reaching the limit sets ``locked_until``. Users are disabled, never deleted, so that
+    every review keeps the name of who wrote it.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Bumped by a password change or a disable: signs out every session made before it.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (_one_of("role", ROLES, "ck_users_role"),)
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API, kept only as its SHA-256 (the token itself is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,107 @@
+"""The review web app: FastAPI with server-rendered pages, a JSON API beside them, and /metrics.
+
+``create_app`` is the composition root; routes live in ``pages`` and ``api`` and stay thin.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from pneumoscan.config import Settings
+from pneumoscan.db import Database, open_database
+from pneumoscan.models.bundle import load_bundle
+from pneumoscan.web.render import NotRenderable, Renderer
+from pneumoscan.web.security import Forbidden, GuardMiddleware, LoginRequired, LoginThrottle, csrf_token
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+SESSION_COOKIE = "pneumoscan_session"
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(("/api/", "/metrics", "/openapi.json"))
+
+
+def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+    """The app for ``settings``; ``db`` defaults to the configured database (migrated on open)."""
+    from pneumoscan.web import api, pages
+
+    app = FastAPI(title="pneumoscan", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Chest X-ray screening results and their reviews. Sign in with the session "
+                              "cookie of the web app, or send `Authorization: Bearer TOKEN` "
+                              "(`pneumoscan users token NAME`).")
+    app.state.settings = settings
+    app.state.db = db or open_database(settings.sqlalchemy_url)
+    app.state.model_version = load_bundle(settings.model_path).version
+    app.state.renderer = Renderer(settings, app.state.db)
+    app.state.throttle = LoginThrottle()
+    templates = Jinja2Templates(directory=HERE / "templates")  # autoescaping on for .html
+    templates.env.globals["csrf_token"] = csrf_token
+    app.state.templates = templates
+
+    app.add_middleware(SessionMiddleware, secret_key=settings.web_secret(), session_cookie=SESSION_COOKIE,
+                       max_age=int(settings.session_hours * 3600), same_site="lax",
+                       https_only=settings.secure_cookies)
+    app.add_middleware(GuardMiddleware)  # outermost: its headers go on every response, errors included
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, _exc: LoginRequired) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": "sign in first: a session cookie or Authorization: Bearer TOKEN"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return error_response(request, 403, exc.reason)
+
+    @app.exception_handler(NotRenderable)
+    async def not_renderable(request: Request, exc: NotRenderable) -> Response:
+        return error_response(request, exc.status, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in exc.errors())
+        return error_response(request, 422, f"invalid request: {problems}")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_down(request: Request, exc: SQLAlchemyError) -> Response:
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(request, 503, "the database is not answering; try again shortly")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    return app
+
+
+def error_response(request: Request, status: int, reason: str) -> Response:
+    """The error as JSON for the API, as a page for people."""
+    if _is_api(request):
+        return JSONResponse({"detail": reason}, status_code=status)
+    templates: Jinja2Templates = request.app.state.templates
+    context: dict[str, Any] = {"status": status, "reason": reason, "account": getattr(request.state, "account", None)}
+    return templates.TemplateResponse(request, "error.html", context, status_code=status)
+
+
+def page(request: Request, template: str, **context: Any) -> HTMLResponse:
+    templates: Jinja2Templates = request.app.state.templates
+    context.setdefault("account", getattr(request.state, "account", None))
+    return templates.TemplateResponse(request, template, context)

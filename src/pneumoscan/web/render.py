@@ -1,0 +1,156 @@
+"""Pictures for the review pages: a stored image as PNG (decoded as the pipeline decodes it) and its heatmap.
+
+Images are found by database id only. The file is read from the stored path, or from any other path
+its content was seen at, and is shown only if its bytes still hash to the stored SHA-256, so that a
+file replaced on disk is never shown under another image's id. Rendered PNGs are cached on disk by
+content (and model version, for heatmaps), so a second view costs a file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from pneumoscan.config import Settings
+from pneumoscan.db import Database
+from pneumoscan.db.schema import Image, Sighting
+from pneumoscan.imaging import ImagingError, InternalError, decode, open_input
+from pneumoscan.models.bundle import ModelBundle, load_bundle
+
+DISPLAY_SIDE = 1024  # longest side of the picture sent to the browser
+_CACHE_VERSION = "1"  # bump when rendering changes, so old cached pictures are not served
+
+
+class NotRenderable(Exception):
+    """The image cannot be shown: unknown id, file gone or changed, or not decodable. ``status`` is HTTP's."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True)
+class _Source:
+    sha256: str
+    data: bytes
+
+
+class Renderer:
+    """Renders and caches pictures; loads the model (TensorFlow) only when a heatmap is first asked for."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings, self.db = settings, db
+        self.cache = settings.data_dir / "cache" / "render"
+        self._bundle: ModelBundle | None = None
+        self._lock = threading.Lock()
+
+    def bundle(self) -> ModelBundle:
+        with self._lock:
+            if self._bundle is None:
+                self._bundle = load_bundle(self.settings.model_path)
+            return self._bundle
+
+    def image_png(self, image_id: int) -> bytes:
+        sha256 = self._sha256(image_id)
+        return self._cached(f"{sha256}-image", lambda: _png(self._display(self._source(image_id, sha256))))
+
+    def heatmap_png(self, image_id: int) -> bytes:
+        from pneumoscan.models.explain import overlay
+
+        sha256 = self._sha256(image_id)
+        bundle = self.bundle()
+        key = f"{sha256}-heatmap-{hashlib.sha256(bundle.version.encode()).hexdigest()[:16]}"
+
+        def render() -> bytes:
+            source = self._source(image_id, sha256)
+            size = (bundle.input_size, bundle.input_size)
+            model_input = self._decode(source, size)
+            heatmap = bundle.explain(model_input[None])[0]
+            return _png(overlay(self._display(source), heatmap), caption=f"model heatmap (Grad-CAM), {bundle.version}")
+
+        return self._cached(key, render)
+
+    def _sha256(self, image_id: int) -> str:
+        with self.db() as session:
+            sha256 = session.scalar(select(Image.sha256).where(Image.id == image_id))
+            exists = sha256 is not None or session.get(Image, image_id) is not None
+        if not exists:
+            raise NotRenderable(404, f"no image with id {image_id}")
+        if sha256 is None:
+            raise NotRenderable(404, "this file could never be read, so there is no picture of it")
+        return str(sha256)
+
+    def _source(self, image_id: int, sha256: str) -> _Source:
+        """The bytes of the image, from the first of its known paths that still holds its content."""
+        with self.db() as session:
+            stored = session.scalar(select(Image.path).where(Image.id == image_id))
+            seen = session.scalars(select(Sighting.path).where(Sighting.image_id == image_id)
+                                   .order_by(Sighting.last_seen_at.desc())).all()
+        for path in dict.fromkeys([stored, *seen]):  # the stored path first, no path twice
+            if path is None:
+                continue
+            try:
+                with open_input(path) as fh:
+                    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                        continue
+                    data = fh.read()
+            except OSError:
+                continue
+            if hashlib.sha256(data).hexdigest() == sha256:
+                return _Source(sha256, data)
+        raise NotRenderable(404, "the file is no longer on disk with the content that was classified "
+                                 f"(last stored at {stored})")
+
+    def _decode(self, source: _Source, size: tuple[int, int] | None) -> np.ndarray:
+        try:
+            return decode(source.data, size, self.settings.decode_policy).pixels
+        except (ImagingError, InternalError) as exc:
+            raise NotRenderable(422, f"the file cannot be shown: {exc.reason}") from None
+
+    def _display(self, source: _Source) -> np.ndarray:
+        pixels = self._decode(source, None)
+        height, width = pixels.shape
+        scale = min(1.0, DISPLAY_SIDE / max(height, width))
+        if scale < 1.0:
+            from PIL import Image as PILImage
+
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            pixels = np.asarray(PILImage.fromarray(pixels, mode="F").resize(size, PILImage.Resampling.BILINEAR))
+        return pixels
+
+    def _cached(self, key: str, render: Callable[[], bytes]) -> bytes:
+        path = self.cache / f"{key}-v{_CACHE_VERSION}.png"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = render()
+        self.cache.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        return data
+
+
+def _png(pixels: np.ndarray, caption: str | None = None) -> bytes:
+    """A PNG of a gray [0, 1] image or an RGB uint8 one, with an optional caption drawn in its corner."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+
+    if pixels.dtype != np.uint8:
+        pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+    picture = PILImage.fromarray(pixels)
+    if caption:
+        ImageDraw.Draw(picture).text((6, 6), caption, fill=(255, 255, 255) if picture.mode == "RGB" else 255)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
