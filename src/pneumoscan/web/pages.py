@@ -38,7 +38,7 @@ def _local(target: str | None, default: str = "/worklist") -> str:
 
 
 @router.get("/")
-def home() -> RedirectResponse:
+def home(account: Signed) -> RedirectResponse:
     return RedirectResponse("/worklist", status_code=303)
 
 

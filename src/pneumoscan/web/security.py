@@ -140,15 +140,29 @@ class GuardMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             await _too_large(send)
             return
-        received = 0
+        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # Streamed without a length: read it here, up to the limit, and hand the app the whole body.
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > MAX_BODY_BYTES:
+                    await _too_large(send)
+                    return
+            body, delivered = b"".join(chunks), False
 
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise _BodyTooLarge()
-            return message
+            async def replay() -> Message:
+                nonlocal delivered
+                if delivered:
+                    return await receive()
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            receive = replay
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -158,14 +172,7 @@ class GuardMiddleware:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        try:
-            await self.app(scope, counted, with_headers)
-        except _BodyTooLarge:
-            await _too_large(send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, receive, with_headers)
 
 
 async def _too_large(send: Send) -> None:
