@@ -6,7 +6,7 @@ python bench/database.py [--rows 1000000] [--backends sqlite,postgresql] [--repe
 The schema comes from pneumoscan's own migrations (open_database). Rows are bulk-loaded
 (sqlite3 executemany in one transaction; PostgreSQL COPY; secondary indexes rebuilt after the
 load) with a realistic spread: updated_at over the last year in id order, 96% done / 2% rejected /
-1.5% failed / 0.5% pending, a prediction of the current model for every done image (30%
+2% failed (the statuses pneumoscan has since issue 13), a prediction of the current model for every done image (30%
 PNEUMONIA-leaning probabilities), and an older model's prediction for half of them. PostgreSQL
 gets ANALYZE after the load (autovacuum would do it soon); SQLite is queried as pneumoscan leaves
 it (the approximate ANALYZE that opening the database runs when the tables have outgrown their
@@ -47,7 +47,7 @@ def synthetic_rows(n: int, now: datetime, seed: int = 0) -> tuple[Iterator[tuple
     rng = np.random.default_rng(seed)
     start = now - timedelta(days=365)
     offsets = np.sort(rng.uniform(0, 365 * 86400, n))
-    statuses = rng.choice(np.array(["done", "rejected", "failed", "pending"]), n, p=[0.96, 0.02, 0.015, 0.005])
+    statuses = rng.choice(np.array(["done", "rejected", "failed"]), n, p=[0.96, 0.02, 0.02])
     sick = rng.random(n) < 0.3
     probability = np.where(sick, rng.beta(8, 2, n), rng.beta(2, 8, n))
     old_too = rng.random(n) < 0.5

@@ -326,7 +326,7 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
             all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None,
             review: str | None) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
-    from pneumoscan.db.queries import count_results, model_versions
+    from pneumoscan.db.queries import COUNT_AT_MOST, count_results, model_versions
 
     settings = _settings(ctx)
     explicit = model_version is not None
@@ -343,10 +343,10 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
                                        f"{', '.join(known) or 'none yet'}")
         rows = [{k: _cell(row[k]) for k in RESULT_FIELDS} for row in query_results(session, filters)]
         total = count_results(session, filters) if limit and len(rows) == limit else len(rows)
-    _print_rows(rows, fmt, total)
+    _print_rows(rows, fmt, total, total >= COUNT_AT_MOST)
 
 
-def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int) -> None:
+def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool = False) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -375,8 +375,8 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int) -> None:
             click.echo("\t".join(shown))
             for row in rows:
                 click.echo("\t".join(text(row, k).replace("\t", " ") for k in shown))
-    err.print(f"{len(rows)} of {total} rows" + (" (raise --limit, or --limit 0 for all)" if total > len(rows)
-                                                  else ""), style="dim")
+    more = " (raise --limit, or --limit 0 for all)" if total > len(rows) else ""
+    err.print(f"{len(rows)} of {'at least ' if at_least else ''}{total} rows{more}", style="dim")
 
 
 @main.command()

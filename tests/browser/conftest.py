@@ -27,7 +27,7 @@ PASSWORD = "a-long-password-for-tests"
 ADMIN, REVIEWER = "ada", "rex"
 CLI_TIMEOUT = 240  # a scan loads TensorFlow: tens of seconds on two busy cores
 START_TIMEOUT = 120
-SCREENSHOTS_ENV = "PNEUMOSCAN_SCREENSHOTS_DIR"
+SCREENSHOTS_ENV = "SCREENSHOTS_DIR"  # not PNEUMOSCAN_*: tests/conftest.py clears those
 
 
 @dataclass
@@ -137,21 +137,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def _startup_environment() -> dict[str, str]:
-    """The environment this process started with (Linux): tests/conftest.py deletes every PNEUMOSCAN_*
-    variable from os.environ before any test module is imported, the screenshot folder's included."""
-    try:
-        raw = Path("/proc/self/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0") if entry)
-    return {name: value for name, _, value in pairs}
-
-
 @pytest.fixture(scope="session")
 def screenshots_dir() -> Path | None:
-    """The folder named by PNEUMOSCAN_SCREENSHOTS_DIR (made if missing), else None."""
-    value = os.environ.get(SCREENSHOTS_ENV) or _startup_environment().get(SCREENSHOTS_ENV)
+    """The folder named by SCREENSHOTS_DIR (made if missing), else None."""
+    value = os.environ.get(SCREENSHOTS_ENV)
     if not value:
         return None
     path = Path(value)

@@ -298,7 +298,7 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     ).join(Prediction, on, isouter=filters.review is None)
     conditions = _prediction_conditions(filters, indexable=not walk)
     if filters.review is not None:
-        conditions.append(_review_condition(filters.review))
+        conditions.append(_review_condition(filters.review, filters.model_version))
     if filters.status is not None:
         conditions.append(Image.status == filters.status)
     if filters.since is not None:
@@ -317,22 +317,37 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     return statement.limit(filters.limit) if filters.limit else statement
 
 
-def _review_condition(state: str) -> ColumnElement[bool]:
-    reviewed = exists().where(Review.image_id == Image.id)
+def _review_condition(state: str, model_version: str | None) -> ColumnElement[bool]:
+    """The review state as a condition; the IN lists start from the (small) reviews table, so that a count
+    of reviewed images or disagreements reads the reviews, not every prediction."""
+    reviewed = select(Review.image_id)
     if state == "unreviewed":
-        return ~reviewed
+        return ~exists().where(Review.image_id == Image.id)
     if state == "reviewed":
-        return reviewed
+        return Image.id.in_(reviewed)
     if state == "disagreement":
-        return _latest_review(Review.label) != Prediction.label
+        newest = select(func.max(Review.id)).group_by(Review.image_id)
+        on = Prediction.image_id == Review.image_id
+        if model_version is not None:
+            on = and_(on, Prediction.model_version == model_version)
+        disputed = (select(Review.image_id).join(Prediction, on)
+                    .where(Review.id.in_(newest), Review.label != Prediction.label))
+        return and_(Image.id.in_(disputed), _latest_review(Review.label) != Prediction.label)
     raise ValueError(f"review state must be one of {', '.join(REVIEW_STATES)}, not {state!r}")
 
 
-def count_results(session: Session, filters: ResultFilter) -> int:
-    """How many rows the results query gives for ``filters`` without its limit."""
-    unlimited = replace(filters, limit=None, offset=0)
-    return int(session.execute(select(func.count()).select_from(results_statement(unlimited).subquery()))
-               .scalar_one())
+COUNT_AT_MOST = 10_000  # counting stops here: a total beyond it is shown as "at least" (cheap at any size)
+
+
+def count_results(session: Session, filters: ResultFilter, at_most: int = COUNT_AT_MOST) -> int:
+    """How many rows the results query gives for ``filters`` without its limit, up to ``at_most``.
+
+    Counts the matching image ids only (none of the listing's per-row subqueries) and stops at
+    ``at_most``, so a page's total costs a few milliseconds even at millions of rows.
+    """
+    bounded = replace(filters, limit=at_most, offset=0)
+    ids = results_statement(bounded).with_only_columns(Image.id, maintain_column_froms=True).order_by(None)
+    return int(session.execute(select(func.count()).select_from(ids.subquery())).scalar_one())
 
 
 def model_versions(session: Session) -> list[str]:
@@ -349,7 +364,8 @@ def plan_results(session: Session, filters: ResultFilter, sparse_matches: int = 
     SPARSE_MATCHES); it costs one index range count of at most ``sparse_matches`` entries.
     """
     predicted = _prediction_conditions(filters)
-    if not filters.limit or not predicted:
+    if not filters.limit or not predicted or filters.sort == "probability":
+        # Most suspicious first reads the probability indexes in order, whatever the filters.
         return results_statement(filters)
     if filters.model_version is not None:
         predicted.append(Prediction.model_version == filters.model_version)

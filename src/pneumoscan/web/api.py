@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pneumoscan.db import Database
-from pneumoscan.db.queries import RESULT_FIELDS, ResultFilter, count_results, query_results
+from pneumoscan.db.queries import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter, count_results, query_results
 from pneumoscan.db.reviews import UnknownImage, add_review, reviews_of
 from pneumoscan.db.schema import Image, Prediction, Sighting
 from pneumoscan.db.users import Account
@@ -57,7 +57,7 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def results_page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, Any]], int]:
-    """One page of results and the number of rows without the limit."""
+    """One page of results and the number of rows without the limit (counted up to COUNT_AT_MOST)."""
     with db() as session:
         rows = query_results(session, filters)
         total = (count_results(session, filters) if len(rows) == filters.limit or filters.offset
@@ -68,7 +68,8 @@ def results_page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, An
 @router.get("/api/results", tags=["results"], summary="Stored results, filtered as `pneumoscan results` filters")
 def api_results(request: Request, _account: Signed, filters: Filters) -> dict[str, Any]:
     rows, total = results_page(request.app.state.db, filters)
-    return {"total": total, "offset": filters.offset, "limit": filters.limit, "fields": list(RESULT_FIELDS),
+    return {"total": total, "total_is_lower_bound": total >= COUNT_AT_MOST, "offset": filters.offset,
+            "limit": filters.limit, "fields": list(RESULT_FIELDS),
             "results": [_json(row) for row in rows]}
 
 
