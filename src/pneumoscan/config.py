@@ -27,6 +27,7 @@ class DecodePolicy:
     modalities: frozenset[str]
     body_parts: frozenset[str]
     salt: bytes
+    views: frozenset[str] = frozenset({"PA", "AP"})  # DICOM ViewPosition values the model assesses
 
 
 def _data_home() -> Path:
@@ -53,6 +54,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=100_000_000, ge=1, description="Refuse images with more pixels than this.")
     allowed_modalities: str = Field(default="CR,DX,DR", description="DICOM modalities accepted (comma-separated).")
     allowed_body_parts: str = Field(default="CHEST", description="DICOM BodyPartExamined accepted; absent is accepted.")
+    assessed_views: str = Field(default="PA,AP", description="DICOM ViewPosition values the model assesses (frontal "
+                                "views); others (LL, LATERAL...) are stored as not assessed. Absent is assessed.")
     visibility_timeout: float = Field(default=3600.0, gt=0, description="Seconds Redis waits for a task's ack "
                                       "before redelivering it; keep it longer than the longest batch.")
     requeue_after: float = Field(default=60.0, gt=0, description="Seconds a file handed to the broker may stay "
@@ -131,7 +134,8 @@ class Settings(BaseSettings):
     @property
     def decode_policy(self) -> DecodePolicy:
         """The decoding rules these settings make (size limit, DICOM allow-lists, PatientID salt)."""
-        return DecodePolicy(self.max_pixels, self.modality_set, self.body_part_set, self.salt)
+        return DecodePolicy(self.max_pixels, self.modality_set, self.body_part_set, self.salt,
+                            _upper_set(self.assessed_views))
 
     @property
     def sqlalchemy_url(self) -> str:

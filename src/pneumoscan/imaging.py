@@ -356,6 +356,9 @@ def _triage(header: Any, meta: DicomMeta, policy: DecodePolicy) -> None:
         raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
     if meta.body_part is not None and body_parts and meta.body_part.upper() not in body_parts:
         raise Rejected(f"body part {meta.body_part} is not allowed (allowed: {', '.join(sorted(body_parts))})")
+    if meta.view_position is not None and policy.views and meta.view_position.upper() not in policy.views:
+        # Stored, with its study, but never scored as if it were frontal.
+        raise Rejected(f"not assessed: view {meta.view_position} (the model reads {', '.join(sorted(policy.views))})")
     if error := _too_large(_number(header, "Columns", 0), _number(header, "Rows", 0), policy.max_pixels):
         raise error
 
