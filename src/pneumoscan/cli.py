@@ -7,8 +7,10 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial, wraps
 from pathlib import Path
@@ -191,9 +193,44 @@ def watch(ctx: click.Context, folder: Path) -> None:
     watcher = Watcher(folder, batcher, settings.quiet_period)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: watcher.stop())
-    err.print(f"watching {watcher.inbox}; Ctrl-C to stop")
-    watcher.run()
+    with _receiver(settings, folder), _study_monitor(settings):
+        err.print(f"watching {watcher.inbox}; Ctrl-C to stop")
+        watcher.run()
     err.print("stopped")
+
+
+@contextmanager
+def _receiver(settings: Settings, folder: Path) -> Iterator[None]:
+    """The DICOM receiver beside the watcher when PNEUMOSCAN_DICOM_PORT is set, writing into FOLDER/received."""
+    if settings.dicom_port is None:
+        yield
+        return
+    from pneumoscan.dicomnet.receiver import Receiver
+
+    receiver = Receiver(folder / "received", port=settings.dicom_port, ae_title=settings.dicom_ae_title,
+                        allowed_aes=settings.allowed_aes)
+    try:
+        receiver.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen for DICOM on port {settings.dicom_port}: "
+                                   f"{exc.strerror or exc}") from None
+    err.print(f"DICOM receiver {settings.dicom_ae_title} on port {settings.dicom_port}", style="dim")
+    try:
+        yield
+    finally:
+        receiver.stop()
+
+
+@contextmanager
+def _study_monitor(settings: Settings) -> Iterator[None]:
+    """Embedded mode: complete quiet studies and send their results from this process (workers do it otherwise)."""
+    if not settings.embedded:
+        yield
+        return
+    from pneumoscan.dicomnet.sender import StudyMonitor
+
+    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path).version):
+        yield
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -245,7 +282,7 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
                       settings.quiet_period)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: watcher.stop())
-    with BeatThread(app, settings.data_dir / "celerybeat-schedule"):
+    with BeatThread(app, settings.data_dir / "celerybeat-schedule"), _receiver(settings, folder):
         err.print(f"watching {watcher.inbox}; nightly reclassification at {settings.nightly_at}; Ctrl-C to stop")
         watcher.run()
     err.print("stopped")
@@ -319,16 +356,27 @@ def _cell(value: Any) -> Any:
                    "of a content counts.")
 @click.option("--review", type=click.Choice(REVIEW_STATES),
               help="Only predictions not yet reviewed, reviewed, or whose latest review disagrees with them.")
+@click.option("--by", "by", type=click.Choice(["image", "study"]), default="image", show_default=True,
+              help="study: one row per DICOM study (instances, assessed, label, probability, status, send state).")
 @click.pass_context
 @_friendly
 def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
             all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None,
-            review: str | None) -> None:
+            review: str | None, by: str) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
     from pneumoscan.db.queries import COUNT_AT_MOST, count_results, model_versions
 
     settings = _settings(ctx)
+    if by == "study":
+        from pneumoscan.db.studies import STUDY_FIELDS, list_studies
+
+        with _database(settings)() as session:
+            studies = [{k: _cell(v) for k, v in row.items()} for row in list_studies(session, limit or None)]
+        _print_rows(studies, fmt, len(studies), fields=STUDY_FIELDS,
+                    shown=("study_uid", "status", "instance_count", "assessed_count", "label", "probability",
+                           "completed_at", "send_state"))
+        return
     explicit = model_version is not None
     if model_version is None and not all_versions:
         try:
@@ -346,16 +394,17 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
     _print_rows(rows, fmt, total, total >= COUNT_AT_MOST)
 
 
-def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool = False) -> None:
+def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool = False,
+                fields: Sequence[str] = RESULT_FIELDS, shown: Sequence[str] | None = None) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(fields), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at",
-                 "review_label", "reason")
+        shown = shown or ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at",
+                          "review_label", "reason")
 
         def text(row: dict[str, Any], key: str) -> str:
             value = row[key]
@@ -489,6 +538,50 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     heatmap = bundle.explain(image.pixels[None])[0]
     write_overlay(out, image.pixels, heatmap, f"Grad-CAM heatmap, {bundle.version}: P(pneumonia) {probability:.2f}")
     click.echo(f"wrote {out}: {bundle.label(probability)} at probability {probability:.3f}")
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port to listen on [default: PNEUMOSCAN_DICOM_PORT or 11112].")
+@click.option("--ae-title", help="This receiver's AE title [default: PNEUMOSCAN_DICOM_AE_TITLE, PNEUMOSCAN].")
+@click.option("--allow-ae", "allow", help="Calling AE titles allowed to send, comma-separated [default: "
+              "PNEUMOSCAN_DICOM_ALLOWED_AES; empty allows any].")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--spool", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write instances to; watch it with `pneumoscan watch` [default: PNEUMOSCAN_DICOM_SPOOL "
+                   "or DATA_DIR/received].")
+@click.pass_context
+@_friendly
+def receive(ctx: click.Context, port: int | None, ae_title: str | None, allow: str | None, host: str,
+            spool: Path | None) -> None:
+    """Receive studies over DICOM (C-STORE and C-ECHO SCP) into a folder, each instance as SOPInstanceUID.dcm.
+
+    Instances are written atomically and answered with success only once on disk; a write that
+    fails is answered "out of resources", so the sender retries. Calling AE titles outside the
+    allow-list are rejected at association.
+    """
+    from pneumoscan.dicomnet.receiver import Receiver
+
+    settings = _settings(ctx)
+    folder = spool or settings.dicom_spool or settings.data_dir / "received"
+    allowed = frozenset(a.strip() for a in allow.split(",") if a.strip()) if allow is not None else settings.allowed_aes
+    title = ae_title or settings.dicom_ae_title
+    if not 0 < len(title) <= 16:
+        raise click.BadParameter("an AE title has 1 to 16 characters", param_hint="--ae-title")
+    receiver = Receiver(folder, port=port or settings.dicom_port or 11112, ae_title=title, allowed_aes=allowed,
+                        host=host)
+    try:
+        receiver.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{receiver.port}: {exc.strerror or exc}") from None
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    err.print(f"receiving as {title} on {host}:{receiver.port} into {folder}"
+              + (f" from {', '.join(sorted(allowed))}" if allowed else " from any AE") + "; Ctrl-C to stop")
+    stopped.wait()
+    receiver.stop()
+    err.print("stopped")
 
 
 @main.command()

@@ -69,10 +69,23 @@ class Settings(BaseSettings):
                                  "hours after sign-in.")
     secure_cookies: bool = Field(default=False, description="Send the session cookie over HTTPS only; set it "
                                  "when the app is served behind a TLS reverse proxy.")
+    dicom_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the DICOM receiver (C-STORE "
+                                   "and C-ECHO SCP) that watch and scheduler run beside the watcher; unset: none.")
+    dicom_ae_title: str = Field(default="PNEUMOSCAN", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$",
+                                description="The receiver's own AE title.")
+    dicom_allowed_aes: str = Field(default="", description="Calling AE titles allowed to send (comma-separated); "
+                                   "empty allows any.")
+    dicom_spool: Path | None = Field(default=None, description="Folder `pneumoscan receive` writes instances to; "
+                                     "unset: data_dir/received. (watch and scheduler use FOLDER/received.)")
+    study_stable_seconds: float = Field(default=60.0, gt=0, description="A study is complete when no instance of "
+                                        "it has arrived for this long.")
+    results_destination: str | None = Field(default=None, pattern=r"^[ -~]{1,16}@[^:@\s]+:\d{1,5}$",
+                                            description="AE@host:port that completed studies' results are sent to "
+                                            "as DICOM structured reports; unset: none are sent.")
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                             description="Local time (HH:MM) of the nightly reclassification.")
 
-    @field_validator("broker_url", mode="before")
+    @field_validator("broker_url", "results_destination", "dicom_port", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -116,6 +129,20 @@ class Settings(BaseSettings):
         if not secret:
             raise ValueError(f"{self.data_dir / _WEB_SECRET_FILE} is empty: remove it, or set PNEUMOSCAN_SECRET_KEY")
         return secret
+
+    @property
+    def allowed_aes(self) -> frozenset[str]:
+        """Calling AE titles allowed to send to the receiver; empty allows any."""
+        return frozenset(part.strip() for part in self.dicom_allowed_aes.split(",") if part.strip())
+
+    @property
+    def destination(self) -> tuple[str, str, int] | None:
+        """(AE title, host, port) of ``results_destination``, or None."""
+        if self.results_destination is None:
+            return None
+        ae, _, address = self.results_destination.partition("@")
+        host, _, port = address.rpartition(":")
+        return ae, host, int(port)
 
     @property
     def nightly_hour_minute(self) -> tuple[int, int]:

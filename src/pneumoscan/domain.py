@@ -42,9 +42,25 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+class StudyStatus(StrEnum):
+    """Where a DICOM study stands: instances may still arrive, or it has been quiet long enough to settle."""
+
+    OPEN = "open"
+    COMPLETE = "complete"
+
+
+class SendState(StrEnum):
+    """A study result on its way back to PACS."""
+
+    PENDING = "pending"  # waiting for its first attempt
+    RETRYING = "retrying"  # an attempt failed; the next is at next_send_at
+    SENT = "sent"
+
+
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
+STUDY_STATUSES: tuple[str, ...] = tuple(s.value for s in StudyStatus)
 
 
 def display_path(path: str) -> str:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -225,12 +226,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None or pixels.shape == size:
+def _resize(pixels: np.ndarray, size: tuple[int, int] | None,
+            box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Resample to ``size``; ``box`` (left, upper, right, lower) is the picture's extent in ``pixels``."""
+    if size is None or (pixels.shape == size and box is None):
         return pixels.astype(np.float32, copy=False)
     height, width = size
     image = Image.fromarray(pixels.astype(np.float32, copy=False), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> Rejected | None:
@@ -400,14 +403,22 @@ def _decode_dataset(
     ds = _read_dicom(data, header_only=False)
     if not ds.get("PixelData"):  # absent, or present with no value
         raise Rejected("DICOM file has no pixel data")
-    _check_codestream(ds, policy.max_pixels)
+    frame = _check_codestream(ds, policy.max_pixels)
     frames = _number(ds, "NumberOfFrames", 1)
-    # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
-    # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.
-    rle = ds.file_meta.TransferSyntaxUID == RLELossless
-    ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
-    with _codec(DICOM, _PYDICOM_DAMAGED):
-        array = ds.pixel_array
+    array, box = None, None
+    if size is not None and frame is not None and _REDUCED_J2K:
+        try:
+            if reduced := _reduced_j2k(ds, frame, size):
+                array, box = reduced
+        except Exception:  # whatever went wrong, the full decode below decides, exactly as without this path
+            array, box = None, None
+    if array is None:
+        # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
+        # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.
+        rle = ds.file_meta.TransferSyntaxUID == RLELossless
+        ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
+        with _codec(DICOM, _PYDICOM_DAMAGED):
+            array = ds.pixel_array
     notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
 
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -431,7 +442,9 @@ def _decode_dataset(
         notes += note
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = 1.0 - pixels
-    return DecodedImage(_resize(pixels, size), DICOM, meta, notes)
+    if box is not None:  # a reduced decode: one more row and column, so that its box lies inside
+        pixels = np.pad(pixels, ((0, 1), (0, 1)), mode="edge")
+    return DecodedImage(_resize(pixels, size, box), DICOM, meta, notes)
 
 
 def _grayscale(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -487,19 +500,21 @@ def _apply_window(x: np.ndarray, center: float, width: float, function: str) -> 
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _check_codestream(ds: Any, max_pixels: int) -> None:
+def _check_codestream(ds: Any, max_pixels: int) -> bytes | None:
     """Refuse a compressed frame whose own header claims more pixels than allowed, before decoding it.
 
-    The codecs size their output from the codestream, not from Rows and Columns.
+    The codecs size their output from the codestream, not from Rows and Columns. Returns the first
+    frame's compressed bytes, None for native (uncompressed) pixel data.
     """
     from pydicom.encaps import generate_frames
 
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        return
-    frame = next(generate_frames(ds.PixelData, number_of_frames=_number(ds, "NumberOfFrames", 1)), b"")
-    dims = _codestream_size(bytes(frame[:65536]))
+        return None
+    frame = bytes(next(generate_frames(ds.PixelData, number_of_frames=_number(ds, "NumberOfFrames", 1)), b""))
+    dims = _codestream_size(frame[:65536])
     if dims is not None and (error := _too_large(*dims, max_pixels)):
         raise error
+    return frame
 
 
 def _codestream_size(head: bytes) -> tuple[int, int] | None:
@@ -519,3 +534,147 @@ def _codestream_size(head: bytes) -> tuple[int, int] | None:
             return width, height
         offset += 2 + struct.unpack(">H", head[offset + 2:offset + 4])[0]
     return None
+
+
+# --- JPEG 2000 at a reduced resolution --------------------------------------------------------------
+
+# Private switch: False always takes the full decode (bench/j2k_reduce.py compares the two).
+_REDUCED_J2K = True
+
+
+@dataclass(frozen=True)
+class _J2KHeader:
+    """What the main header of a single-component JPEG 2000 codestream says about its samples."""
+
+    width: int
+    height: int
+    precision: int  # bits per sample
+    signed: bool
+    levels: int  # wavelet decomposition levels: the most resolution levels a decoder can drop
+
+
+@cache
+def _j2k_syntaxes() -> frozenset[str]:
+    """The JPEG 2000 transfer syntaxes that Pillow's reader decodes: HTJ2K from OpenJPEG 2.5 on."""
+    from PIL import features
+    from pydicom import uid
+
+    names = ["JPEG2000Lossless", "JPEG2000"]
+    version = features.version("jpg_2000") or "0"
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:2]) >= (2, 5):
+        names += ["HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K"]
+    return frozenset(str(getattr(uid, name)) for name in names if hasattr(uid, name))
+
+
+def _j2k_header(frame: bytes) -> _J2KHeader | None:
+    """The SIZ and COD (and COC) of a raw codestream, None for anything else or anything unusual.
+
+    Unusual, and left to the full decode: a JP2 file rather than a codestream, several components,
+    an image offset or subsampling.
+    """
+    if not frame.startswith(b"\xff\x4f\xff\x51") or len(frame) < 47:  # SOC, then SIZ
+        return None
+    (length, _, width, height, x0, y0, _, _, _, _, components) = struct.unpack(">HHIIIIIIIIH", frame[4:42])
+    ssiz, dx, dy = frame[42], frame[43], frame[44]
+    if components != 1 or x0 or y0 or (dx, dy) != (1, 1):
+        return None
+    levels: int | None = None
+    offset = 4 + length
+    while offset + 4 <= len(frame):  # the main header's marker segments, up to the first tile-part (SOT)
+        marker, length = struct.unpack(">HH", frame[offset:offset + 4])
+        if marker >> 8 != 0xFF or marker == 0xFF90 or offset + 2 + length > len(frame):
+            break
+        if marker == 0xFF52 and length >= 12:  # COD: Lcod, Scod, SGcod (4 bytes), then the levels
+            levels = frame[offset + 9] if levels is None else min(levels, frame[offset + 9])
+        elif marker == 0xFF53 and length >= 9:  # COC of the one component: Lcoc, Ccoc, Scoc, the levels
+            levels = frame[offset + 6] if levels is None else min(levels, frame[offset + 6])
+        offset += 2 + length
+    if levels is None:
+        return None
+    return _J2KHeader(width, height, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels)
+
+
+def _shrunk(length: int, reduce: int) -> int:
+    """A side's length at ``reduce`` resolution levels down: halved ``reduce`` times, rounded up."""
+    return -(-length >> reduce)
+
+
+def _j2k_reduction(header: _J2KHeader, size: tuple[int, int]) -> int:
+    """The most resolution levels to drop while both sides still cover ``size`` (height, width)."""
+    reduce = 0
+    while (reduce < header.levels and _shrunk(header.width, reduce + 1) >= size[1]
+           and _shrunk(header.height, reduce + 1) >= size[0]):
+        reduce += 1
+    return reduce
+
+
+def _j2k_decode(frame: bytes, header: _J2KHeader, reduce: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """Decode a codestream with Pillow, ``reduce`` resolution levels down, to its stored values as ``dtype``.
+
+    Pillow widens samples to its mode's bits (8 for L, 16 for I;16) and offsets signed ones to
+    unsigned; both are undone here, so the values are the codestream's, as pydicom gives them.
+    """
+    from PIL.Jpeg2KImagePlugin import Jpeg2KImageFile
+
+    image = Image.open(io.BytesIO(frame), formats=["JPEG2000"])
+    bits = {"L": 8, "I;16": 16}.get(image.mode)
+    if not isinstance(image, Jpeg2KImageFile) or bits is None or header.precision > bits:
+        raise ValueError(f"Pillow reads this codestream as {image.mode}")
+    if image.size != (header.width, header.height):
+        raise ValueError(f"Pillow reads this codestream as {image.size}")
+    expected = (_shrunk(header.width, reduce), _shrunk(header.height, reduce))
+    if reduce:
+        # Pillow sizes the reduced image by rounding to the nearest, OpenJPEG by rounding up (a
+        # 1841 wide image is 461 at a quarter, not 460, and Pillow then fails): a nominal size
+        # that is a whole multiple of the scale makes the two agree.
+        image._size = (expected[0] << reduce, expected[1] << reduce)
+        image.reduce = reduce
+    image.load()
+    if image.size != expected:
+        raise ValueError(f"Pillow decoded {image.size}, expected {expected}")
+    values = np.asarray(image).astype(np.int64) >> (bits - header.precision)
+    if header.signed:
+        values -= 1 << (header.precision - 1)
+    return values.astype(dtype)
+
+
+def _reduced_j2k(
+    ds: Any, frame: bytes, size: tuple[int, int],
+) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+    """The first frame of a grayscale JPEG 2000 DICOM at the smallest resolution level that covers ``size``.
+
+    Returns the stored values, as ``ds.pixel_array`` would give them but smaller, and the box that
+    the full picture covers in them (see ``_reduced_box``); None where this way does not apply
+    (another syntax, colour, nothing to drop, anything unusual), so that the caller takes the full
+    decode. It may raise anything: the caller takes the full decode then too.
+    """
+    if str(ds.file_meta.TransferSyntaxUID) not in _j2k_syntaxes():
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or _number(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    header = _j2k_header(frame)
+    if header is None or (header.width, header.height) != (_number(ds, "Columns", 0), _number(ds, "Rows", 0)):
+        return None
+    allocated, stored = _number(ds, "BitsAllocated", 0), _number(ds, "BitsStored", 0)
+    signed = _number(ds, "PixelRepresentation", 0) == 1
+    # Where the codestream and the header disagree on the samples, pydicom reconciles them: leave it that.
+    if allocated not in (8, 16) or header.signed != signed or not 1 <= header.precision <= min(stored, allocated):
+        return None
+    reduce = _j2k_reduction(header, size)
+    if reduce == 0:
+        return None
+    values = _j2k_decode(frame, header, reduce, np.dtype(f"{'i' if signed else 'u'}{allocated // 8}"))
+    return values, _reduced_box(header, reduce)
+
+
+def _reduced_box(header: _J2KHeader, reduce: int) -> tuple[float, float, float, float]:
+    """Where the full picture lies in a decode ``reduce`` levels down, in its pixel coordinates.
+
+    Sample k of the low-pass band stands for the full image's sample k * 2**reduce (the wavelet
+    keeps the even samples), not for the middle of the 2**reduce samples from there: a resize that
+    took the reduced image for the whole picture would shift it by up to half a reduced pixel.
+    """
+    scale = 1 << reduce
+    shift = 0.5 - 0.5 / scale
+    return shift, shift, header.width / scale + shift, header.height / scale + shift

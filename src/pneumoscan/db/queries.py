@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from pneumoscan.db.schema import Image, Prediction, Review, Sighting, utcnow
+from pneumoscan.db.schema import Image, Prediction, Review, Sighting, Study, utcnow
 from pneumoscan.domain import DICOM_COLUMNS, DicomMeta
 
 
@@ -124,6 +124,17 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
     for result in (*written.values(), *moved.values()):
         _supersede(session, result, ids.get(result.sha256 or ""), now)
     _record_sightings(session, [r for r in results if r.sha256 in ids], ids, now)
+    _touch_studies(session, {r.dicom.study_uid for r in written.values() if r.dicom and r.dicom.study_uid}, now)
+
+
+def _touch_studies(session: Session, study_uids: set[str], now: datetime) -> None:
+    """An instance of each study was stored just now: open the study (again), to be settled once it is quiet."""
+    rows = [{"study_uid": uid, "status": "open", "last_instance_at": now, "revision": 0, "instance_count": 0,
+             "assessed_count": 0, "send_attempts": 0} for uid in sorted(study_uids)]
+    for chunk in _chunks(rows):
+        statement = dialect_insert(session, Study).values(chunk)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["study_uid"], set_={"status": "open", "last_instance_at": now}))
 
 
 def _record_sightings(session: Session, results: list[Result], ids: dict[str, int], now: datetime) -> None:

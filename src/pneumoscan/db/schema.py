@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pneumoscan.domain import LABELS, ROLES, STATUSES
+from pneumoscan.domain import LABELS, ROLES, STATUSES, STUDY_STATUSES
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -211,3 +211,55 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Study(Base):
+    """A DICOM study: its instances, and once none has arrived for the stable time, its result.
+
+    ``status`` is open while instances may still come (a late one reopens it) and complete once
+    settled. The result goes back to PACS when a destination is set: ``send_state`` pending, sent or
+    retrying, with the attempts and the time of the next one kept here, so that nothing waiting to be
+    sent is lost on a restart. ``revision`` counts completions; each one is also kept in study_results.
+    """
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    assessed_count: Mapped[int] = mapped_column(Integer, default=0)
+    label: Mapped[str | None] = mapped_column(String(16))
+    probability: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    send_state: Mapped[str | None] = mapped_column(String(16))
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_send_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        _one_of("status", STUDY_STATUSES, "ck_studies_status"),
+        Index("ix_studies_status_last_instance", "status", "last_instance_at"),
+        Index("ix_studies_send", "send_state", "next_send_at"),
+    )
+
+
+class StudyResult(Base):
+    """Every result a study was given, oldest first: a late instance reopens a study and adds a row here."""
+
+    __tablename__ = "study_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    completed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    assessed_count: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(String(16))
+    probability: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(64))

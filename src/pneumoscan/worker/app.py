@@ -11,6 +11,8 @@ CLASSIFY_BATCH = "pneumoscan.classify_batch"
 RECLASSIFY_IMAGES = "pneumoscan.reclassify_images"
 NIGHTLY_RECLASSIFY = "pneumoscan.nightly_reclassify"
 REQUEUE_STALE = "pneumoscan.requeue_stale"
+SETTLE_STUDIES = "pneumoscan.settle_studies"
+SETTLE_EVERY = 5.0  # seconds between study rounds: completes studies, sends results that are due
 TASK_MODULES = ["pneumoscan.worker.tasks"]
 
 
@@ -52,6 +54,7 @@ def make_app(settings: Settings) -> Celery:
                 "schedule": settings.requeue_after / 3,
                 "options": {"expires": settings.requeue_after / 3},
             },
+            "settle-studies": {"task": SETTLE_STUDIES, "schedule": SETTLE_EVERY, "options": {"expires": SETTLE_EVERY}},
         },
     )
     return app

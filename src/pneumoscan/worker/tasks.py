@@ -18,7 +18,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
 from pneumoscan.models.bundle import ModelBundle, load_bundle
-from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE
+from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE, SETTLE_STUDIES
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,16 @@ def requeue_stale(self: Task) -> int:
     state = runtime()
     sessions = state.sessions()
     return reap(sessions, CeleryDispatcher(self.app, sessions), state.settings.requeue_after, state.settings.batch_size)
+
+
+@shared_task(bind=True, name=SETTLE_STUDIES, max_retries=0)  # beat sends the next one soon anyway
+def settle_studies(self: Task) -> dict[str, int]:
+    """Complete the studies that went quiet and send the study results that are due (Celery beat, every few s)."""
+    from pneumoscan.dicomnet.sender import settle_and_send
+
+    state = runtime()
+    done = settle_and_send(state.sessions(), state.settings, state.bundle.version)
+    return {"settled": done.settled, "sent": done.sent, "failed": done.failed}
 
 
 @shared_task(bind=True, name=NIGHTLY_RECLASSIFY, **{**RETRY_POLICY, "max_retries": 10})

@@ -1,0 +1,114 @@
+"""The DICOM receiver: a C-ECHO and C-STORE SCP that writes each instance, as received, into a watched folder.
+
+Each instance becomes ``SOPInstanceUID.dcm``, written to a hidden temporary name (which the watcher
+ignores), flushed to disk and renamed into place, so the watcher never sees half a file and its
+readiness and dedupe rules apply as to any dropped file. Success is answered only once the file is
+on disk; a failure to write it answers "out of resources", so the sender keeps the instance and
+retries. A re-sent instance with the same bytes leaves the file as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUCCESS, OUT_OF_RESOURCES, INVALID_INSTANCE = 0x0000, 0xA700, 0x0117
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pneumoscan's decoder reads: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000."""
+    from pydicom import uid
+
+    names = ["ImplicitVRLittleEndian", "ExplicitVRLittleEndian", "ExplicitVRBigEndian",
+             "DeflatedExplicitVRLittleEndian", "RLELossless", "JPEGBaseline8Bit", "JPEGExtended12Bit",
+             "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless", "JPEGLSNearLossless", "JPEG2000Lossless",
+             "JPEG2000"]
+    return [str(getattr(uid, name)) for name in names]
+
+
+class Receiver:
+    """A DICOM storage SCP writing into ``spool``; ``start`` listens in background threads, ``stop`` ends it."""
+
+    def __init__(self, spool: Path, *, port: int, ae_title: str = "PNEUMOSCAN",
+                 allowed_aes: frozenset[str] = frozenset(), host: str = "0.0.0.0") -> None:
+        self.spool, self.port, self.host = spool, port, host
+        self.ae_title, self.allowed_aes = ae_title, allowed_aes
+        self._server: Any = None
+
+    def _ae(self) -> Any:
+        from pynetdicom import AE, AllStoragePresentationContexts
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        ae = AE(ae_title=self.ae_title)
+        syntaxes = transfer_syntaxes()
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, syntaxes)
+        ae.add_supported_context(Verification)
+        if self.allowed_aes:
+            ae.require_calling_aet = sorted(self.allowed_aes)  # others are rejected at association
+        ae.maximum_associations = 32
+        return ae
+
+    def start(self) -> None:
+        from pynetdicom import evt
+
+        self.spool.mkdir(parents=True, exist_ok=True)
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_C_ECHO, lambda _event: SUCCESS)]
+        self._server = self._ae().start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        log.info("DICOM receiver %s listening on %s:%d, writing to %s", self.ae_title, self.host, self.port, self.spool)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID or "").strip()
+        calling = event.assoc.requestor.ae_title
+        if not _UID.match(uid) or len(uid) > 64:
+            log.warning("refused an instance from %s: %r is not a SOP Instance UID", calling, uid[:80])
+            return INVALID_INSTANCE
+        try:
+            data = event.encoded_dataset()  # preamble, file meta and the data set's bytes as they came
+            written = write_instance(self.spool, uid, data)
+        except OSError as exc:
+            log.error("could not store %s from %s: %s; answered out of resources, the sender will retry",
+                      uid, calling, exc)
+            return OUT_OF_RESOURCES
+        log.info("%s %s from %s", "stored" if written else "already had", uid, calling)
+        return SUCCESS
+
+
+def write_instance(spool: Path, uid: str, data: bytes) -> bool:
+    """Write ``data`` as ``spool/uid.dcm`` atomically; False if that file already holds these bytes."""
+    target = spool / f"{uid}.dcm"
+    try:
+        if target.stat().st_size == len(data) and target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    temporary = spool / f".{uid}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    folder = os.open(spool, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a crash
+    finally:
+        os.close(folder)
+    return True
