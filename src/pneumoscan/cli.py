@@ -517,18 +517,22 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
 def explain(ctx: click.Context, target: str, out: Path) -> None:
     """Write TARGET (an image id from `results`, or a file) with the model's Grad-CAM heatmap over it."""
     from pneumoscan.db.queries import image_locations
+    from pneumoscan.db.reviews import active_point
+    from pneumoscan.domain import label_at
     from pneumoscan.imaging import ImagingError, decode, open_input
     from pneumoscan.models.explain import write_overlay
 
     settings = _settings(ctx)
     path = target
-    if target.isdigit():
-        with _database(settings)() as session:
-            found = image_locations(session, [int(target)])
-        if not found:
-            raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
-        path = found[0][1]
     bundle = _bundle(settings)
+    with _database(settings)() as session:
+        if target.isdigit():
+            found = image_locations(session, [int(target)])
+            if not found:
+                raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
+            path = found[0][1]
+        point = active_point(session, bundle.version)  # this site's threshold, as the pipeline labels with
+    threshold = point.threshold if point else bundle.threshold
     try:
         with open_input(path) as fh:
             image = decode(fh.read(), (bundle.input_size, bundle.input_size), settings.decode_policy)
@@ -537,7 +541,8 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     probability = float(bundle.predict(image.pixels[None])[0])
     heatmap = bundle.explain(image.pixels[None])[0]
     write_overlay(out, image.pixels, heatmap, f"Grad-CAM heatmap, {bundle.version}: P(pneumonia) {probability:.2f}")
-    click.echo(f"wrote {out}: {bundle.label(probability)} at probability {probability:.3f}")
+    click.echo(f"wrote {out}: {label_at(probability, threshold).value} at probability {probability:.3f} "
+               f"(threshold {threshold:.3f}{', the site operating point' if point else ''})")
 
 
 @main.command()

@@ -149,6 +149,17 @@ def test_explain_writes_an_overlay_for_an_image_id_and_for_a_file(tmp_path: Path
 
         picture = np.asarray(Image.open(out))
         assert picture.shape == (48, 48, 3) and picture.std() > 5
+    # With a site operating point in force, the label is the one the pipeline would give.
+    from pneumoscan.db import open_database
+    from pneumoscan.db.reviews import record_point
+
+    db = open_database(f"sqlite:///{tmp_path / 'data' / 'pneumoscan.db'}")
+    with db.begin() as session:
+        record_point(session, blob_bundle.version, 1.0, blob_bundle.threshold, 0.95, [], {})
+    db.dispose()
+    sited = _cli(pneumoscan_exe, "explain", image_id, "--out", str(tmp_path / "site.png"), env=env)
+    assert sited.returncode == 0 and "NORMAL at probability" in sited.stdout
+    assert "(threshold 1.000, the site operating point)" in sited.stdout
     missing = _cli(pneumoscan_exe, "explain", "99999", "--out", str(tmp_path / "x.png"), env=env)
     assert missing.returncode == 1 and "no image with id 99999" in missing.stderr
     assert not (tmp_path / "x.png").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.imaging import decode
-from pneumoscan.models.bundle import CARD_FILE, MODEL_FILE, BundleError, ModelBundle, load_bundle
+from pneumoscan.models.bundle import CARD_FILE, MODEL_FILE, BundleError, load_bundle
 
 
 def test_load_bundle_reads_the_card(tiny_bundle: Any) -> None:
@@ -34,14 +34,6 @@ def test_predict_batches(tiny_bundle: Any) -> None:
     np.testing.assert_allclose(one_by_one, probabilities, atol=1e-5)
     np.testing.assert_allclose(load_bundle(tiny_bundle.path).predict(batch), probabilities, atol=1e-6)
     assert tiny_bundle.predict(np.zeros((0, 64, 64), np.float32)).shape == (0,)
-
-
-def test_label_at_the_threshold(tiny_bundle: Any) -> None:
-    bundle = ModelBundle(tiny_bundle.path, {**tiny_bundle.card, "threshold": 0.3})
-    assert bundle.label(0.3) == "PNEUMONIA"
-    assert bundle.label(0.2999) == "NORMAL"
-    assert bundle.label(1.0) == "PNEUMONIA"
-    assert bundle.label(0.0) == "NORMAL"
 
 
 def test_missing_bundle(tmp_path: Path) -> None:

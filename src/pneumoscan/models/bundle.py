@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.domain import label_at
-
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
@@ -138,10 +136,6 @@ class ModelBundle:
 
         batch = np.asarray(batch, dtype=np.float32)
         return grad_cam(self.model, batch[..., None] if batch.ndim == 3 else batch)
-
-    def label(self, probability: float) -> str:
-        """NORMAL or PNEUMONIA at this bundle's threshold."""
-        return label_at(probability, self.threshold).value
 
 
 def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
