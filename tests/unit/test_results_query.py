@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, text
@@ -138,3 +139,20 @@ def test_a_narrow_filter_is_served_by_ids_and_a_common_one_by_walking(engine: En
         assert "images.id IN (" not in str(common) and "||" in str(common)
         assert plan_results(session, ResultFilter(status="failed")).compare(
             results_statement(ResultFilter(status="failed")))
+
+
+def test_model_versions_are_listed_in_order_of_their_first_prediction(sessions: Any) -> None:
+    from pneumoscan.db.queries import model_versions
+    from pneumoscan.db.schema import Image, Prediction
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with sessions.begin() as session:
+        assert model_versions(session) == []
+        for i, (version, days) in enumerate([("zeta-1", 0), ("alpha-2", 5), ("zeta-1", 9), ("mid-3", 7)]):
+            image = Image(sha256=f"{i:064x}", path=f"/x/{i}.png", status="done")
+            session.add(image)
+            session.flush()
+            session.add(Prediction(image_id=image.id, model_version=version, probability=0.5, label="NORMAL",
+                                   threshold=0.5, created_at=start + timedelta(days=days)))
+    with sessions() as session:
+        assert model_versions(session) == ["zeta-1", "alpha-2", "mid-3"]

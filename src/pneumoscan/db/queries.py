@@ -362,10 +362,24 @@ def count_results(session: Session, filters: ResultFilter, at_most: int = COUNT_
 
 
 def model_versions(session: Session) -> list[str]:
-    """Every model version that has predictions stored, in order of its first prediction."""
-    rows = session.execute(select(Prediction.model_version, func.min(Prediction.id).label("first"))
-                           .group_by(Prediction.model_version).order_by("first"))
-    return [str(version) for version, _ in rows]
+    """Every model version that has predictions stored, in order of its first prediction.
+
+    One index seek per version (a skip scan over ix_predictions_model_created), so the list costs
+    the same at a million predictions as at ten.
+    """
+    versions: list[tuple[datetime, str]] = []
+    last: str | None = None
+    while True:
+        following = select(func.min(Prediction.model_version))
+        if last is not None:
+            following = following.where(Prediction.model_version > last)
+        version = session.execute(following).scalar_one_or_none()
+        if version is None:
+            return [v for _, v in sorted(versions)]
+        first = session.execute(select(func.min(Prediction.created_at))
+                                .where(Prediction.model_version == version)).scalar_one()
+        versions.append((first, str(version)))
+        last = str(version)
 
 
 def plan_results(session: Session, filters: ResultFilter, sparse_matches: int = SPARSE_MATCHES) -> Select:
