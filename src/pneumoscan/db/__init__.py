@@ -28,6 +28,9 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Paths match case-sensitively, as in PostgreSQL, and a `--path` glob with a fixed prefix then reads
+    # the path indexes instead of every row (SQLite's LIKE optimization needs this).
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 
