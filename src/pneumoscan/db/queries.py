@@ -320,7 +320,12 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         like = glob_to_like(filters.path)
         seen_at = select(Sighting.image_id).where(Sighting.path.like(like, escape="\\"))
         conditions.append(or_(Image.id.in_(seen_at), Image.path.like(like, escape="\\")))
-    order = ((Prediction.probability.desc().nulls_last(), Image.id.desc()) if filters.sort == "probability"
+    # With a review filter every row has a prediction, and plain DESC is the order an index on probability
+    # gives read backwards (PostgreSQL cannot use it for DESC NULLS LAST); otherwise images without a
+    # prediction go last.
+    probability = Prediction.probability.desc() if filters.review is not None else \
+        Prediction.probability.desc().nulls_last()
+    order = ((probability, Image.id.desc()) if filters.sort == "probability"
              else (Image.updated_at.desc(), Image.id.desc()))
     statement = statement.where(*conditions).order_by(*order)
     if filters.offset:
@@ -357,7 +362,7 @@ def count_results(session: Session, filters: ResultFilter, at_most: int = COUNT_
     ``at_most``, so a page's total costs a few milliseconds even at millions of rows.
     """
     bounded = replace(filters, limit=at_most, offset=0)
-    ids = results_statement(bounded).with_only_columns(Image.id, maintain_column_froms=True).order_by(None)
+    ids = plan_results(session, bounded).with_only_columns(Image.id, maintain_column_froms=True).order_by(None)
     return int(session.execute(select(func.count()).select_from(ids.subquery())).scalar_one())
 
 
@@ -388,6 +393,14 @@ def plan_results(session: Session, filters: ResultFilter, sparse_matches: int = 
     Only a limited query with a filter on label or probability needs the choice (see
     SPARSE_MATCHES); it costs one index range count of at most ``sparse_matches`` entries.
     """
+    if filters.path is not None:
+        # The path indexes find the matching contents; few of them: fetch those images by id.
+        like = glob_to_like(filters.path)
+        seen = (select(Sighting.image_id).where(Sighting.path.like(like, escape="\\"))
+                .union(select(Image.id).where(Image.path.like(like, escape="\\"))).limit(sparse_matches))
+        ids = set(session.execute(seen).scalars())
+        if len(ids) < sparse_matches:
+            return results_statement(filters, image_ids=ids)
     predicted = _prediction_conditions(filters)
     if not filters.limit or not predicted or filters.sort == "probability":
         # Most suspicious first reads the probability indexes in order, whatever the filters.
