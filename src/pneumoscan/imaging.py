@@ -658,7 +658,7 @@ def _reduced_j2k(
         return None
     allocated, stored = _number(ds, "BitsAllocated", 0), _number(ds, "BitsStored", 0)
     signed = _number(ds, "PixelRepresentation", 0) == 1
-    # Where the codestream and the header disagree on the samples, pydicom reconciles them: leave it that.
+    # Where the codestream and the header disagree on the samples, pydicom reconciles them: full decode.
     if allocated not in (8, 16) or header.signed != signed or not 1 <= header.precision <= min(stored, allocated):
         return None
     reduce = _j2k_reduction(header, size)

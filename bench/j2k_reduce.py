@@ -1,0 +1,198 @@
+"""The accuracy cost and the speed of decoding JPEG 2000 DICOM at a reduced resolution level.
+
+python bench/j2k_reduce.py [--n 100] [--noise 0,3] [--repeats 2] [--bundle DIR | --stand-in]
+
+N test images of the real dataset (a fixed sample, half NORMAL and half PNEUMONIA) are upscaled
+(bicubic) to 2000x1700, stored as 12-bit Digital X-Ray DICOM with a window, JPEG 2000 lossless.
+With --noise, grain of that standard deviation (in 8-bit grey levels) is added first, as
+bench/make_inputs.py does, so that the files hold fine detail as real radiographs do and a smooth
+upscale does not flatter the reduced decode; each level given is a separate run.
+
+Each file is decoded to the model's input size by ``pneumoscan.imaging.decode`` twice: the
+reduced way (Pillow's JPEG 2000 reader, resolution levels dropped while the picture still covers
+the input) and the full way (pydicom's full-size decode, then the resize; ``imaging._REDUCED_J2K``
+off). The two batches go through the model; the record has the largest and mean absolute
+difference of the probabilities, the labels that flip at the card's threshold, each way's accuracy
+against the folder labels, the pixel difference, and the decode time per image (one thread, the
+best of --repeats, the two ways taking turns file by file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+WIDTH, HEIGHT = 2000, 1700
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+def sample(n: int) -> list[tuple[Path, int]]:
+    """A fixed sample of ``n`` test images, (path, 1 for PNEUMONIA), evenly spaced in each class's sorted list."""
+    picked: list[tuple[Path, int]] = []
+    for label, name in enumerate(CLASSES):
+        paths = sorted((common.DATASET / "test" / name).glob("*.jpeg"))
+        if not paths:
+            raise SystemExit(f"no images under {common.DATASET}/test/{name} (the benchmark needs the dataset)")
+        count = n // 2 + (n % 2 if label == 0 else 0)
+        step = len(paths) / count
+        picked += [(paths[int(i * step)], label) for i in range(count)]
+    return picked
+
+
+def j2k_dicom(source: Path, index: int, noise: float) -> bytes:
+    """``source`` upscaled to WIDTH x HEIGHT (with grain of ``noise`` grey levels), 12-bit JPEG 2000 lossless DICOM."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+    with Image.open(source) as image:
+        big = np.asarray(image.convert("L").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC), np.float64)
+    if noise:
+        big = big + np.random.default_rng(index).normal(0.0, noise, big.shape)
+    values = np.clip(np.rint(big * 4095.0 / 255.0), 0, 4095).astype(np.uint16)
+    uid = generate_uid(entropy_srcs=["pneumoscan-bench-j2k", str(index)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(DX_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = UID(DX_SOP_CLASS), uid
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study-j2k", str(index)])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series-j2k", str(index)])
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PatientID, ds.PatientName = f"BENCH{index:06d}", "Bench^Patient"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = values.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = values.astype("<u2").tobytes()
+    ds.compress(JPEG2000Lossless, values, encoding_plugin="pylibjpeg")
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
+    """Decode every file both ways: the pixels, the best time per file, and how many took the reduced way."""
+    from pneumoscan import imaging
+
+    policy = common.decode_policy()
+    reduced_j2k = imaging._reduced_j2k
+    taken = [0]
+
+    def counted(*args: Any) -> Any:
+        result = reduced_j2k(*args)
+        taken[0] += result is not None
+        return result
+
+    imaging._reduced_j2k = counted
+    pixels: dict[str, list[np.ndarray]] = {"reduced": [], "full": []}
+    ms: dict[str, list[float]] = {"reduced": [], "full": []}
+    files_reduced = 0
+    try:
+        for blob in blobs:
+            best = {"reduced": float("inf"), "full": float("inf")}
+            for repeat in range(repeats):
+                for way in ("reduced", "full"):  # taking turns: load from elsewhere hits both alike
+                    imaging._REDUCED_J2K = way == "reduced"
+                    before = taken[0]
+                    started = time.perf_counter()
+                    image = imaging.decode(blob, (size, size), policy)
+                    best[way] = min(best[way], (time.perf_counter() - started) * 1000)
+                    if repeat == 0:
+                        pixels[way].append(image.pixels)
+                        files_reduced += way == "reduced" and taken[0] > before
+            for way, value in best.items():
+                ms[way].append(value)
+    finally:
+        imaging._REDUCED_J2K = True
+        imaging._reduced_j2k = reduced_j2k
+    return {"pixels": pixels, "ms": ms, "reduced_taken": files_reduced}
+
+
+def run(items: list[tuple[Path, int]], noise: float, bundle: Any, repeats: int) -> dict[str, Any]:
+    size = bundle.input_size
+    started = time.perf_counter()
+    blobs = [j2k_dicom(path, i, noise) for i, (path, _) in enumerate(items)]
+    made_s = time.perf_counter() - started
+    decoded = decode_both(blobs, size, repeats)
+    reduced, full = (np.stack(decoded["pixels"][way]) for way in ("reduced", "full"))
+    p_reduced, p_full = (np.asarray(bundle.predict(batch), np.float64) for batch in (reduced, full))
+    truth = np.array([label for _, label in items])
+    threshold = bundle.threshold
+    diff = np.abs(p_reduced - p_full)
+    flips = [{"file": items[i][0].name, "p_full": round(float(p_full[i]), 4),
+              "p_reduced": round(float(p_reduced[i]), 4)}
+             for i in np.flatnonzero((p_reduced >= threshold) != (p_full >= threshold))]
+    pixel_mad = np.abs(reduced.astype(np.float64) - full).mean(axis=(1, 2))
+    ms_reduced, ms_full = common.median(decoded["ms"]["reduced"]), common.median(decoded["ms"]["full"])
+    return {
+        "noise_grey_levels": noise,
+        "n": len(items),
+        "n_pneumonia": int(truth.sum()),
+        "file_mb": round(sum(map(len, blobs)) / len(blobs) / 1e6, 2),
+        "making_files_s": round(made_s, 1),
+        "reduced_path_taken": decoded["reduced_taken"],
+        "probability_abs_diff_max": float(diff.max()),
+        "probability_abs_diff_mean": float(diff.mean()),
+        "probability_abs_diff_p95": common.percentile(diff.tolist(), 95),
+        "label_flips": len(flips),
+        "flipped": flips,
+        "accuracy_full": float(((p_full >= threshold) == truth).mean()),
+        "accuracy_reduced": float(((p_reduced >= threshold) == truth).mean()),
+        "pixel_abs_diff_mean": float(pixel_mad.mean()),
+        "pixel_abs_diff_max_of_file_means": float(pixel_mad.max()),
+        "decode_ms_per_image_reduced": ms_reduced,
+        "decode_ms_per_image_full": ms_full,
+        "decode_speedup": common.ratio(ms_full, ms_reduced),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="files (test images) per noise level [default: 100]")
+    parser.add_argument("--noise", default="0,3", help="grain levels to run, comma-separated [default: 0,3]")
+    parser.add_argument("--repeats", type=int, default=2, help="decodes per file and way; the fastest counts")
+    parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_bundle_args(parser)
+    args = parser.parse_args()
+
+    from pneumoscan.models.bundle import load_bundle
+
+    info = common.machine()
+    print(common.describe_machine(info))
+    bundle_path, bundle_info = common.resolve_bundle(args, args.work)
+    bundle = load_bundle(bundle_path)
+    bundle.load()
+    items = sample(args.n)
+    print(f"{len(items)} test images at {WIDTH}x{HEIGHT}, J2K lossless, decoded to {bundle.input_size}, "
+          f"model {bundle.version}, threshold {bundle.threshold}", flush=True)
+    runs = []
+    for noise in (float(level) for level in args.noise.split(",")):
+        result = run(items, noise, bundle, args.repeats)
+        runs.append(result)
+        print(f"noise {noise:g}: |dp| max {result['probability_abs_diff_max']:.4f} "
+              f"mean {result['probability_abs_diff_mean']:.5f}, {result['label_flips']} label flips, "
+              f"accuracy {result['accuracy_full']:.3f} full / {result['accuracy_reduced']:.3f} reduced; "
+              f"decode {result['decode_ms_per_image_full']:.1f} ms full, "
+              f"{result['decode_ms_per_image_reduced']:.1f} ms reduced ({result['decode_speedup']:.1f}x); "
+              f"reduced path taken for {result['reduced_path_taken']}/{result['n']}", flush=True)
+    payload = {"machine": info, "bundle": bundle_info, "width": WIDTH, "height": HEIGHT, "repeats": args.repeats,
+               "runs": runs, "preliminary": common.preliminary(info, bundle_info)}
+    common.write_result("j2k_reduce", payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""JPEG 2000 DICOM decoded at a reduced resolution level for the model: the same picture, far less work."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import imaging
+from pneumoscan.imaging import DICOM, Rejected, decode
+
+SOURCE = helpers.PNEUMONIA_IMAGES[0]
+MODEL = (224, 224)
+ANY = frozenset[str]()
+
+
+def _upscaled(source: Path, width: int, height: int, bits: int = 12) -> np.ndarray:
+    """A real fixture X-ray upscaled (bicubic), as stored values of ``bits`` bits."""
+    with Image.open(source) as image:
+        big = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BICUBIC), np.float64)
+    if bits == 8:
+        return big.astype(np.uint8)
+    return np.round(big * 4095.0 / 255.0).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def large() -> bytes:
+    """2000x1700, 16 bits allocated and 12 stored, JPEG 2000 lossless, identity window."""
+    return helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=_upscaled(SOURCE, 2000, 1700),
+                               **helpers.IDENTITY_WINDOW_12)
+
+
+class _Calls:
+    full = 0  # times pydicom decoded the whole pixel data
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Calls]]:
+    """Counts the reads of pydicom's ``pixel_array``: the full decode, which the reduced one avoids."""
+    from pydicom.dataset import Dataset
+
+    original = Dataset.pixel_array
+
+    def counted(ds: Any) -> np.ndarray:
+        _Calls.full += 1
+        return original.fget(ds)  # type: ignore[attr-defined,no-any-return]
+
+    _Calls.full = 0
+    monkeypatch.setattr(Dataset, "pixel_array", property(counted))
+    yield _Calls
+
+
+def _full(data: bytes, size: tuple[int, int] | None, monkeypatch: pytest.MonkeyPatch, **policy: Any) -> np.ndarray:
+    """The decode as it was before the reduced path: pydicom's full decode, then the resize."""
+    with monkeypatch.context() as patch:
+        patch.setattr(imaging, "_REDUCED_J2K", False)
+        return decode(data, size, helpers.policy(**policy)).pixels
+
+
+def _frame(data: bytes) -> tuple[Any, bytes]:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame = imaging._check_codestream(ds, 10**9)
+    assert frame is not None
+    return ds, frame
+
+
+def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
+        large: bytes, calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    header = imaging._j2k_header(_frame(large)[1])
+    assert header is not None and (header.width, header.height, header.precision) == (2000, 1700, 12)
+    assert imaging._j2k_reduction(header, MODEL) == 2  # 500x425 covers 224x224; 250x213 would not
+
+    image = decode(large, MODEL, helpers.POLICY)
+    assert calls.full == 0, "the reduced path was not taken"
+    assert image.kind == DICOM and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
+    assert image.notes == ()
+
+    full = _full(large, MODEL, monkeypatch)
+    assert calls.full == 1
+    error = np.abs(image.pixels.astype(np.float64) - full)
+    # Measured: mean 0.0005, max 0.019 (Pillow 13, OpenJPEG 2.5.4); 0.0045 and 0.10 without the
+    # alignment of the reduced image on the full one (``_reduced_box``).
+    assert error.mean() < 0.005, error.mean()
+    assert error.max() < 0.1, error.max()
+
+
+def test_size_none_still_decodes_the_whole_image(large: bytes, calls: type[_Calls],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    image = decode(large, None, helpers.POLICY)
+    assert calls.full == 1 and image.pixels.shape == (1700, 2000)
+    np.testing.assert_array_equal(image.pixels, _full(large, None, monkeypatch))
+
+
+def test_the_size_limits_still_hold(large: bytes) -> None:
+    with pytest.raises(Rejected, match="too large: 2000x1700"):
+        decode(large, MODEL, helpers.policy(max_pixels=1000 * 1000))
+
+
+# Each variant stores the same picture differently; all must show it, reduced as in full.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "mono2": dict(helpers.IDENTITY_WINDOW_12),
+    "mono1": {"photometric": "MONOCHROME1", **helpers.IDENTITY_WINDOW_12},
+    # m = 0.5 v - 1000, and a window in modality units that gives v / 4095 (as in test_dicom).
+    "rescaled": {"RescaleSlope": 0.5, "RescaleIntercept": -1000, "WindowCenter": 24.25, "WindowWidth": 2048.5},
+    # Signed stored values v - 2048, brought back by the intercept.
+    "signed": {"signed": True, "PixelRepresentation": 1, "RescaleSlope": 1, "RescaleIntercept": 2048,
+               **helpers.IDENTITY_WINDOW_12},
+    "stretched": {},  # no window: the robust stretch
+}
+
+
+def _variant(name: str) -> bytes:
+    options = dict(VARIANTS[name])
+    stored = _upscaled(SOURCE, 896, 1000)  # 224x250 at two levels down
+    if options.pop("signed", False):
+        stored = (stored.astype(np.int16) - 2048).view(np.uint16)
+    elif options.get("photometric") == "MONOCHROME1":
+        stored = 4095 - stored
+    return helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=stored, **options)
+
+
+@pytest.fixture(scope="module")
+def variants() -> dict[str, bytes]:
+    return {name: _variant(name) for name in VARIANTS}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_monochrome1_rescale_window_and_sign_apply_as_before(
+        name: str, variants: dict[str, bytes], calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    image = decode(variants[name], MODEL, helpers.POLICY).pixels
+    assert calls.full == 0, "the reduced path was not taken"
+    if name != "stretched":  # the same picture as the plain MONOCHROME2 file, reduced too
+        # Up to the rounding of the integer (5/3) wavelet's low bands, which inverting the stored
+        # values changes by a few units in 4095 (measured: 0.0008 at most).
+        np.testing.assert_allclose(image, decode(variants["mono2"], MODEL, helpers.POLICY).pixels, atol=0.002)
+    error = np.abs(image.astype(np.float64) - _full(variants[name], MODEL, monkeypatch))
+    assert error.mean() < 0.005, error.mean()  # measured 0.0012 (0.0019 stretched)
+    # Dark lungs stay dark: MONOCHROME1 was inverted, not shown as a negative.
+    assert np.corrcoef(image.ravel(), helpers.gray(SOURCE).ravel())[0, 1] > 0.95
+
+
+def test_eight_bit(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    data = helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8, stored=_upscaled(SOURCE, 896, 1000, bits=8),
+                               **helpers.IDENTITY_WINDOW_8)
+    image = decode(data, MODEL, helpers.POLICY).pixels
+    assert calls.full == 0, "the reduced path was not taken"
+    error = np.abs(image.astype(np.float64) - _full(data, MODEL, monkeypatch))
+    assert error.mean() < 0.005, error.mean()  # measured 0.0025
+
+
+def test_a_real_chest_cr_of_odd_size_decodes_reduced(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    """RG1_J2KR (pydicom-data): 1841x1955, 15 bits stored, MONOCHROME1. 1841 is 461 at a quarter, not 460."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_J2KR.dcm")
+    assert path is not None, "RG1_J2KR.dcm missing: install the dev extra (pydicom-data)"
+    data = Path(path).read_bytes()
+    image = decode(data, MODEL, helpers.POLICY).pixels
+    assert calls.full == 0, "the reduced path was not taken"
+    error = np.abs(image.astype(np.float64) - _full(data, MODEL, monkeypatch))
+    assert error.mean() < 0.005, error.mean()  # measured 0.0020
+
+
+@pytest.mark.parametrize("name", ["large", "signed", "8-bit", "693_J2KR.dcm", "JPEG2000.dcm"])
+def test_the_stored_values_are_pydicoms(name: str, large: bytes, variants: dict[str, bytes]) -> None:
+    """At full resolution, Pillow's samples brought back to stored values equal pydicom's, dtype included."""
+    if name.endswith(".dcm"):  # a signed 14-bit codestream in 16 bits stored; a signed 16-bit one
+        from pydicom.data import get_testdata_file
+
+        data = Path(str(get_testdata_file(name))).read_bytes()
+    else:
+        data = {"large": large, "signed": variants["signed"],
+                "8-bit": helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8)}[name]
+    ds, frame = _frame(data)
+    header = imaging._j2k_header(frame)
+    assert header is not None
+    expected = ds.pixel_array
+    values = imaging._j2k_decode(frame, header, 0, expected.dtype)
+    assert values.dtype == expected.dtype
+    np.testing.assert_array_equal(values, expected)
+
+
+def _with_frame(data: bytes, frame: bytes) -> bytes:
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = encapsulate([frame])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("keep", [0.999, 0.5, 0.05])
+def test_a_truncated_codestream_is_rejected(keep: float, large: bytes) -> None:
+    frame = _frame(large)[1]
+    damaged = _with_frame(large, frame[:int(len(frame) * keep)])
+    with pytest.raises(Rejected, match="corrupt or truncated DICOM"):
+        decode(damaged, MODEL, helpers.POLICY)
+
+
+def test_a_codestream_without_its_header_is_rejected(large: bytes) -> None:
+    frame = _frame(large)[1]
+    with pytest.raises(Rejected, match="corrupt or truncated DICOM"):
+        decode(_with_frame(large, frame[:2] + frame[60:]), MODEL, helpers.POLICY)
+
+
+def test_any_failure_of_the_reduced_path_falls_back_to_the_full_decode(
+        variants: dict[str, bytes], calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _full(variants["mono1"], MODEL, monkeypatch)
+    calls.full = 0
+
+    def broken(*args: Any) -> np.ndarray:
+        raise TypeError("a bug, or a Pillow that reads this codestream otherwise")
+
+    monkeypatch.setattr(imaging, "_j2k_decode", broken)
+    np.testing.assert_array_equal(decode(variants["mono1"], MODEL, helpers.POLICY).pixels, expected)
+    assert calls.full == 1
+
+
+def test_small_images_and_other_syntaxes_take_the_full_decode(calls: type[_Calls]) -> None:
+    # 224x224 for the model: no resolution level to drop.
+    decode(helpers.dicom_bytes(SOURCE, syntax="j2k-lossless"), MODEL, helpers.POLICY)
+    assert calls.full == 1
+    decode(helpers.dicom_bytes(SOURCE, syntax="jpeg-ls-lossless"), (112, 112), helpers.POLICY)
+    assert calls.full == 2
