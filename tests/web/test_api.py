@@ -567,3 +567,18 @@ def test_health_says_when_the_database_is_gone(settings: Any, tiny_bundle: Any, 
     page = client.get("/worklist")
     assert page.status_code == 503 and "database is not answering" in page.text
     assert client.get("/api/results").json() == {"detail": "the database is not answering; try again shortly"}
+
+
+def test_studies_page_and_the_study_filter(site: Site, reviewer: Any) -> None:
+    image_id = site.ids["d0.dcm"]
+    study = reviewer.get(f"/api/images/{image_id}").json()["dicom"]["study_uid"]
+    assert _ids(reviewer, f"study={study}") == [image_id]
+    listed = reviewer.get("/api/studies").json()
+    assert [(s["study_uid"], s["status"]) for s in listed] == [(study, "open")]  # instances may still come
+    page = reviewer.get("/studies").text
+    assert f'href="/worklist?study={study}"' in page
+    token = csrf_of(reviewer.get(f"/images/{image_id}").text)
+    reviewer.post(f"/api/images/{image_id}/reviews", json={"label": "NORMAL"}, headers={"X-CSRF-Token": token})
+    worklist = reviewer.get(f"/worklist?study={study}").text  # a study's instances, reviewed ones too
+    assert re.findall(r'<tr class="case" data-id="(\d+)"', worklist) == [str(image_id)]
+    assert reviewer.get("/api/results?study=1.2;DROP").status_code == 422

@@ -237,6 +237,7 @@ class ResultFilter:
     path: str | None = None  # a glob (* and ?) matched against every path the content was seen at
     review: str | None = None  # unreviewed | reviewed | disagreement (latest review against the model's label)
     offset: int = 0  # rows to skip, for paging
+    study_uid: str | None = None  # only the instances of this DICOM study
 
 
 SORTS = ("newest", "probability")
@@ -314,6 +315,8 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         conditions.append(Image.status == filters.status)
     if filters.since is not None:
         conditions.append(Image.updated_at >= filters.since)
+    if filters.study_uid is not None:
+        conditions.append(Image.study_uid == filters.study_uid)
     if image_ids is not None:
         conditions.append(Image.id.in_(sorted(image_ids)))
     if filters.path is not None:

@@ -35,6 +35,8 @@ def result_filter(
     model_version: Annotated[str | None, Query(max_length=64, description="Default: the current model.")] = None,
     path: Annotated[str | None, Query(max_length=1024, description="Glob (* and ?) over every path seen.")] = None,
     review: Annotated[Literal["unreviewed", "reviewed", "disagreement", "all"] | None, Query()] = None,
+    study: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9.]+$", description="A StudyInstanceUID.")]
+    = None,
     sort: Annotated[Literal["newest", "probability"], Query()] = "newest",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -45,7 +47,8 @@ def result_filter(
     return ResultFilter(status=status.value if status else None, label=label.value if label else None,
                         min_probability=min_probability, max_probability=max_probability, since=since,
                         model_version=model_version or request.app.state.model_version, limit=limit, sort=sort,
-                        path=path or None, review=None if review in (None, "all") else review, offset=offset)
+                        path=path or None, review=None if review in (None, "all") else review, offset=offset,
+                        study_uid=study)
 
 
 Filters = Annotated[ResultFilter, Depends(result_filter)]
@@ -155,6 +158,15 @@ def api_add_review(request: Request, image_id: int, body: ReviewIn, account: Sig
 def save_review(db: Database, image_id: int, account: Account, label: str, comment: str | None) -> dict[str, Any]:
     with db.begin() as session:
         return review_json(add_review(session, image_id, account.name, label, (comment or "").strip() or None))
+
+
+@router.get("/api/studies", tags=["studies"], summary="DICOM studies and their results, newest first")
+def api_studies(request: Request, _account: Signed,
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> list[dict[str, Any]]:
+    from pneumoscan.db.studies import list_studies
+
+    with request.app.state.db() as session:
+        return [_json(row) for row in list_studies(session, limit)]
 
 
 @router.get("/health", tags=["system"], summary="Liveness and database reachability; needs no login")

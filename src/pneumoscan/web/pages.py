@@ -84,7 +84,9 @@ def worklist_filter(request: Request, filters: Annotated[ResultFilter, Depends(r
     return ResultFilter(**{**filters.__dict__,
                            "review": filters.review if "review" in params else "unreviewed",
                            "sort": filters.sort if "sort" in params else "probability",
-                           "limit": filters.limit if "limit" in params else WORKLIST_PAGE})
+                           "limit": filters.limit if "limit" in params else WORKLIST_PAGE,
+                           # A study's instances are all shown, reviewed or not.
+                           **({"review": filters.review} if "study" in params and "review" not in params else {})})
 
 
 @router.get("/worklist", response_class=HTMLResponse)
@@ -138,6 +140,16 @@ def review_form(request: Request, image_id: int, account: Signed, csrf: Csrf,
         return error_response(request, 404, f"no image with id {image_id}")
     following = next_case(state.db, state.model_version, image_id) if then == "next" else None
     return RedirectResponse(f"/images/{following or image_id}", status_code=303)
+
+
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page(request: Request, account: Signed) -> HTMLResponse:
+    """The worklist grouped by DICOM study: one row per study, linking to its instances."""
+    from pneumoscan.db.studies import list_studies
+
+    with request.app.state.db() as session:
+        rows = list_studies(session, 200)
+    return page(request, "studies.html", rows=rows)
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
