@@ -351,6 +351,8 @@ def _review_condition(state: str, model_version: str | None) -> ColumnElement[bo
             on = and_(on, Prediction.model_version == model_version)
         disputed = (select(Review.image_id).join(Prediction, on)
                     .where(Review.id.in_(newest), Review.label != Prediction.label))
+        if model_version is not None:  # the list is exact for this version's predictions
+            return Image.id.in_(disputed)
         return and_(Image.id.in_(disputed), _latest_review(Review.label) != Prediction.label)
     raise ValueError(f"review state must be one of {', '.join(REVIEW_STATES)}, not {state!r}")
 
