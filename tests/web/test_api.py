@@ -582,3 +582,33 @@ def test_studies_page_and_the_study_filter(site: Site, reviewer: Any) -> None:
     worklist = reviewer.get(f"/worklist?study={study}").text  # a study's instances, reviewed ones too
     assert re.findall(r'<tr class="case" data-id="(\d+)"', worklist) == [str(image_id)]
     assert reviewer.get("/api/results?study=1.2;DROP").status_code == 422
+
+
+def test_the_dashboard_calibrate_button_refuses_with_too_few_reviews_and_fits_with_enough(
+        site: Site, admin: Any) -> None:
+    from pneumoscan.db.reviews import active_point
+    from pneumoscan.db.schema import Image, Prediction
+    from pneumoscan.web import pages
+
+    token = csrf_of(admin.get("/dashboard").text)
+    refused = admin.post("/dashboard/calibrate", data={"csrf_token": token})
+    assert refused.status_code == 200 and "too few reviewed cases to calibrate" in refused.text
+    assert admin.post("/dashboard/calibrate", data={"csrf_token": "forged"}).status_code == 403
+    # Enough reviews of each class (as many as the button asks for), on predictions of the current model.
+    version = site.app.state.model_version
+    with site.db.begin() as session:
+        for i in range(2 * pages.MIN_REVIEWS):
+            sick = i % 2 == 1
+            image = Image(sha256=f"{i + 1000:064x}", path=f"/cal/{i}.png", status="done")
+            session.add(image)
+            session.flush()
+            session.add(Prediction(image_id=image.id, model_version=version, probability=0.3 + 0.4 * sick + i / 1000,
+                                   label="NORMAL", threshold=0.5))
+            session.add(Review(image_id=image.id, reviewer="ada", label="PNEUMONIA" if sick else "NORMAL"))
+    page = admin.get("/dashboard").text
+    assert 'id="calibrate"' in page
+    fitted = admin.post("/dashboard/calibrate", data={"csrf_token": token})
+    assert "operating point 1: threshold" in fitted.text and "labels changed" in fitted.text
+    with site.db() as session:
+        point = active_point(session, version)
+    assert point is not None and 0.3 < point.threshold <= 0.75
