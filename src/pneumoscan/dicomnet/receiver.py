@@ -4,7 +4,10 @@ Each instance becomes ``SOPInstanceUID.dcm``, written to a hidden temporary name
 ignores), flushed to disk and renamed into place, so the watcher never sees half a file and its
 readiness and dedupe rules apply as to any dropped file. Success is answered only once the file is
 on disk; a failure to write it answers "out of resources", so the sender keeps the instance and
-retries. A re-sent instance with the same bytes leaves the file as it is.
+retries. A re-sent instance leaves the file as it is, whatever transfer syntax it comes in this time:
+the first copy of a SOP Instance UID is kept, as a PACS keeps it (Orthanc's OverwriteInstances false).
+Rewriting it would give the watcher new content for the same instance, so a second image, a second
+prediction and a reopened study.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS, OUT_OF_RESOURCES, INVALID_INSTANCE = 0x0000, 0xA700, 0x0117
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PLACING = threading.Lock()  # two associations storing the same instance at once: one file, the first
 
 
 def transfer_syntaxes() -> list[str]:
@@ -88,13 +93,10 @@ class Receiver:
 
 
 def write_instance(spool: Path, uid: str, data: bytes) -> bool:
-    """Write ``data`` as ``spool/uid.dcm`` atomically; False if that file already holds these bytes."""
+    """Write ``data`` as ``spool/uid.dcm`` atomically; False if that instance is already there (left as it is)."""
     target = spool / f"{uid}.dcm"
-    try:
-        if target.stat().st_size == len(data) and target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
+    if target.exists():
+        return False
     temporary = spool / f".{uid}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -102,7 +104,11 @@ def write_instance(spool: Path, uid: str, data: bytes) -> bool:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(temporary, target)
+        with _PLACING:
+            if target.exists():  # stored meanwhile by another association
+                temporary.unlink()
+                return False
+            os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -47,10 +47,35 @@ def _codes() -> dict[str, Any]:
 # Type 2 attributes of the patient and study modules that the report must carry (empty if unknown).
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+# What else the report takes from a received file: how to refer to it (and what highdicom checks of an
+# image it refers to), the character set of its names, the issuers of its identifiers, and the equipment
+# that acquired it (highdicom lists that as contributing). Nothing else: given the whole header,
+# highdicom copies every attribute of the Patient and Patient Study modules (age, weight, allergies,
+# medical alerts, history, comments), and the report carries only what files it with its study.
+_REFERENCE = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows",
+              "Columns", "SamplesPerPixel", "PixelRepresentation", "NumberOfFrames")
+_IDENTIFYING = ("SpecificCharacterSet", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+                "IssuerOfAccessionNumberSequence")
+_EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber", "InstitutionName",
+              "InstitutionalDepartmentName", "InstitutionAddress", "StationName", "AcquisitionDateTime",
+              "AcquisitionDate", "AcquisitionTime")
+
+
+def _filing_header(header: Any) -> Any:
+    """The attributes of ``header`` that the report may take from it (see above), type 2 ones empty if absent."""
+    from pydicom.dataset import Dataset
+
+    kept = Dataset()
+    for keyword in (*_REFERENCE, *_IDENTIFYING, *_EQUIPMENT, *_TYPE2):
+        if keyword in header:
+            kept[keyword] = header[keyword]
+        elif keyword in _TYPE2:  # empty when the modality left them out, as DICOM allows
+            setattr(kept, keyword, "")
+    return kept
 
 
 def _sources(study_uid: str, instances: list[studies.Instance]) -> list[tuple[studies.Instance, Any]]:
-    """Each instance with the header of its received file (patient and study attributes are read from here)."""
+    """Each instance with the filing attributes of its received file (patient and study attributes come from here)."""
     import pydicom
 
     found = []
@@ -61,10 +86,7 @@ def _sources(study_uid: str, instances: list[studies.Instance]) -> list[tuple[st
             except (OSError, ValueError, pydicom.errors.InvalidDicomError):
                 continue
             if str(header.get("StudyInstanceUID", "")) == study_uid:
-                for keyword in _TYPE2:  # empty when the modality left them out, as DICOM allows
-                    if keyword not in header:
-                        setattr(header, keyword, "")
-                found.append((instance, header))
+                found.append((instance, _filing_header(header)))
                 break
     return found
 
