@@ -212,8 +212,8 @@ def _receiver(settings: Settings, folder: Path) -> Iterator[None]:
     try:
         receiver.start()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen for DICOM on port {settings.dicom_port}: "
-                                   f"{exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot start the DICOM receiver on port {settings.dicom_port}, writing to "
+                                   f"{folder / 'received'}: {exc.strerror or exc}") from None
     err.print(f"DICOM receiver {settings.dicom_ae_title} on port {settings.dicom_port}", style="dim")
     try:
         yield
@@ -578,7 +578,8 @@ def receive(ctx: click.Context, port: int | None, ae_title: str | None, allow: s
     try:
         receiver.start()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{receiver.port}: {exc.strerror or exc}") from None
+        raise click.ClickException(f"cannot receive on {host}:{receiver.port} into {folder}: "
+                                   f"{exc.strerror or exc}") from None
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -62,10 +62,11 @@ class ImagingError(Exception):
 
     transient = False
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, dicom: DicomMeta | None = None) -> None:
         reason = clean_text(reason)
         super().__init__(reason)
         self.reason = reason
+        self.dicom = dicom  # what the header said, when it was read: a rejected instance still has its study
 
 
 class Rejected(ImagingError):
@@ -398,7 +399,11 @@ def _decode_dataset(
     except damaged as exc:
         raise Rejected(f"corrupt or truncated DICOM header: {_describe(exc)}") from None
     meta = _metadata(header, policy.salt)
-    _triage(header, meta, policy)
+    try:
+        _triage(header, meta, policy)
+    except Rejected as exc:
+        exc.dicom = meta
+        raise
 
     ds = _read_dicom(data, header_only=False)
     if not ds.get("PixelData"):  # absent, or present with no value

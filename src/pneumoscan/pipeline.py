@@ -83,17 +83,18 @@ def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result
     ``rejected``: a rejection is final, so a bug would otherwise lose every file it touched for good.
     """
     assert read.data is not None and read.sha256 is not None
+    dicom = None
     try:
         return decode(read.data, (size, size), settings.decode_policy)
     except ImagingError as exc:
-        status, reason = ("failed" if exc.transient else "rejected"), exc.reason
+        status, reason, dicom = ("failed" if exc.transient else "rejected"), exc.reason, exc.dicom
     except Exception as exc:  # not the file's fault: keep the batch going, and log the traceback to fix it by
         log.exception("internal error decoding %s; recorded as failed, to be retried", read.path)
         status = "failed"
         reason = exc.reason if isinstance(exc, InternalError) else clean_text(
             f"internal error while decoding: {type(exc).__name__}: {exc}")
     return Result(read.path, status, sha256=read.sha256, kind=detect_kind(read.data[:132]),
-                  byte_size=len(read.data), reason=reason)
+                  byte_size=len(read.data), reason=reason, dicom=dicom)
 
 
 def classify_paths(

@@ -22,7 +22,7 @@ def settle(session: Session, model_version: str, stable_seconds: float, *, send:
 
     The result is over the study's assessed instances (classified by ``model_version``; lateral views
     are stored as not assessed and do not count): PNEUMONIA if any instance is, with the highest
-    probability. A study with no assessed instance completes with no label.
+    probability. A study with no assessed instance completes with no label, and nothing is sent for it.
     """
     now = now or utcnow()
     quiet = session.scalars(select(Study).where(Study.status == StudyStatus.OPEN,
@@ -46,7 +46,7 @@ def settle(session: Session, model_version: str, stable_seconds: float, *, send:
         session.add(StudyResult(study_id=study.id, revision=study.revision, completed_at=now,
                                 instance_count=study.instance_count, assessed_count=study.assessed_count,
                                 label=study.label, probability=study.probability, model_version=model_version))
-        if send:
+        if send and scored:  # a study with nothing assessed (a CT, only laterals) sends PACS nothing
             study.send_state, study.send_attempts, study.next_send_at = SendState.PENDING, 0, now
             study.last_send_error = None
     session.flush()
