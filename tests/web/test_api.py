@@ -330,6 +330,9 @@ def test_each_results_filter_of_the_api(site: Site, reviewer: Any) -> None:
                   headers={"X-CSRF-Token": token})
     assert set(_ids(reviewer, "review=reviewed")) == {agree, disagree}
     assert _ids(reviewer, "review=disagreement") == [disagree]
+    disputed = reviewer.get("/api/results?review=disagreement&limit=1&offset=0").json()
+    assert disputed["total"] == 1 and [r["id"] for r in disputed["results"]] == [disagree]
+    assert reviewer.get("/api/results?review=disagreement&offset=1").json()["results"] == []
     assert set(_ids(reviewer, "review=unreviewed")) == {r["id"] for r in done} - {agree, disagree}
     with site.db() as session:
         library = query_results(session, ResultFilter(model_version=TINY, review="unreviewed", limit=100))

@@ -446,6 +446,30 @@ def query_results(session: Session, filters: ResultFilter) -> list[dict[str, Any
         return [dict(row._mapping) for row in session.execute(statement)]
 
 
+def results_page(session: Session, filters: ResultFilter) -> tuple[list[dict[str, Any]], int]:
+    """One page of the results query and its total (counted up to COUNT_AT_MOST), for the web app.
+
+    A disagreement filter matches few images (a share of the reviewed ones), and finding them is most
+    of the cost; they are found once, counted, and the page is read among them by id. (For every
+    reviewed image the id list is too long to be the cheaper way.)
+    """
+    if filters.review == "disagreement" and filters.limit:
+        bounded = replace(filters, limit=COUNT_AT_MOST, offset=0)
+        ids = set(session.scalars(bounded_ids(bounded)))
+        if len(ids) < COUNT_AT_MOST:
+            page = results_statement(replace(filters, review=None), image_ids=ids)  # the ids satisfy it
+            with serial_execution(session, filters):
+                return [dict(row._mapping) for row in session.execute(page)], len(ids)
+    rows = query_results(session, filters)
+    full = bool(filters.limit) and len(rows) == filters.limit
+    return rows, count_results(session, filters) if full or filters.offset else len(rows)
+
+
+def bounded_ids(filters: ResultFilter) -> Select:
+    """The ids of the images the results query gives for ``filters`` (its limit applies), in no order."""
+    return results_statement(filters).with_only_columns(Image.id, maintain_column_froms=True).order_by(None)
+
+
 @dataclass(frozen=True)
 class ReclassifySelection:
     """Which images a reclassification run sends back through the pipeline.

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from pneumoscan.db import Database
-from pneumoscan.db.queries import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter, count_results, query_results
+from pneumoscan.db import Database, queries
+from pneumoscan.db.queries import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter
 from pneumoscan.db.reviews import UnknownImage, add_review, reviews_of
 from pneumoscan.db.schema import Image, Prediction, Sighting
 from pneumoscan.db.users import Account
@@ -62,10 +62,7 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
 def results_page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, Any]], int]:
     """One page of results and the number of rows without the limit (counted up to COUNT_AT_MOST)."""
     with db() as session:
-        rows = query_results(session, filters)
-        total = (count_results(session, filters) if len(rows) == filters.limit or filters.offset
-                 else len(rows))
-    return rows, total
+        return queries.results_page(session, filters)
 
 
 @router.get("/api/results", tags=["results"], summary="Stored results, filtered as `pneumoscan results` filters")
