@@ -71,6 +71,9 @@ def test_a_received_study_is_classified_by_a_worker_completed_and_sent_back(
             return None
 
     ds = helpers.wait_for(report, WAIT, interval=0.5, message=f"the report at the PACS:\n{worker.log()}")
+    # The peer has the report before the sender's transaction that records it as sent commits.
+    helpers.wait_for(lambda: database.count("SELECT count(*) FROM studies WHERE send_state = 'sent'") == 1, 30,
+                     interval=0.2, message="the study recorded as sent")
     [study] = database.rows("SELECT status, revision, instance_count, assessed_count, label, probability, send_state "
                             "FROM studies WHERE study_uid = %s", study_uid)
     assert study[:4] == ("complete", 1, 2, 2) and study[6] == "sent", study

@@ -210,8 +210,18 @@ def test_a_whole_worker_killed_has_its_batch_done_by_a_survivor_within_two_minut
     # Kill while the victim holds a batch it has claimed and not yet stored, so that only the reaper
     # can bring that batch back (killing between batches would leave nothing to recover).
     holding = "SELECT count(*) FROM queued_files WHERE claimed_at IS NOT NULL"
-    helpers.wait_for(lambda: _predictions(database) >= 8 and database.count(holding) > 0, WAIT, interval=0.005,
-                     message="the victim in the middle of a batch")
+
+    def frozen_holding_a_batch() -> bool:
+        """Freeze the victim (SIGSTOP) and look: a claim seen while it cannot move is one the kill strands."""
+        if _predictions(database) < 8 or database.count(holding) == 0:
+            return False
+        os.killpg(victim.proc.pid, signal.SIGSTOP)
+        if database.count(holding) > 0:
+            return True
+        os.killpg(victim.proc.pid, signal.SIGCONT)  # it stored the batch in between: try again
+        return False
+
+    helpers.wait_for(frozen_holding_a_batch, WAIT, interval=0.005, message="the victim in the middle of a batch")
     os.killpg(victim.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     assert _predictions(database) < len(paths), "all files were done before the kill; the test needs more"
