@@ -229,7 +229,7 @@ def _study_monitor(settings: Settings) -> Iterator[None]:
         return
     from pneumoscan.dicomnet.sender import StudyMonitor
 
-    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path).version):
+    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path)):
         yield
 
 

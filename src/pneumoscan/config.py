@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     results_destination: str | None = Field(default=None, pattern=r"^[ -~]{1,16}@[^:@\s]+:\d{1,5}$",
                                             description="AE@host:port that completed studies' results are sent to "
                                             "as DICOM structured reports; unset: none are sent.")
+    results_heatmap: bool = Field(default=False, description="Send a Secondary Capture of the most suspicious "
+                                  "frontal image with the model's Grad-CAM heatmap beside each study's report.")
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                             description="Local time (HH:MM) of the nightly reclassification.")
 

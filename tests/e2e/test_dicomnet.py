@@ -523,3 +523,36 @@ def test_a_late_instance_reopens_its_study_and_a_second_report_is_sent(
     # The lateral belongs to its study: counted in it (not assessed), listed in the report's evidence.
     assert with_lateral, "the lateral was stored without its study"
     assert (completed_1["instance_count"], completed_2["instance_count"]) == (2, 3)
+
+
+def test_with_heatmaps_on_a_secondary_capture_of_the_most_suspicious_image_goes_with_the_report(
+        site: Site, tmp_path: Path, tiny_bundle: Any) -> None:
+    import numpy as np
+
+    pacs = site.start_pacs()
+    watch = site.watch(PNEUMOSCAN_RESULTS_DESTINATION=pacs.destination, PNEUMOSCAN_RESULTS_HEATMAP="1")
+    study_uid, modality = new_uid(), tmp_path / "modality"
+    files = [built(modality, "a", helpers.NORMAL_IMAGES[0], "explicit-le", study_uid, view="PA"),
+             built(modality, "b", helpers.PNEUMONIA_IMAGES[0], "j2k-lossless", study_uid, view="AP")]
+    assert site.store(files).returncode == 0
+    site.wait_study(study_uid)
+    objects = reports(pacs, 2)
+    captures = [ds for ds in objects if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
+    [report] = [ds for ds in objects if ds.SOPClassUID != "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(captures) == 1, [str(ds.SOPClassUID) for ds in objects]
+    capture = captures[0]
+    top = max(site.predictions(), key=lambda p: p["probability"])
+    source = header(site.received / f"{top['sop_instance_uid']}.dcm")
+    assert capture.StudyInstanceUID == report.StudyInstanceUID == study_uid
+    assert capture.SeriesInstanceUID != source.SeriesInstanceUID
+    assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == top["sop_instance_uid"]
+    assert capture.BurnedInAnnotation == "YES" and "Grad-CAM heatmap" in capture.ImageComments
+    assert tiny_bundle.version in capture.ImageComments
+    assert capture.PhotometricInterpretation == "RGB" and capture.SamplesPerPixel == 3
+    pixels = capture.pixel_array
+    assert pixels.shape == (source.Rows, source.Columns, 3)
+    assert float(np.abs(pixels[..., 0].astype(int) - pixels[..., 2].astype(int)).mean()) > 5  # coloured, not gray
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+        assert capture.get(keyword) == source.get(keyword)
+    assert "PatientAge" not in capture and "PatientWeight" not in capture
+    no_tracebacks(watch)

@@ -20,6 +20,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, studies
 from pneumoscan.db.schema import Study
 from pneumoscan.domain import Label
+from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,81 @@ def build_report(study: Study, instances: list[studies.Instance]) -> Any:
         is_verified=False)
 
 
-def send(report: Any, settings: Settings) -> None:
-    """C-STORE ``report`` to the results destination; SendError unless the peer answers success."""
+def build_heatmap_capture(study: Study, instances: list[studies.Instance], bundle: ModelBundle,
+                          settings: Settings) -> Any:
+    """A Secondary Capture of the study's most suspicious assessed image with the model's Grad-CAM heatmap
+    drawn over it, burnt in and labelled as a model heatmap, filed with the study like the report."""
+    import hashlib
+
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from pneumoscan.imaging import ImagingError, decode
+    from pneumoscan.models.explain import overlay
+
+    scored = [i for i in instances if i.status == "done" and i.probability is not None]
+    if not scored:
+        raise SendError(f"study {study.study_uid} has no assessed image to draw a heatmap on")
+    top = max(scored, key=lambda i: float(i.probability or 0))
+    for path in top.paths:
+        try:
+            data = open(path, "rb").read()  # noqa: SIM115 (read at once)
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == top.sha256:
+            break
+    else:
+        raise SendError(f"the file of instance {top.sop_instance_uid} is no longer on disk")
+    try:
+        pixels = decode(data, None, settings.decode_policy).pixels
+        model_input = decode(data, (bundle.input_size, bundle.input_size), settings.decode_policy).pixels
+    except ImagingError as exc:
+        raise SendError(f"cannot decode instance {top.sop_instance_uid} for its heatmap: {exc.reason}") from None
+    heatmap = bundle.explain(model_input[None])[0]
+    picture = _caption(overlay(pixels, heatmap),
+                       f"MODEL HEATMAP (Grad-CAM), {bundle.version}: not an image for diagnosis")
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    orientation = header.get("PatientOrientation")
+    capture = hd.sc.SCImage.from_ref_dataset(
+        _filing_header(header), np.ascontiguousarray(picture), "RGB", 8, "PATIENT",
+        series_instance_uid=generate_uid(entropy_srcs=[study.study_uid, "pneumoscan heatmap series"]),
+        series_number=9902,
+        sop_instance_uid=generate_uid(entropy_srcs=[study.study_uid, "pneumoscan heatmap", str(study.revision)]),
+        instance_number=study.revision, manufacturer="pneumoscan",
+        # As the source was oriented; a frontal chest film is conventionally (L, F) when it does not say.
+        patient_orientation=tuple(orientation) if orientation is not None and len(orientation) == 2 else ("L", "F"))
+    capture.SeriesDescription = "pneumoscan model heatmap"
+    capture.ImageComments = (f"Grad-CAM heatmap of {bundle.version} over instance {top.sop_instance_uid}: where the "
+                             "model looked, not a finding; not for diagnosis")
+    capture.BurnedInAnnotation = "YES"
+    capture.DerivationDescription = "model heatmap (Grad-CAM) drawn over the source image"
+    capture.SourceImageSequence = [_source_reference(header)]
+    return capture
+
+
+def _caption(picture: Any, text: str) -> Any:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(picture)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width, 14), fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+def _source_reference(header: Any) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = header.SOPClassUID, header.SOPInstanceUID
+    return item
+
+
+def send(objects: list[Any], settings: Settings) -> None:
+    """C-STORE ``objects`` to the results destination in one association; SendError unless each succeeds."""
     from pynetdicom import AE
 
     destination = settings.destination
@@ -145,19 +219,21 @@ def send(report: Any, settings: Settings) -> None:
     called, host, port = destination
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
-    ae.add_requested_context(report.SOPClassUID, report.file_meta.TransferSyntaxUID)
+    for item in objects:
+        ae.add_requested_context(item.SOPClassUID, item.file_meta.TransferSyntaxUID)
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         raise SendError(f"{called}@{host}:{port} refused or did not answer the association")
     try:
-        status = assoc.send_c_store(report)
+        for item in objects:
+            status = assoc.send_c_store(item)
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise SendError(f"{called}@{host}:{port} gave no C-STORE response")
+            if code != 0x0000:
+                raise SendError(f"{called}@{host}:{port} answered C-STORE status 0x{code:04X}")
     finally:
         assoc.release()
-    code = getattr(status, "Status", None)
-    if code is None:
-        raise SendError(f"{called}@{host}:{port} gave no C-STORE response")
-    if code != 0x0000:
-        raise SendError(f"{called}@{host}:{port} answered C-STORE status 0x{code:04X}")
 
 
 @dataclass(frozen=True)
@@ -167,9 +243,10 @@ class Round:
     failed: int
 
 
-def settle_and_send(db: Database, settings: Settings, model_version: str) -> Round:
+def settle_and_send(db: Database, settings: Settings, bundle: ModelBundle) -> Round:
     """One round: complete the studies that went quiet, then send every result that is due (each in its own
     transaction, so one unreachable peer or one bad study holds up nothing else)."""
+    model_version = bundle.version
     sending = settings.destination is not None
     with db.begin() as session:
         settled = studies.settle(session, model_version, settings.study_stable_seconds, send=sending)
@@ -184,8 +261,11 @@ def settle_and_send(db: Database, settings: Settings, model_version: str) -> Rou
                 break
             study = batch[0]
             try:
-                send(build_report(study, studies.instances(session, study.study_uid, study.model_version or "")),
-                     settings)
+                instances = studies.instances(session, study.study_uid, study.model_version or "")
+                objects = [build_report(study, instances)]
+                if settings.results_heatmap:
+                    objects.append(build_heatmap_capture(study, instances, bundle, settings))
+                send(objects, settings)
             except (SendError, OSError, ValueError, AttributeError, TypeError) as exc:
                 delay = studies.mark_failed(study, str(exc))
                 log.warning("could not send the result of study %s (attempt %d): %s; next try in %.0f s",
@@ -202,8 +282,8 @@ def settle_and_send(db: Database, settings: Settings, model_version: str) -> Rou
 class StudyMonitor:
     """Runs ``settle_and_send`` every ``interval`` seconds in a thread (embedded mode's watch)."""
 
-    def __init__(self, db: Database, settings: Settings, model_version: str, interval: float = 2.0) -> None:
-        self.db, self.settings, self.model_version, self.interval = db, settings, model_version, interval
+    def __init__(self, db: Database, settings: Settings, bundle: ModelBundle, interval: float = 2.0) -> None:
+        self.db, self.settings, self.bundle, self.interval = db, settings, bundle, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="study-monitor", daemon=True)
 
@@ -220,6 +300,6 @@ class StudyMonitor:
 
         while not self._stop.wait(self.interval):
             try:
-                settle_and_send(self.db, self.settings, self.model_version)
+                settle_and_send(self.db, self.settings, self.bundle)
             except SQLAlchemyError as exc:
                 log.warning("study results: the database did not answer (%s); trying again", exc)

@@ -146,7 +146,7 @@ def settle_studies(self: Task) -> dict[str, int]:
     from pneumoscan.dicomnet.sender import settle_and_send
 
     state = runtime()
-    done = settle_and_send(state.sessions(), state.settings, state.bundle.version)
+    done = settle_and_send(state.sessions(), state.settings, state.bundle)
     return {"settled": done.settled, "sent": done.sent, "failed": done.failed}
 
 
