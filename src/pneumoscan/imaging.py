@@ -413,7 +413,7 @@ def _decode_dataset(
     array, box = None, None
     if size is not None and frame is not None and _REDUCED_J2K:
         try:
-            if reduced := _reduced_j2k(ds, frame, size):
+            if reduced := _reduced_j2k(ds, frame, size) or _reduced_jpeg(ds, frame, size):
                 array, box = reduced
         except Exception:  # whatever went wrong, the full decode below decides, exactly as without this path
             array, box = None, None
@@ -543,7 +543,8 @@ def _codestream_size(head: bytes) -> tuple[int, int] | None:
 
 # --- JPEG 2000 at a reduced resolution --------------------------------------------------------------
 
-# Private switch: False always takes the full decode (bench/j2k_reduce.py compares the two).
+# Private switch: False always takes the full decode of JPEG 2000 and JPEG baseline (bench/j2k_reduce.py
+# compares the two).
 _REDUCED_J2K = True
 
 
@@ -671,6 +672,35 @@ def _reduced_j2k(
         return None
     values = _j2k_decode(frame, header, reduce, np.dtype(f"{'i' if signed else 'u'}{allocated // 8}"))
     return values, _reduced_box(header, reduce)
+
+
+def _reduced_jpeg(
+    ds: Any, frame: bytes, size: tuple[int, int],
+) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+    """The first frame of an 8-bit grayscale JPEG baseline DICOM decoded with DCT scaling (1/2, 1/4, 1/8).
+
+    Pillow's draft mode picks the largest scale whose size still covers ``size``. Each output sample
+    is the mean of its block, so the reduced image covers the full picture edge to edge. None where
+    this way does not apply; the caller takes the full decode then, and when this raises.
+    """
+    from pydicom.uid import JPEGBaseline8Bit
+
+    if ds.file_meta.TransferSyntaxUID != JPEGBaseline8Bit:
+        return None
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or _number(ds, "SamplesPerPixel", 1) != 1 \
+            or _number(ds, "BitsAllocated", 0) != 8 or _number(ds, "PixelRepresentation", 0) != 0:
+        return None
+    image = Image.open(io.BytesIO(frame), formats=["JPEG"])
+    width, height = image.size
+    if (width, height) != (_number(ds, "Columns", 0), _number(ds, "Rows", 0)) or image.mode != "L":
+        return None
+    image.draft("L", (size[1], size[0]))
+    image.load()
+    if image.size == (width, height):
+        return None  # nothing to drop
+    scale_x, scale_y = width / image.width, height / image.height
+    return np.asarray(image, dtype=np.uint8), (0.0, 0.0, width / scale_x, height / scale_y)
 
 
 def _reduced_box(header: _J2KHeader, reduce: int) -> tuple[float, float, float, float]:
