@@ -20,7 +20,6 @@ best of --repeats, the two ways taking turns file by file).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import make_inputs
 
 WIDTH, HEIGHT = 2000, 1700
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
@@ -52,36 +51,12 @@ def sample(n: int) -> list[tuple[Path, int]]:
 
 def j2k_dicom(source: Path, index: int, noise: float) -> bytes:
     """``source`` upscaled to WIDTH x HEIGHT (with grain of ``noise`` grey levels), 12-bit JPEG 2000 lossless DICOM."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
-
     with Image.open(source) as image:
         big = np.asarray(image.convert("L").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC), np.float64)
     if noise:
         big = big + np.random.default_rng(index).normal(0.0, noise, big.shape)
     values = np.clip(np.rint(big * 4095.0 / 255.0), 0, 4095).astype(np.uint16)
-    uid = generate_uid(entropy_srcs=["pneumoscan-bench-j2k", str(index)])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(DX_SOP_CLASS)
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = UID(DX_SOP_CLASS), uid
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study-j2k", str(index)])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series-j2k", str(index)])
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
-    ds.PatientID, ds.PatientName = f"BENCH{index:06d}", "Bench^Patient"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = values.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = values.astype("<u2").tobytes()
-    ds.compress(JPEG2000Lossless, values, encoding_plugin="pylibjpeg")
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return make_inputs.dicom_of(values, index, j2k=True)
 
 
 def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:

@@ -65,10 +65,14 @@ def jpeg_bytes(index: int) -> bytes:
 
 
 def dicom_bytes(index: int, *, j2k: bool) -> bytes:
+    return dicom_of(full_size(index, 4096).astype(np.uint16), index, j2k=j2k)
+
+
+def dicom_of(values: np.ndarray, index: int, *, j2k: bool) -> bytes:
+    """A 12-bit chest DX DICOM of ``values`` (uint16), uncompressed or JPEG 2000 lossless, its UIDs from ``index``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-    values = full_size(index, 4096).astype(np.uint16)
     uid = generate_uid(entropy_srcs=["pneumoscan-bench", str(index)])
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

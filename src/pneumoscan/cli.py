@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pneumoscan.config import Settings
+from pneumoscan.config import Settings, names
 from pneumoscan.db import DatabaseError, open_database
 from pneumoscan.db.queries import RESULT_FIELDS, REVIEW_STATES, SORTS, Result, ResultFilter, query_results
 from pneumoscan.domain import LABELS, ROLES, STATUSES
@@ -569,7 +569,7 @@ def receive(ctx: click.Context, port: int | None, ae_title: str | None, allow: s
 
     settings = _settings(ctx)
     folder = spool or settings.dicom_spool or settings.data_dir / "received"
-    allowed = frozenset(a.strip() for a in allow.split(",") if a.strip()) if allow is not None else settings.allowed_aes
+    allowed = names(allow) if allow is not None else settings.allowed_aes
     title = ae_title or settings.dicom_ae_title
     if not 0 < len(title) <= 16:
         raise click.BadParameter("an AE title has 1 to 16 characters", param_hint="--ae-title")

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     @property
     def allowed_aes(self) -> frozenset[str]:
         """Calling AE titles allowed to send to the receiver; empty allows any."""
-        return frozenset(part.strip() for part in self.dicom_allowed_aes.split(",") if part.strip())
+        return names(self.dicom_allowed_aes)
 
     @property
     def destination(self) -> tuple[str, str, int] | None:
@@ -233,5 +233,10 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def names(text: str) -> frozenset[str]:
+    """The comma-separated names in ``text``, stripped, empty ones left out (AE titles keep their case)."""
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
 def _upper_set(text: str) -> frozenset[str]:
-    return frozenset(part.strip().upper() for part in text.split(",") if part.strip())
+    return frozenset(name.upper() for name in names(text))

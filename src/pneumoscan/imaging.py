@@ -6,9 +6,10 @@ import hashlib
 import io
 import os
 import re
+import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -143,6 +144,25 @@ def open_input(path: str) -> BinaryIO:
     Raises OSError as ``os.open`` does (a link gives ELOOP); the caller checks that it is a regular file.
     """
     return os.fdopen(os.open(path, _OPEN_FLAGS), "rb")
+
+
+def read_content(paths: Iterable[str], sha256: str) -> tuple[str, bytes] | None:
+    """(path, bytes) of the first of ``paths`` that is a regular file holding the content ``sha256``, else None.
+
+    How stored images are read back to be shown or sent: by the paths their content was seen at,
+    never following a link, and only while the bytes are still the ones that were classified.
+    """
+    for path in paths:
+        try:
+            with open_input(path) as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    continue
+                data = fh.read()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return path, data
+    return None
 
 
 def detect_kind(head: bytes) -> str | None:

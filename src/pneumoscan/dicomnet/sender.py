@@ -140,29 +140,24 @@ def build_heatmap_capture(study: Study, instances: list[studies.Instance], bundl
                           settings: Settings) -> Any:
     """A Secondary Capture of the study's most suspicious assessed image with the model's Grad-CAM heatmap
     drawn over it, burnt in and labelled as a model heatmap, filed with the study like the report."""
-    import hashlib
+    import io
 
     import highdicom as hd
     import numpy as np
     import pydicom
     from pydicom.uid import generate_uid
 
-    from pneumoscan.imaging import ImagingError, decode
+    from pneumoscan.imaging import ImagingError, decode, read_content
     from pneumoscan.models.explain import overlay
 
     scored = [i for i in instances if i.status == "done" and i.probability is not None]
     if not scored:
         raise SendError(f"study {study.study_uid} has no assessed image to draw a heatmap on")
     top = max(scored, key=lambda i: float(i.probability or 0))
-    for path in top.paths:
-        try:
-            data = open(path, "rb").read()  # noqa: SIM115 (read at once)
-        except OSError:
-            continue
-        if hashlib.sha256(data).hexdigest() == top.sha256:
-            break
-    else:
+    found = read_content(top.paths, top.sha256) if top.sha256 else None
+    if found is None:
         raise SendError(f"the file of instance {top.sop_instance_uid} is no longer on disk")
+    data = found[1]
     try:
         pixels = decode(data, None, settings.decode_policy).pixels
         model_input = decode(data, (bundle.input_size, bundle.input_size), settings.decode_policy).pixels
@@ -171,7 +166,7 @@ def build_heatmap_capture(study: Study, instances: list[studies.Instance], bundl
     heatmap = bundle.explain(model_input[None])[0]
     picture = _caption(overlay(pixels, heatmap),
                        f"MODEL HEATMAP (Grad-CAM), {bundle.version}: not an image for diagnosis")
-    header = pydicom.dcmread(path, stop_before_pixels=True)
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     orientation = header.get("PatientOrientation")
     capture = hd.sc.SCImage.from_ref_dataset(
         _filing_header(header), np.ascontiguousarray(picture), "RGB", 8, "PATIENT",

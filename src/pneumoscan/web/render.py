@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from sqlalchemy import select
 from pneumoscan.config import Settings
 from pneumoscan.db import Database
 from pneumoscan.db.schema import Image, Sighting
-from pneumoscan.imaging import ImagingError, InternalError, decode, open_input
+from pneumoscan.imaging import ImagingError, InternalError, decode, read_content
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 
 DISPLAY_SIDE = 1024  # longest side of the picture sent to the browser
@@ -94,18 +93,9 @@ class Renderer:
             stored = session.scalar(select(Image.path).where(Image.id == image_id))
             seen = session.scalars(select(Sighting.path).where(Sighting.image_id == image_id)
                                    .order_by(Sighting.last_seen_at.desc())).all()
-        for path in dict.fromkeys([stored, *seen]):  # the stored path first, no path twice
-            if path is None:
-                continue
-            try:
-                with open_input(path) as fh:
-                    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                        continue
-                    data = fh.read()
-            except OSError:
-                continue
-            if hashlib.sha256(data).hexdigest() == sha256:
-                return _Source(sha256, data)
+        found = read_content([p for p in dict.fromkeys([stored, *seen]) if p], sha256)  # the stored path first
+        if found is not None:
+            return _Source(sha256, found[1])
         raise NotRenderable(404, "the file is no longer on disk with the content that was classified "
                                  f"(last stored at {stored})")
 
