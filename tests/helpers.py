@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from support import process
 
@@ -148,8 +149,32 @@ TRANSFER_SYNTAXES = {
     "implicit-le": True, "explicit-le": True, "explicit-be": True, "deflated": True,
     "jpeg-baseline": False, "jpeg-extended": False, "jpeg-lossless-sv1": True, "jpeg-lossless-p14": True,
     "jpeg-ls-lossless": True, "jpeg-ls-near-lossless": False,
-    "j2k-lossless": True, "j2k": False, "rle": True,
+    "j2k-lossless": True, "j2k": False, "rle": True, "htj2k-lossless": True,
 }
+
+
+def encode_htj2k(values: np.ndarray, bits: int, signed: bool) -> bytes:
+    """A lossless High-Throughput JPEG 2000 codestream of ``values`` (stored values of ``bits`` bits), by OpenJPH.
+
+    No Python package encodes HTJ2K; Debian's openjph-tools has ``ojph_compress`` (`bash .ci/run` installs it).
+    """
+    import subprocess
+    import tempfile
+
+    if shutil.which("ojph_compress") is None:
+        message = "ojph_compress is not installed (Debian package openjph-tools); `bash .ci/run` installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    samples = values.astype(("<i" if signed else "<u") + ("1" if bits <= 8 else "2"))
+    with tempfile.TemporaryDirectory() as folder:
+        raw, out = Path(folder, "in.yuv"), Path(folder, "out.j2c")
+        raw.write_bytes(samples.tobytes())
+        height, width = values.shape
+        subprocess.run(["ojph_compress", "-i", str(raw), "-o", str(out), "-reversible", "true",
+                        "-dims", f"{{{width},{height}}}", "-num_comps", "1", "-signed", str(signed).lower(),
+                        "-bit_depth", str(bits), "-downsamp", "{1,1}"], check=True, capture_output=True)
+        return out.read_bytes()
 
 
 def encode_dataset(ds: Any, syntax: str) -> Any:
@@ -171,6 +196,7 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
     compress = {"rle": (uid.RLELossless, {}), "jpeg-ls-lossless": (uid.JPEGLSLossless, {}),
                 "jpeg-ls-near-lossless": (uid.JPEGLSNearLossless, {"jls_error": 2}),
                 "j2k-lossless": (uid.JPEG2000Lossless, {}), "j2k": (uid.JPEG2000, {"j2k_cr": [8]})}
+    signed = bool(ds.get("PixelRepresentation", 0))
     if syntax == "explicit-le":
         pass
     elif syntax == "implicit-le":
@@ -194,6 +220,9 @@ def encode_dataset(ds: Any, syntax: str) -> Any:
         elif syntax in ("jpeg-lossless-sv1", "jpeg-lossless-p14"):  # SV1 is one of process 14's predictors
             frame = jpeg_encoders.encode_lossless(patterns, ds.BitsStored)
             target = uid.JPEGLosslessSV1 if syntax == "jpeg-lossless-sv1" else uid.JPEGLossless
+        elif syntax == "htj2k-lossless":  # JPEG 2000 codes values, not bit patterns: signed ones as such
+            stored = values[0].view(np.int16 if ds.BitsAllocated == 16 else np.int8) if signed else values[0]
+            frame, target = encode_htj2k(stored, ds.BitsStored, signed), uid.HTJ2KLossless
         else:
             raise ValueError(syntax)
         assert len(values) == 1, "the JPEG fixtures are single-frame"
@@ -273,9 +302,10 @@ def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str,
 
 def bundle_as_version(bundle: Any, folder: Path, version: str) -> Any:
     """A copy of a model bundle under another version: the same model, as an older or newer release."""
-    from pneumoscan.models.bundle import load_bundle
+    from dataclasses import replace
+
+    from pneumoscan.models.bundle import load_bundle, read_card, write_card
 
     shutil.copytree(bundle.path, folder)
-    card = json.loads((folder / "card.json").read_text())
-    (folder / "card.json").write_text(json.dumps({**card, "version": version}))
+    write_card(folder, replace(read_card(folder), version=version))
     return load_bundle(folder)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +124,51 @@ class Storescp:
         if not self.folder.is_dir():
             return []
         return sorted((p for p in self.folder.iterdir() if p.is_file()), key=lambda p: (p.stat().st_mtime, p.name))
+
+
+class CutProxy:
+    """A TCP forwarder to 127.0.0.1:target that drops each connection after ``limit`` bytes from the client.
+
+    The drop is abrupt (a reset, no DICOM release or abort): a network that fails, or a sender that
+    dies, in the middle of an instance. Use as a context manager; ``port`` is where to connect.
+    """
+
+    def __init__(self, target: int, limit: int) -> None:
+        self.target, self.limit = target, limit
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self.cut = 0  # connections dropped so far
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> CutProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+
+    def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
+        def back() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(65536):
+                    client.sendall(data)
+
+        threading.Thread(target=back, daemon=True).start()
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < self.limit and (data := client.recv(min(65536, self.limit - sent))):
+                upstream.sendall(data)
+                sent += len(data)
+        if sent >= self.limit:
+            self.cut += 1
+        for sock in (client, upstream):  # SO_LINGER 0: close with a reset
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()

@@ -58,7 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 "WindowCenter": 100, "WindowWidth": 10},
 }
 # Lossy coding of two's complement bit patterns wraps values across zero: not a combination to test.
-SKIP = {("signed", "jpeg-extended"), ("signed", "jpeg-ls-near-lossless")}
+# OpenJPH 0.9's tools (the only HTJ2K encoder here) lose signed samples: even ojph_compress then
+# ojph_expand does not give them back. Not a combination that can be made.
+SKIP = {("signed", "jpeg-extended"), ("signed", "jpeg-ls-near-lossless"), ("signed", "htj2k-lossless")}
 CASES = [(variant, syntax) for variant in VARIANTS for syntax in helpers.TRANSFER_SYNTAXES
          if syntax != "jpeg-baseline" and (variant, syntax) not in SKIP]
 

@@ -92,6 +92,25 @@ def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
     assert error.max() < 0.1, error.max()
 
 
+def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTJ2K (OpenJPH's encoder; Pillow's OpenJPEG decodes it) takes the same reduced path, losslessly stored."""
+    stored = _upscaled(SOURCE, 2000, 1700)
+    data = helpers.dicom_bytes(SOURCE, syntax="htj2k-lossless", stored=stored, **helpers.IDENTITY_WINDOW_12)
+    ds, frame = _frame(data)
+    assert str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.201"  # HTJ2K lossless
+    header = imaging._j2k_header(frame)
+    assert header is not None and imaging._j2k_reduction(header, MODEL) == 2
+
+    image = decode(data, MODEL, helpers.POLICY)
+    assert calls.full == 0, "the reduced path was not taken"
+    assert image.pixels.shape == MODEL and image.notes == ()
+    full = _full(data, MODEL, monkeypatch)
+    np.testing.assert_array_equal(ds.pixel_array, stored)  # lossless, as pydicom decodes it
+    error = np.abs(image.pixels.astype(np.float64) - full)
+    assert error.mean() < 0.005, error.mean()  # measured: mean 0.0005, max 0.019, as plain JPEG 2000
+    assert error.max() < 0.1, error.max()
+
+
 def test_size_none_still_decodes_the_whole_image(large: bytes, calls: type[_Calls],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     image = decode(large, None, helpers.POLICY)

@@ -28,14 +28,26 @@ _PLACING = threading.Lock()  # two associations storing the same instance at onc
 
 
 def transfer_syntaxes() -> list[str]:
-    """Every transfer syntax pneumoscan's decoder reads: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000."""
+    """Every transfer syntax pneumoscan's decoder reads: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000
+    and High-Throughput JPEG 2000 (pylibjpeg-openjpeg decodes it)."""
     from pydicom import uid
 
     names = ["ImplicitVRLittleEndian", "ExplicitVRLittleEndian", "ExplicitVRBigEndian",
              "DeflatedExplicitVRLittleEndian", "RLELossless", "JPEGBaseline8Bit", "JPEGExtended12Bit",
              "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless", "JPEGLSNearLossless", "JPEG2000Lossless",
-             "JPEG2000"]
+             "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K"]
     return [str(getattr(uid, name)) for name in names]
+
+
+def _without_network_tracebacks(record: logging.LogRecord) -> bool:
+    """Log filter: a connection that drops (an OSError in pynetdicom's reader) is one line, not a traceback.
+
+    A sender that dies or a network that fails mid-association is an event to note, not a fault of ours;
+    pynetdicom aborts the association and nothing of it is stored.
+    """
+    if record.exc_info and isinstance(record.exc_info[1], OSError):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 class Receiver:
@@ -66,6 +78,9 @@ class Receiver:
         from pynetdicom import evt
 
         self.spool.mkdir(parents=True, exist_ok=True)
+        dul = logging.getLogger("pynetdicom.dul")
+        if _without_network_tracebacks not in dul.filters:
+            dul.addFilter(_without_network_tracebacks)
         handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_C_ECHO, lambda _event: SUCCESS)]
         self._server = self._ae().start_server((self.host, self.port), block=False, evt_handlers=handlers)
         log.info("DICOM receiver %s listening on %s:%d, writing to %s", self.ae_title, self.host, self.port, self.spool)
