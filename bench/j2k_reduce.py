@@ -56,7 +56,7 @@ def j2k_dicom(source: Path, index: int, noise: float) -> bytes:
     if noise:
         big = big + np.random.default_rng(index).normal(0.0, noise, big.shape)
     values = np.clip(np.rint(big * 4095.0 / 255.0), 0, 4095).astype(np.uint16)
-    return make_inputs.dicom_of(values, index, j2k=True)
+    return make_inputs.dicom_of(values, index, syntax="dicom-j2k")
 
 
 def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Full-size benchmark inputs made from the real 224x224 chest X-rays: JPEG, 16-bit DICOM, JPEG 2000 DICOM.
+"""Full-size benchmark inputs made from the real 224x224 chest X-rays: JPEG, and DICOM in four transfer syntaxes.
 
-python bench/make_inputs.py [--n 2000] [--kinds jpeg,dicom,dicom-j2k] [--work /tmp/pneumoscan-bench]
+python bench/make_inputs.py [--n 2000] [--kinds jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg] [--work DIR]
 
 Each source image is upscaled (bicubic) to 2000x1700 and given a little per-file grain noise, so
 that every file has distinct bytes (the pipeline skips duplicate contents) and compresses like a
@@ -9,8 +9,10 @@ made only once; ``input_set`` hard-links the first N into a folder of their own 
 
 - jpeg: 8-bit grayscale, quality 90 (about 0.5 MB).
 - dicom: Digital X-Ray, 16 bits allocated, 12 stored, Explicit VR Little Endian, uncompressed (6.8 MB).
-- dicom-j2k: the same, JPEG 2000 lossless (pydicom + pylibjpeg-openjpeg; about 2.6 MB).
-Both DICOM kinds carry a window (center/width), as DX "for presentation" files usually do.
+- dicom-j2k: the same, JPEG 2000 lossless (pydicom + pylibjpeg-openjpeg; about 3.4 MB).
+- dicom-htj2k: the same, High-Throughput JPEG 2000 lossless (OpenJPH's ojph_compress, Debian openjph-tools).
+- dicom-jpeg: 8 bits stored, JPEG baseline quality 90 in DICOM (about 0.5 MB).
+Every DICOM kind carries a window (center/width), as DX "for presentation" files usually do.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATASET, DEFAULT_WORK
 
-KINDS = ("jpeg", "dicom", "dicom-j2k")
-SUFFIX = {"jpeg": ".jpeg", "dicom": ".dcm", "dicom-j2k": ".dcm"}
+KINDS = ("jpeg", "dicom", "dicom-j2k", "dicom-htj2k", "dicom-jpeg")
+SUFFIX = {kind: ".jpeg" if kind == "jpeg" else ".dcm" for kind in KINDS}
 WIDTH, HEIGHT = 2000, 1700
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
@@ -58,20 +60,44 @@ def full_size(index: int, levels: int) -> np.ndarray:
     return np.clip(np.rint(noisy), 0, levels - 1)
 
 
-def jpeg_bytes(index: int) -> bytes:
+def jpeg_of(values: np.ndarray) -> bytes:
+    """8-bit values as a grayscale JPEG, quality 90."""
     out = io.BytesIO()
-    Image.fromarray(full_size(index, 256).astype(np.uint8), mode="L").save(out, format="JPEG", quality=90)
+    Image.fromarray(values.astype(np.uint8), mode="L").save(out, format="JPEG", quality=90)
     return out.getvalue()
 
 
-def dicom_bytes(index: int, *, j2k: bool) -> bytes:
-    return dicom_of(full_size(index, 4096).astype(np.uint16), index, j2k=j2k)
+def htj2k_of(values: np.ndarray) -> bytes:
+    """12-bit values as a lossless HTJ2K codestream, by OpenJPH's ojph_compress (no Python package encodes it)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        raw, out = Path(folder, "in.yuv"), Path(folder, "out.j2c")
+        raw.write_bytes(values.astype("<u2").tobytes())
+        height, width = values.shape
+        subprocess.run(["ojph_compress", "-i", str(raw), "-o", str(out), "-reversible", "true", "-dims",
+                        f"{{{width},{height}}}", "-num_comps", "1", "-signed", "false", "-bit_depth", "12",
+                        "-downsamp", "{1,1}"], check=True, capture_output=True)
+        return out.read_bytes()
 
 
-def dicom_of(values: np.ndarray, index: int, *, j2k: bool) -> bytes:
-    """A 12-bit chest DX DICOM of ``values`` (uint16), uncompressed or JPEG 2000 lossless, its UIDs from ``index``."""
+def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom") -> bytes:
+    """A chest DX DICOM of ``values``, its UIDs from ``index``, in the transfer syntax of input kind ``syntax``.
+
+    12 bits stored (uint16 values) for dicom, dicom-j2k and dicom-htj2k; 8 (uint8) for dicom-jpeg.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        UID,
+        ExplicitVRLittleEndian,
+        HTJ2KLossless,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        generate_uid,
+    )
 
     uid = generate_uid(entropy_srcs=["pneumoscan-bench", str(index)])
     ds = Dataset()
@@ -89,11 +115,21 @@ def dicom_of(values: np.ndarray, index: int, *, j2k: bool) -> bytes:
     ds.PatientID, ds.PatientName = f"BENCH{index:06d}", "Bench^Patient"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = values.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = values.astype("<u2").tobytes()
-    if j2k:
+    bits = 8 if syntax == "dicom-jpeg" else 12
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (bits + 7) // 8 * 8, bits, bits - 1, 0
+    ds.WindowCenter, ds.WindowWidth = 1 << (bits - 1), 1 << bits
+    ds.PixelData = values.astype("<u1" if bits == 8 else "<u2").tobytes()
+    if syntax == "dicom-j2k":
         ds.compress(JPEG2000Lossless, values, encoding_plugin="pylibjpeg")
+    elif syntax in ("dicom-htj2k", "dicom-jpeg"):
+        frame = htj2k_of(values) if syntax == "dicom-htj2k" else jpeg_of(values)
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = HTJ2KLossless if syntax == "dicom-htj2k" else JPEGBaseline8Bit
+        if syntax == "dicom-jpeg":
+            ds.LossyImageCompression = "01"
+    elif syntax != "dicom":
+        raise ValueError(f"not a DICOM kind: {syntax}")
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -101,7 +137,11 @@ def dicom_of(values: np.ndarray, index: int, *, j2k: bool) -> bytes:
 
 def _make(job: tuple[str, int, str]) -> None:
     kind, index, dest = job
-    data = jpeg_bytes(index) if kind == "jpeg" else dicom_bytes(index, j2k=kind == "dicom-j2k")
+    if kind in ("jpeg", "dicom-jpeg"):
+        values = full_size(index, 256).astype(np.uint8)
+        data = jpeg_of(values) if kind == "jpeg" else dicom_of(values, index, syntax=kind)
+    else:
+        data = dicom_of(full_size(index, 4096).astype(np.uint16), index, syntax=kind)
     tmp = f"{dest}.tmp"
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -9,7 +9,7 @@ import re
 import stat
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -410,7 +410,7 @@ def _decode_dataset(
     policy: DecodePolicy,
 ) -> DecodedImage:
     from pydicom.errors import BytesLengthException, InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.pixels import apply_color_lut
     from pydicom.uid import RLELossless
 
     damaged: tuple[type[Exception], ...] = (*_DAMAGED, InvalidDicomError, BytesLengthException)
@@ -462,8 +462,7 @@ def _decode_dataset(
         raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
     else:
         with _codec(DICOM, _PYDICOM_DAMAGED):
-            values = apply_modality_lut(array, ds)
-        pixels, note = _grayscale(values, ds)
+            pixels, note = _grayscale(array, ds)
         notes += note
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = 1.0 - pixels
@@ -472,10 +471,34 @@ def _decode_dataset(
     return DecodedImage(_resize(pixels, size, box), DICOM, meta, notes)
 
 
-def _grayscale(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Modality values to [0, 1]: VOI LUT Sequence, else the first window, else a robust min-max."""
-    from pydicom.pixels import apply_voi
+def _pointwise(array: np.ndarray, function: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``function(array)`` for an element-wise ``function``, value for value the same, computed cheaply.
+
+    Integer samples whose range is small beside the image (12 to 16-bit X-rays: a few thousand values
+    over millions of pixels) are mapped once per value in a table and then looked up, one pass instead
+    of several passes of float arithmetic over the whole image.
+    """
+    if array.dtype.kind == "u" and array.size >= 1 << 15:  # the values index the table as they are
+        high = int(array.max())
+        if high < array.size // 8:
+            return function(np.arange(high + 1, dtype=array.dtype))[array]
+    elif array.dtype.kind == "i" and array.size >= 1 << 15:
+        low, high = int(array.min()), int(array.max())
+        if high - low < array.size // 8:
+            index = array.astype(np.intp)
+            index -= low
+            return function(np.arange(low, high + 1, dtype=array.dtype))[index]
+    return function(array)
+
+
+def _grayscale(array: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Stored values to [0, 1]: the modality LUT (or rescale), then the VOI LUT Sequence, else the first
+    window, else a robust min-max of the modality values."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
     from pydicom.sequence import Sequence
+
+    def modality(stored: np.ndarray) -> np.ndarray:
+        return apply_modality_lut(stored, ds)
 
     if sequence := ds.get("VOILUTSequence"):
         if not isinstance(sequence, Sequence):  # a damaged VR turns the sequence into bytes
@@ -485,20 +508,22 @@ def _grayscale(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]
             entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
         except (TypeError, IndexError, ValueError):  # absent, or too few values to be a LUT Descriptor
             raise Rejected("corrupt DICOM: the VOI LUT has no usable LUT Descriptor") from None
-        with _codec(DICOM, _PYDICOM_DAMAGED):
-            lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
-            mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
+        lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
         low, high = float(lut.min()), float(lut.max())
         if high > low:
-            return np.clip((mapped - low) / (high - low), 0.0, 1.0).astype(np.float32), ()
-        return _stretch(values, robust=True), ("VOI LUT ignored: it maps every value to one",)
+            def voi(stored: np.ndarray) -> np.ndarray:
+                mapped = apply_voi(np.rint(modality(stored)).astype(np.int64), ds).astype(np.float64)
+                return np.clip((mapped - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+            return _pointwise(array, voi), ()
+        return _stretch(modality(array), robust=True), ("VOI LUT ignored: it maps every value to one",)
     window = _first_window(ds)
     if window is not None:
-        pixels = _apply_window(values.astype(np.float64), *window)
+        pixels = _pointwise(array, lambda stored: _apply_window(modality(stored).astype(np.float64), *window))
         if float(pixels.max()) > float(pixels.min()):
             return pixels, ()
-        return _stretch(values, robust=True), ("window ignored: it leaves a blank image",)
-    return _stretch(values, robust=True), ()
+        return _stretch(modality(array), robust=True), ("window ignored: it leaves a blank image",)
+    return _stretch(modality(array), robust=True), ()
 
 
 def _first_window(ds: Any) -> tuple[float, float, str] | None:

@@ -89,6 +89,29 @@ def test_every_transfer_syntax_and_variant_shows_the_source_picture(variant: str
     _close(image.pixels, EXPECTED, syntax)
 
 
+def _direct(array: np.ndarray, function: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return function(array)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_value_table_maps_exactly_as_the_arithmetic_per_pixel(variant: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored values go through the modality LUT, window or VOI LUT once per value, then a lookup: the same
+    picture, bit for bit, as computing every pixel (the variant tests above take the table at 224x224)."""
+    from pydicom.data import get_testdata_file
+
+    cases = [helpers.dicom_bytes(SOURCE, **VARIANTS[variant])]
+    if variant == "mono2":  # and the real chest CR: 1841x1955, 15 bits, MONOCHROME1, its own window
+        cases.append(Path(str(get_testdata_file("RG1_UNCR.dcm"))).read_bytes())
+    for data in cases:
+        tabled = _decode(data, size=None).pixels
+        with monkeypatch.context() as patch:
+            patch.setattr(imaging, "_pointwise", _direct)
+            computed = _decode(data, size=None).pixels
+        assert tabled.dtype == computed.dtype == np.float32
+        np.testing.assert_array_equal(tabled, computed)
+
+
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_jpeg_baseline_8bit(photometric: str) -> None:
     expected = helpers.gray(SOURCE) / 255.0
