@@ -10,7 +10,7 @@ upscale does not flatter the reduced decode; each level given is a separate run.
 
 Each file is decoded to the model's input size by ``pneumoscan.imaging.decode`` twice: the
 reduced way (Pillow's JPEG 2000 reader, resolution levels dropped while the picture still covers
-the input) and the full way (pydicom's full-size decode, then the resize; ``imaging._REDUCED_J2K``
+the input) and the full way (pydicom's full-size decode, then the resize; ``DecodePolicy.reduced``
 off). The two batches go through the model; the record has the largest and mean absolute
 difference of the probabilities, the labels that flip at the card's threshold, each way's accuracy
 against the folder labels, the pixel difference, and the decode time per image (one thread, the
@@ -61,9 +61,12 @@ def j2k_dicom(source: Path, index: int, noise: float) -> bytes:
 
 def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
     """Decode every file both ways: the pixels, the best time per file, and how many took the reduced way."""
+    import dataclasses
+
     from pneumoscan import imaging
 
     policy = common.decode_policy()
+    ways = {"reduced": policy, "full": dataclasses.replace(policy, reduced=False)}
     reduced_j2k = imaging._reduced_j2k
     taken = [0]
 
@@ -81,10 +84,9 @@ def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
             best = {"reduced": float("inf"), "full": float("inf")}
             for repeat in range(repeats):
                 for way in ("reduced", "full"):  # taking turns: load from elsewhere hits both alike
-                    imaging._REDUCED_J2K = way == "reduced"
                     before = taken[0]
                     started = time.perf_counter()
-                    image = imaging.decode(blob, (size, size), policy)
+                    image = imaging.decode(blob, (size, size), ways[way])
                     best[way] = min(best[way], (time.perf_counter() - started) * 1000)
                     if repeat == 0:
                         pixels[way].append(image.pixels)
@@ -92,7 +94,6 @@ def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
             for way, value in best.items():
                 ms[way].append(value)
     finally:
-        imaging._REDUCED_J2K = True
         imaging._reduced_j2k = reduced_j2k
     return {"pixels": pixels, "ms": ms, "reduced_taken": files_reduced}
 

@@ -28,6 +28,9 @@ class DecodePolicy:
     body_parts: frozenset[str]
     salt: bytes
     views: frozenset[str] = frozenset({"PA", "AP"})  # DICOM ViewPosition values the model assesses
+    # Compressed DICOM (JPEG 2000, HTJ2K, JPEG baseline) decoded at the resolution the model needs, where
+    # the codec can; False always decodes at full size first.
+    reduced: bool = True
 
 
 def _data_home() -> Path:
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
     allowed_body_parts: str = Field(default="CHEST", description="DICOM BodyPartExamined accepted; absent is accepted.")
     assessed_views: str = Field(default="PA,AP", description="DICOM ViewPosition values the model assesses (frontal "
                                 "views); others (LL, LATERAL...) are stored as not assessed. Absent is assessed.")
+    reduced_decode: bool = Field(default=True, description="Decode JPEG 2000, HTJ2K and JPEG baseline DICOM at "
+                                 "the resolution the model needs, not at full size (false: always full size).")
     visibility_timeout: float = Field(default=3600.0, gt=0, description="Seconds Redis waits for a task's ack "
                                       "before redelivering it; keep it longer than the longest batch.")
     requeue_after: float = Field(default=60.0, gt=0, description="Seconds a file handed to the broker may stay "
@@ -164,7 +169,7 @@ class Settings(BaseSettings):
     def decode_policy(self) -> DecodePolicy:
         """The decoding rules these settings make (size limit, DICOM allow-lists, PatientID salt)."""
         return DecodePolicy(self.max_pixels, self.modality_set, self.body_part_set, self.salt,
-                            _upper_set(self.assessed_views))
+                            _upper_set(self.assessed_views), self.reduced_decode)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -431,7 +431,7 @@ def _decode_dataset(
     frame = _check_codestream(ds, policy.max_pixels)
     frames = _number(ds, "NumberOfFrames", 1)
     array, box = None, None
-    if size is not None and frame is not None and _REDUCED_J2K:
+    if size is not None and frame is not None and policy.reduced:
         try:
             if reduced := _reduced_j2k(ds, frame, size) or _reduced_jpeg(ds, frame, size):
                 array, box = reduced
@@ -587,11 +587,6 @@ def _codestream_size(head: bytes) -> tuple[int, int] | None:
 
 
 # --- JPEG 2000 at a reduced resolution --------------------------------------------------------------
-
-# Private switch: False always takes the full decode of JPEG 2000 and JPEG baseline (bench/j2k_reduce.py
-# compares the two).
-_REDUCED_J2K = True
-
 
 @dataclass(frozen=True)
 class _J2KHeader:

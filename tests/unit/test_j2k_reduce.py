@@ -56,11 +56,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Calls]]:
     yield _Calls
 
 
-def _full(data: bytes, size: tuple[int, int] | None, monkeypatch: pytest.MonkeyPatch, **policy: Any) -> np.ndarray:
+def _full(data: bytes, size: tuple[int, int] | None, **policy: Any) -> np.ndarray:
     """The decode as it was before the reduced path: pydicom's full decode, then the resize."""
-    with monkeypatch.context() as patch:
-        patch.setattr(imaging, "_REDUCED_J2K", False)
-        return decode(data, size, helpers.policy(**policy)).pixels
+    return decode(data, size, helpers.policy(reduced=False, **policy)).pixels
 
 
 def _frame(data: bytes) -> tuple[Any, bytes]:
@@ -73,7 +71,7 @@ def _frame(data: bytes) -> tuple[Any, bytes]:
 
 
 def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
-        large: bytes, calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+        large: bytes, calls: type[_Calls]) -> None:
     header = imaging._j2k_header(_frame(large)[1])
     assert header is not None and (header.width, header.height, header.precision) == (2000, 1700, 12)
     assert imaging._j2k_reduction(header, MODEL) == 2  # 500x425 covers 224x224; 250x213 would not
@@ -83,7 +81,7 @@ def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
     assert image.kind == DICOM and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
     assert image.notes == ()
 
-    full = _full(large, MODEL, monkeypatch)
+    full = _full(large, MODEL)
     assert calls.full == 1
     error = np.abs(image.pixels.astype(np.float64) - full)
     # Measured: mean 0.0005, max 0.019 (Pillow 13, OpenJPEG 2.5.4); 0.0045 and 0.10 without the
@@ -92,7 +90,7 @@ def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
     assert error.max() < 0.1, error.max()
 
 
-def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls]) -> None:
     """HTJ2K (OpenJPH's encoder; Pillow's OpenJPEG decodes it) takes the same reduced path, losslessly stored."""
     stored = _upscaled(SOURCE, 2000, 1700)
     data = helpers.dicom_bytes(SOURCE, syntax="htj2k-lossless", stored=stored, **helpers.IDENTITY_WINDOW_12)
@@ -104,18 +102,17 @@ def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls], monk
     image = decode(data, MODEL, helpers.POLICY)
     assert calls.full == 0, "the reduced path was not taken"
     assert image.pixels.shape == MODEL and image.notes == ()
-    full = _full(data, MODEL, monkeypatch)
+    full = _full(data, MODEL)
     np.testing.assert_array_equal(ds.pixel_array, stored)  # lossless, as pydicom decodes it
     error = np.abs(image.pixels.astype(np.float64) - full)
     assert error.mean() < 0.005, error.mean()  # measured: mean 0.0005, max 0.019, as plain JPEG 2000
     assert error.max() < 0.1, error.max()
 
 
-def test_size_none_still_decodes_the_whole_image(large: bytes, calls: type[_Calls],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_none_still_decodes_the_whole_image(large: bytes, calls: type[_Calls]) -> None:
     image = decode(large, None, helpers.POLICY)
     assert calls.full == 1 and image.pixels.shape == (1700, 2000)
-    np.testing.assert_array_equal(image.pixels, _full(large, None, monkeypatch))
+    np.testing.assert_array_equal(image.pixels, _full(large, None))
 
 
 def test_the_size_limits_still_hold(large: bytes) -> None:
@@ -153,29 +150,29 @@ def variants() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_monochrome1_rescale_window_and_sign_apply_as_before(
-        name: str, variants: dict[str, bytes], calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+        name: str, variants: dict[str, bytes], calls: type[_Calls]) -> None:
     image = decode(variants[name], MODEL, helpers.POLICY).pixels
     assert calls.full == 0, "the reduced path was not taken"
     if name != "stretched":  # the same picture as the plain MONOCHROME2 file, reduced too
         # Up to the rounding of the integer (5/3) wavelet's low bands, which inverting the stored
         # values changes by a few units in 4095 (measured: 0.0008 at most).
         np.testing.assert_allclose(image, decode(variants["mono2"], MODEL, helpers.POLICY).pixels, atol=0.002)
-    error = np.abs(image.astype(np.float64) - _full(variants[name], MODEL, monkeypatch))
+    error = np.abs(image.astype(np.float64) - _full(variants[name], MODEL))
     assert error.mean() < 0.005, error.mean()  # measured 0.0012 (0.0019 stretched)
     # Dark lungs stay dark: MONOCHROME1 was inverted, not shown as a negative.
     assert np.corrcoef(image.ravel(), helpers.gray(SOURCE).ravel())[0, 1] > 0.95
 
 
-def test_eight_bit(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eight_bit(calls: type[_Calls]) -> None:
     data = helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8, stored=_upscaled(SOURCE, 896, 1000, bits=8),
                                **helpers.IDENTITY_WINDOW_8)
     image = decode(data, MODEL, helpers.POLICY).pixels
     assert calls.full == 0, "the reduced path was not taken"
-    error = np.abs(image.astype(np.float64) - _full(data, MODEL, monkeypatch))
+    error = np.abs(image.astype(np.float64) - _full(data, MODEL))
     assert error.mean() < 0.005, error.mean()  # measured 0.0025
 
 
-def test_a_real_chest_cr_of_odd_size_decodes_reduced(calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_real_chest_cr_of_odd_size_decodes_reduced(calls: type[_Calls]) -> None:
     """RG1_J2KR (pydicom-data): 1841x1955, 15 bits stored, MONOCHROME1. 1841 is 461 at a quarter, not 460."""
     from pydicom.data import get_testdata_file
 
@@ -184,7 +181,7 @@ def test_a_real_chest_cr_of_odd_size_decodes_reduced(calls: type[_Calls], monkey
     data = Path(path).read_bytes()
     image = decode(data, MODEL, helpers.POLICY).pixels
     assert calls.full == 0, "the reduced path was not taken"
-    error = np.abs(image.astype(np.float64) - _full(data, MODEL, monkeypatch))
+    error = np.abs(image.astype(np.float64) - _full(data, MODEL))
     assert error.mean() < 0.005, error.mean()  # measured 0.0020
 
 
@@ -234,7 +231,7 @@ def test_a_codestream_without_its_header_is_rejected(large: bytes) -> None:
 
 def test_any_failure_of_the_reduced_path_falls_back_to_the_full_decode(
         variants: dict[str, bytes], calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = _full(variants["mono1"], MODEL, monkeypatch)
+    expected = _full(variants["mono1"], MODEL)
     calls.full = 0
 
     def broken(*args: Any) -> np.ndarray:
@@ -255,13 +252,13 @@ def test_small_images_and_other_syntaxes_take_the_full_decode(calls: type[_Calls
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_jpeg_baseline_decodes_with_dct_scaling_close_to_the_full_decode(
-        photometric: str, calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+        photometric: str, calls: type[_Calls]) -> None:
     data = helpers.dicom_bytes(SOURCE, syntax="jpeg-baseline", bits=8, photometric=photometric,
                                stored=_upscaled(SOURCE, 2000, 1700, bits=8))
     image = decode(data, MODEL, helpers.POLICY)
     assert calls.full == 0, "the DCT-scaled path was not taken"
     assert image.pixels.shape == MODEL
-    full = _full(data, MODEL, monkeypatch)
+    full = _full(data, MODEL)
     assert calls.full == 1
     error = np.abs(image.pixels.astype(np.float64) - full)
     # Measured: mean 0.0024, max 0.013; 15 ms against 58 ms for the full decode (DCT scaling 1/4).
