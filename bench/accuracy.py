@@ -28,7 +28,7 @@ def main() -> int:
     bundle = load_bundle(args.bundle, verify=True)
     with tempfile.TemporaryDirectory() as out:
         report = evaluate(bundle, args.data_dir, args.split, Path(out), Settings(patient_salt="bench").decode_policy)
-    recorded = bundle.card.get("test_metrics") or {}
+    recorded = bundle.card.test_metrics or {}
     print(f"{bundle.version} on {args.data_dir}/{args.split} (n={report['n']}, threshold {report['threshold']:.4f})")
     print(f"{'metric':<12} {'measured':>9} {'card':>9}")
     mismatch = False

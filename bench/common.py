@@ -174,12 +174,12 @@ def stand_in_bundle(work: Path, input_size: int = 224) -> Path:
     import keras
 
     from pneumoscan.models.architectures import build_model
-    from pneumoscan.models.bundle import write_bundle
+    from pneumoscan.models.bundle import ModelCard, write_bundle
 
     keras.utils.set_random_seed(0)
     model = build_model("pneumonet", input_size)
-    card = {"version": STAND_IN_VERSION, "architecture": "pneumonet", "input_size": input_size,
-            "threshold": 0.5, "note": "untrained weights, for speed benchmarks only"}
+    card = ModelCard(version=STAND_IN_VERSION, architecture="pneumonet", input_size=input_size, threshold=0.5,
+                     extra={"note": "untrained weights, for speed benchmarks only"})
     write_bundle(out, model, card)
     return out
 
@@ -196,7 +196,7 @@ def resolve_bundle(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str
         path = stand_in_bundle(work)
     bundle = load_bundle(path)
     return path, {"path": str(path), "version": bundle.version, "input_size": bundle.input_size,
-                  "architecture": bundle.card.get("architecture"), "stand_in": bundle.version == STAND_IN_VERSION}
+                  "architecture": bundle.card.architecture, "stand_in": bundle.version == STAND_IN_VERSION}
 
 
 # --- timing and statistics -----------------------------------------------------------------------

@@ -38,12 +38,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import keras
 
     from pneumoscan.models.architectures import build_model
-    from pneumoscan.models.bundle import write_bundle
+    from pneumoscan.models.bundle import ModelCard, write_bundle
 
     keras.utils.set_random_seed(0)
     model = build_model("tiny", TINY_INPUT_SIZE)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    card = {"version": TINY_VERSION, "input_size": TINY_INPUT_SIZE, "threshold": 0.5, "architecture": "tiny"}
+    card = ModelCard(version=TINY_VERSION, input_size=TINY_INPUT_SIZE, threshold=0.5, architecture="tiny")
     return write_bundle(out, model, card)
 
 

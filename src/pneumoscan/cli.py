@@ -472,11 +472,13 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
         from pneumoscan.models.train import recalibrate
 
         bundle = recalibrate(_settings(ctx).model_path, validation_data, _settings(ctx).decode_policy)
-        calibration = bundle.card["calibration"]
-        click.echo(f"{bundle.version}: temperature {calibration['temperature']:.3f}, threshold "
-                   f"{bundle.threshold:.4f}; validation NLL {calibration['before']['nll']:.4f} -> "
-                   f"{calibration['after']['nll']:.4f}, ECE {calibration['before']['ece']:.4f} -> "
-                   f"{calibration['after']['ece']:.4f}")
+        calibration = bundle.card.calibration
+        if calibration is None:  # recalibrate always fits one
+            raise click.ClickException(f"{bundle.path}: no calibration was written")
+        before, after = calibration.before, calibration.after
+        click.echo(f"{bundle.version}: temperature {calibration.temperature:.3f}, threshold "
+                   f"{bundle.threshold:.4f}; validation NLL {before['nll']:.4f} -> "
+                   f"{after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
         return
     if not from_reviews:
         raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
@@ -802,9 +804,9 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
         return
     except (DatasetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    for warning in bundle.card.get("warnings", []):
+    for warning in bundle.card.warnings or ():
         err.print(f"[bold red]WARNING[/]: {warning}")
-    v = bundle.card["validation_metrics"]
+    v = bundle.card.validation_metrics or {}
     click.echo(f"wrote {out}: {bundle.version}, threshold {bundle.threshold:.4f}, validation ROC AUC "
                f"{v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
 
@@ -832,8 +834,8 @@ def ensemble(ctx: click.Context, bundles: tuple[Path, ...], data_dir: Path, out:
                          min_sensitivity=min_sensitivity)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
-    v = bundle.card["validation_metrics"]
-    click.echo(f"wrote {out}: {bundle.version} ({len(bundle.card['members'])} members), "
+    v = bundle.card.validation_metrics or {}
+    click.echo(f"wrote {out}: {bundle.version} ({len(bundle.card.members or ())} members), "
                f"threshold {bundle.threshold:.4f}, "
                f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "
                f"specificity {v['specificity']:.3f}")

@@ -15,7 +15,7 @@ import pytest
 from pneumoscan.db.queries import Result, save_results
 from pneumoscan.db.reviews import add_review
 from pneumoscan.db.schema import OperatingPoint, Prediction
-from pneumoscan.models.bundle import MODEL_FILE, load_bundle, write_bundle
+from pneumoscan.models.bundle import MODEL_FILE, ModelCard, load_bundle, write_bundle
 from pneumoscan.models.pretrained import read_torch_legacy, weights_file
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -46,8 +46,9 @@ def test_a_tiny_fine_tune_from_imagenet_trains_only_the_head_first(real_data: Pa
     proc = _cli(pneumoscan_exe, *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bundle = load_bundle(out, verify=True)
-    assert bundle.card["architecture"] == "efficientnet-lite0" and bundle.card["calibration"]["temperature"] > 0
-    assert "validation is tiny" in " ".join(bundle.card["warnings"]) and "WARNING" in proc.stderr
+    assert bundle.card.architecture == "efficientnet-lite0" and bundle.card.calibration is not None
+    assert bundle.card.calibration.temperature > 0 and bundle.temperature == bundle.card.calibration.temperature
+    assert "validation is tiny" in " ".join(bundle.card.warnings or ()) and "WARNING" in proc.stderr
     probabilities = bundle.predict(np.random.default_rng(0).random((3, 32, 32), dtype=np.float32))
     assert probabilities.shape == (3,) and np.all((probabilities > 0) & (probabilities < 1))
     # During the head epoch the backbone keeps its ImageNet weights; the head has moved from its start.
@@ -101,7 +102,7 @@ def blob_bundle(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model = build_model("tiny", 48, dropout=0.0)
     model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy", metrics=["accuracy"])
     model.fit(x[..., None], y, epochs=12, batch_size=32, verbose=0, shuffle=True)
-    card = {"version": "blob-1", "input_size": 48, "threshold": 0.5, "architecture": "tiny"}
+    card = ModelCard(version="blob-1", input_size=48, threshold=0.5, architecture="tiny")
     return write_bundle(tmp_path_factory.mktemp("blob") / "b", model, card)
 
 
@@ -126,7 +127,7 @@ def test_an_ensemble_explains_as_the_mean_of_its_members_maps(blob_bundle: Any, 
     model.get_layer("block2_sep2").set_weights([w * 0.5 for w in model.get_layer("block2_sep2").get_weights()])
     model.save(second.path / MODEL_FILE)
     ensemble = write_bundle(tmp_path / "ens", build_ensemble([blob_bundle, load_bundle(second.path)]),
-                            {"version": "e", "input_size": 48, "threshold": 0.5})
+                            ModelCard(version="e", input_size=48, threshold=0.5))
     image = _blob_images(2, 48, np.random.default_rng(3), blob=True)
     mean = (blob_bundle.explain(image) + load_bundle(second.path).explain(image)) / 2
     expected = mean / mean.max(axis=(1, 2), keepdims=True)  # each image's map scaled to a peak of 1

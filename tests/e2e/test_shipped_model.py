@@ -15,10 +15,11 @@ TEST_IMAGES = Path(__file__).parents[1] / "fixtures" / "test_images"
 def test_shipped_bundle_is_the_default_and_matches_its_card() -> None:
     assert Settings().model_path == SHIPPED_MODEL_DIR
     bundle = load_bundle(SHIPPED_MODEL_DIR, verify=True)
-    assert bundle.card["sha256"] == file_sha256(SHIPPED_MODEL_DIR / MODEL_FILE)
+    assert bundle.card.sha256 == file_sha256(SHIPPED_MODEL_DIR / MODEL_FILE)
     assert (SHIPPED_MODEL_DIR / MODEL_FILE).stat().st_size <= 20 * 1024 * 1024
     assert 0.0 < bundle.threshold < 1.0
-    assert bundle.card["test_metrics"]["n"] == 624  # measured on the full official test split
+    assert bundle.card.test_metrics is not None
+    assert bundle.card.test_metrics["n"] == 624  # measured on the full official test split
 
 
 def test_shipped_model_reads_real_test_images_through_the_pipeline(tmp_path: Path) -> None:

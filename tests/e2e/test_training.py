@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import helpers
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.models import metrics
-from pneumoscan.models.bundle import file_sha256, load_bundle
+from pneumoscan.models.bundle import file_sha256, load_bundle, read_card, write_card
 from pneumoscan.models.dataset import labels_of, list_split, load_images, patient_split
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -57,13 +58,16 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -> None:
     bundle = load_bundle(trained, verify=True)  # verify: the card's sha256 matches the model file
     card = bundle.card
-    assert card["version"] == "tiny-trained"
-    assert card["architecture"] == "tiny" and card["input_size"] == 64
-    assert card["sha256"] == file_sha256(trained / "model.keras")
+    assert card.version == "tiny-trained"
+    assert card.architecture == "tiny" and card.input_size == 64
+    assert card.sha256 == file_sha256(trained / "model.keras")
     for key in ("preprocessing", "threshold_rule", "training", "validation_metrics"):
-        assert card[key], key
-    assert "test split was not read" in card["training"]["split"]
-    assert (card["training"]["config"]["mixup"], card["training"]["config"]["label_smoothing"]) == (0.2, 0.1)
+        assert getattr(card, key), key
+    assert card.training is not None and "test split was not read" in card.training["split"]
+    assert (card.training_config["mixup"], card.training_config["label_smoothing"]) == (0.2, 0.1)
+    # The file on disk keeps its format: test_metrics is there as null until `evaluate --update-card`.
+    on_disk = json.loads((trained / "card.json").read_text())
+    assert on_disk["test_metrics"] is None and card.test_metrics is None and card.to_json() == on_disk
     assert (trained / "training_curves.png").stat().st_size > 1000
     probabilities = bundle.predict(np.random.default_rng(0).random((3, 64, 64), dtype=np.float32))
     assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
@@ -71,12 +75,12 @@ def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -
 
 def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Path) -> None:
     bundle = load_bundle(trained)
-    config = bundle.card["training"]["config"]
+    config = bundle.card.training_config
     _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
     scores = bundle.predict(load_images(val, 64, helpers.POLICY, exact=True))
     expected = metrics.choose_threshold(labels_of(val), scores, config["min_sensitivity"])
     assert bundle.threshold == pytest.approx(expected, abs=1e-6)
-    assert bundle.card["validation_metrics"]["n"] == len(val)
+    assert bundle.card.validation_metrics is not None and bundle.card.validation_metrics["n"] == len(val)
 
 
 def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path:
     assert epochs_seen == [2]  # only the epoch that was missing
     history = (out / "checkpoints" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
-    assert bundle.card["training"]["epochs_run"] == 3
+    assert bundle.card.training is not None and bundle.card.training["epochs_run"] == 3
 
 
 def test_mixup_mixes_each_image_label_and_weight_with_one_partner_by_one_factor() -> None:
@@ -198,8 +202,8 @@ def test_ensemble_of_same_size_members_is_their_mean(trained: Path, members: dic
                            "--version", "tiny-pair")
     assert result.returncode == 0, result.stderr[-2000:]
     combined = load_bundle(tmp_path / "e", verify=True)
-    assert combined.card["architecture"] == "ensemble" and combined.input_size == 64
-    assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "same"]
+    assert combined.card.is_ensemble and combined.card.architecture == "ensemble" and combined.input_size == 64
+    assert [m["version"] for m in combined.card.members or ()] == ["tiny-trained", "same"]
     x = load_images(list_split(data_dir, "train")[:12], 64, helpers.POLICY, exact=True)
     expected = (load_bundle(trained).predict(x) + load_bundle(members["same"]).predict(x)) / 2
     np.testing.assert_allclose(combined.predict(x), expected, atol=1e-5)
@@ -211,7 +215,7 @@ def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
     assert result.returncode == 0, result.stderr[-2000:]
     combined = load_bundle(tmp_path / "e", verify=True)
     assert combined.input_size == 64
-    config = combined.card["training"]["config"]
+    config = combined.card.training_config
     _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
     scores = combined.predict(load_images(val, 64, helpers.POLICY, exact=True))  # calibrated, as the worker decodes
     assert combined.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
@@ -231,7 +235,7 @@ def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
                            str(tmp_path / "e"))
     assert result.returncode == 0, result.stderr[-2000:]
     combined = load_bundle(tmp_path / "e", verify=True)
-    assert [m["version"] for m in combined.card["members"]] == ["tiny-trained", "small", "same"]
+    assert [m["version"] for m in combined.card.members or ()] == ["tiny-trained", "small", "same"]
     x = load_images(list_split(data_dir, "train")[:8], 64, helpers.POLICY, exact=True)
     import keras
 
@@ -259,11 +263,9 @@ def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(tr
                                                                               tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(trained, old)
-    card = json.loads((old / "card.json").read_text())
-    for key in ("calibration", "warnings"):
-        card.pop(key)
-    card["threshold"] = 0.5
-    (old / "card.json").write_text(json.dumps(card))
+    # A card from before calibration: no calibration entry, no warnings, the default threshold.
+    write_card(old, replace(read_card(old), calibration=None, warnings=None, threshold=0.5))
+    assert not {"calibration", "warnings"} & set(json.loads((old / "card.json").read_text()))
     env = {"PNEUMOSCAN_MODEL": str(old), "PNEUMOSCAN_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([CLI, "calibrate", "--validation", str(data_dir)], capture_output=True, text=True,
                             timeout=240, env=env)
@@ -274,7 +276,8 @@ def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(tr
     _, val = patient_split(list_split(data_dir, "train"), 0.3, 0)
     scores = refit.predict(load_images(val, 64, helpers.POLICY, exact=True))
     assert refit.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
-    assert refit.card["calibration"]["after"]["nll"] <= refit.card["calibration"]["before"]["nll"] + 1e-9
+    assert refit.card.calibration is not None
+    assert refit.card.calibration.after["nll"] <= refit.card.calibration.before["nll"] + 1e-9
     wrong = subprocess.run([CLI, "calibrate", "--validation", str(tmp_path)], capture_output=True, text=True,
                            timeout=240, env=env)
     assert wrong.returncode == 1 and "was trained on 'data" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -18,8 +18,8 @@ from pneumoscan.models.bundle import CARD_FILE, MODEL_FILE, BundleError, load_bu
 def test_load_bundle_reads_the_card(tiny_bundle: Any) -> None:
     bundle = load_bundle(tiny_bundle.path, verify=True)
     assert (bundle.version, bundle.input_size, bundle.threshold) == ("tiny-test-1", 64, 0.5)
-    assert bundle.card["architecture"] == "tiny"
-    assert len(bundle.card["sha256"]) == 64
+    assert bundle.card.architecture == "tiny"
+    assert bundle.card.sha256 is not None and len(bundle.card.sha256) == 64
 
 
 def test_predict_batches(tiny_bundle: Any) -> None:

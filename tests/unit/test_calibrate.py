@@ -46,7 +46,7 @@ def test_brier_and_ece_on_a_hand_worked_case() -> None:
 def test_validation_fit_picks_its_threshold_on_the_calibrated_scores() -> None:
     labels, scores = _overconfident(2000, seed=3)
     entry, calibrated, threshold = calibrate.fit_on_validation(labels, scores, 0.95)
-    assert entry["after"]["nll"] < entry["before"]["nll"]
+    assert entry.after["nll"] < entry.before["nll"]
     kept = (calibrated[labels == 1] >= threshold).mean()
     assert kept >= 0.95 and (calibrated[labels == 1] >= threshold + 1e-6).mean() < 0.95 + 1e-3
 

@@ -8,20 +8,21 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pneumoscan.models.card import BundleError, ModelCard
+
+__all__ = ["CARD_FILE", "MODEL_FILE", "BundleError", "ModelBundle", "ModelCard", "configure_devices", "file_sha256",
+           "load_bundle", "read_card", "write_bundle", "write_card"]
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
-
-
-class BundleError(Exception):
-    """A model bundle that is missing or unusable; the message says what to do."""
 
 
 def file_sha256(path: Path) -> str:
@@ -56,26 +57,26 @@ class ModelBundle:
     """A trained model and its card. The Keras model loads on first use of ``predict``."""
 
     path: Path
-    card: dict[str, Any]
+    card: ModelCard
     _state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def version(self) -> str:
-        return str(self.card["version"])
+        return self.card.version
 
     @property
     def input_size(self) -> int:
-        return int(self.card["input_size"])
+        return self.card.input_size
 
     @property
     def threshold(self) -> float:
-        return float(self.card["threshold"])
+        return self.card.threshold
 
     @property
     def temperature(self) -> float:
         """The temperature fitted on validation (1.0 for bundles from before calibration)."""
-        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+        return self.card.temperature
 
     def load(self) -> None:
         """Load TensorFlow and the model now (a worker process does this after the fork, before its first task)."""
@@ -138,6 +139,20 @@ class ModelBundle:
         return grad_cam(self.model, batch[..., None] if batch.ndim == 3 else batch)
 
 
+def read_card(folder: Path) -> ModelCard:
+    """The card in ``folder``; BundleError when it is missing, not JSON or not a valid card."""
+    card_path = folder / CARD_FILE
+    try:
+        return ModelCard.from_json(json.loads(card_path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, BundleError) as exc:
+        raise BundleError(f"model card {card_path} is unreadable or incomplete: {exc}") from None
+
+
+def write_card(folder: Path, card: ModelCard) -> None:
+    """Write ``card`` as ``folder/card.json`` (the model file is untouched)."""
+    (folder / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2) + "\n")
+
+
 def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
     """Read a bundle's card (and with ``verify``, check the model file's SHA-256 against it)."""
     card_path, model_path = path / CARD_FILE, path / MODEL_FILE
@@ -146,21 +161,16 @@ def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
             f"no model bundle at {path} (need {MODEL_FILE} and {CARD_FILE}): train one with "
             "`pneumoscan train DATA_DIR --out BUNDLE_DIR` or set PNEUMOSCAN_MODEL to a bundle directory"
         )
-    try:
-        card = json.loads(card_path.read_text())
-        for key in ("version", "input_size", "threshold"):
-            card[key]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(f"model card {card_path} is unreadable or incomplete: {exc}") from None
-    if verify and card.get("sha256") != file_sha256(model_path):
+    card = read_card(path)
+    if verify and card.sha256 != file_sha256(model_path):
         raise BundleError(f"model file {model_path} does not match the sha256 in its card")
     return ModelBundle(path, card)
 
 
-def write_bundle(out: Path, model: Any, card: dict[str, Any]) -> ModelBundle:
-    """Save ``model`` and ``card`` (with the file's SHA-256 added) as a bundle in ``out``."""
+def write_bundle(out: Path, model: Any, card: ModelCard) -> ModelBundle:
+    """Save ``model`` and ``card`` (with the file's SHA-256 set) as a bundle in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / MODEL_FILE)
-    card = {**card, "sha256": file_sha256(out / MODEL_FILE)}
-    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    card = replace(card, sha256=file_sha256(out / MODEL_FILE))
+    write_card(out, card)
     return ModelBundle(out, card)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.models import metrics
+from pneumoscan.models.card import Calibration
 
 _EPS = 1e-7
 
@@ -79,7 +80,7 @@ def calibration_report(labels: np.ndarray, probabilities: np.ndarray) -> dict[st
             "nll": nll(labels, probabilities)}
 
 
-def fit_on_validation(labels: np.ndarray, raw: np.ndarray, min_sensitivity: float) -> tuple[dict[str, Any], np.ndarray,
+def fit_on_validation(labels: np.ndarray, raw: np.ndarray, min_sensitivity: float) -> tuple[Calibration, np.ndarray,
                                                                                              float]:
     """Temperature and threshold from validation: (card calibration entry, calibrated scores, threshold).
 
@@ -87,8 +88,8 @@ def fit_on_validation(labels: np.ndarray, raw: np.ndarray, min_sensitivity: floa
     """
     temperature = fit_temperature(labels, raw)
     calibrated = apply_temperature(raw, temperature)
-    entry = {"method": "temperature", "temperature": temperature, "fitted_on": "validation",
-             "before": calibration_report(labels, raw), "after": calibration_report(labels, calibrated)}
+    entry = Calibration(method="temperature", temperature=temperature, fitted_on="validation",
+                        before=calibration_report(labels, raw), after=calibration_report(labels, calibrated))
     return entry, calibrated, metrics.choose_threshold(labels, calibrated, min_sensitivity)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,11 @@ from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
+from pneumoscan.models.card import ModelCard
 from pneumoscan.models.dataset import labels_of, train_validation
 from pneumoscan.models.train import validation_calibration
 
 log = logging.getLogger(__name__)
-
-
-def _split_of(bundle: ModelBundle) -> tuple[Any, Any, Any]:
-    training = bundle.card.get("training") or {}
-    config = training.get("config") or {}
-    return training.get("data"), config.get("val_fraction"), config.get("seed")
 
 
 def _leaves(member: ModelBundle) -> list[tuple[Any, int]]:
@@ -35,7 +31,7 @@ def _leaves(member: ModelBundle) -> list[tuple[Any, int]]:
     import keras
 
     model = keras.models.load_model(member.path / MODEL_FILE, compile=False)
-    if member.card.get("architecture") != "ensemble":
+    if not member.card.is_ensemble:
         return [(model, member.input_size)]
     return [(layer, int(layer.input_shape[1])) for layer in model.layers
             if layer.name.startswith("member") and hasattr(layer, "layers")]
@@ -65,12 +61,15 @@ def build_ensemble(members: list[ModelBundle]) -> Any:
     return keras.Model(inputs, mean, name="ensemble")
 
 
-def _member_cards(member: ModelBundle) -> list[dict[str, Any]]:
-    if member.card.get("architecture") == "ensemble":
-        return list(member.card.get("members", []))
-    return [{"version": member.version, "architecture": member.card.get("architecture"),
-             "input_size": member.input_size, "sha256": member.card.get("sha256"),
-             "validation_roc_auc": member.card["validation_metrics"]["roc_auc"]}]
+def _member_entries(member: ModelBundle) -> list[Mapping[str, Any]]:
+    """What the ensemble's card records of a member: one entry per network (an ensemble gives its own)."""
+    card = member.card
+    if card.is_ensemble:
+        return list(card.members or ())
+    if card.validation_roc_auc is None:
+        raise BundleError(f"{member.path} has no validation ROC AUC in its card; train it with `pneumoscan train`")
+    return [{"version": card.version, "architecture": card.architecture, "input_size": card.input_size,
+             "sha256": card.sha256, "validation_roc_auc": card.validation_roc_auc}]
 
 
 def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy, *, version: str | None = None,
@@ -78,17 +77,16 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
     """Combine ``members`` into one bundle in ``out``, with its threshold chosen on their validation split."""
     if len(members) < 2:
         raise BundleError("an ensemble needs at least two bundles")
-    splits = {_split_of(m) for m in members}
-    if len(splits) != 1 or None in next(iter(splits)):
+    splits = {m.card.validation_split for m in members}
+    data, val_fraction, seed = next(iter(splits))
+    if len(splits) != 1 or data is None or val_fraction is None or seed is None:
         raise BundleError("the bundles were not trained on one validation split (data, val_fraction and seed "
                           f"must match and be in their cards): {sorted(map(str, splits))}")
-    data, val_fraction, seed = splits.pop()
-    if len({m.card.get("preprocessing") for m in members}) != 1:
+    if len({m.card.preprocessing for m in members}) != 1:
         raise BundleError("the bundles preprocess their input differently and cannot share one input")
     if data != data_dir.name:
         raise BundleError(f"the bundles were trained on {data!r}, not on {data_dir.name!r}")
-    rule = min_sensitivity if min_sensitivity is not None else \
-        members[0].card["training"]["config"].get("min_sensitivity", 0.97)
+    rule = min_sensitivity if min_sensitivity is not None else members[0].card.min_sensitivity
     configure_devices()
     model = build_ensemble(members)
     size = int(model.input_shape[1])
@@ -97,25 +95,26 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
     calibration, scores, threshold = validation_calibration(model, val_set, size, policy, rule)
     now = datetime.now(UTC)
     first = members[0].card
-    card = {
-        "version": version or f"ensemble-{now:%Y%m%d-%H%M%S}",
-        "architecture": "ensemble",
-        "input_size": size,
-        "preprocessing": first.get("preprocessing"),
-        "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
-        "labels": list(LABELS),
-        "output": "mean probability of PNEUMONIA over the members",
-        "created_at": now.isoformat(timespec="seconds"),
-        "parameters": int(model.count_params()),
-        "members": [leaf for m in members for leaf in _member_cards(m)],
-        "training": {"data": data, "split": first["training"].get("split"),
-                     "validation_images": first["training"].get("validation_images"),
-                     "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},
-        "calibration": calibration,
-        "validation_metrics": metrics.summarize(y_val, scores, threshold),
-        "test_metrics": None,
-    }
+    provenance = first.training or {}
+    card = ModelCard(
+        version=version or f"ensemble-{now:%Y%m%d-%H%M%S}",
+        architecture="ensemble",
+        input_size=size,
+        preprocessing=first.preprocessing,
+        threshold=threshold,
+        threshold_rule=f"highest threshold with validation sensitivity >= {rule}",
+        labels=tuple(LABELS),
+        output="mean probability of PNEUMONIA over the members",
+        created_at=now.isoformat(timespec="seconds"),
+        parameters=int(model.count_params()),
+        members=tuple(leaf for m in members for leaf in _member_entries(m)),
+        training={"data": data, "split": provenance.get("split"),
+                  "validation_images": provenance.get("validation_images"),
+                  "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},
+        calibration=calibration,
+        validation_metrics=metrics.summarize(y_val, scores, threshold),
+        extra={"test_metrics": None},  # until `evaluate --update-card` measures the test split
+    )
     bundle = write_bundle(out, model, card)
-    log.info("ensemble written to %s: %s", out, json.dumps(card["validation_metrics"]))
+    log.info("ensemble written to %s: %s", out, json.dumps(card.validation_metrics))
     return bundle

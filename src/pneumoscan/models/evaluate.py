@@ -13,7 +13,7 @@ import numpy as np
 from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
-from pneumoscan.models.bundle import CARD_FILE, ModelBundle
+from pneumoscan.models.bundle import ModelBundle, write_card
 from pneumoscan.models.calibrate import calibration_report
 from pneumoscan.models.dataset import labels_of, list_split, load_images
 
@@ -58,8 +58,7 @@ def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path, policy:
 
 def store_test_metrics(bundle: ModelBundle, report: dict[str, Any]) -> None:
     """Record an evaluation in the bundle's card as ``test_metrics`` (the model file is untouched)."""
-    card = {**bundle.card, "test_metrics": {k: v for k, v in report.items() if k != "calibration"}}
-    (bundle.path / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    write_card(bundle.path, bundle.card.with_test_metrics({k: v for k, v in report.items() if k != "calibration"}))
 
 
 def _plots(labels: np.ndarray, scores: np.ndarray, report: dict[str, Any], out: Path) -> None:

@@ -19,6 +19,7 @@ from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
+from pneumoscan.models.card import Calibration, ModelCard
 from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
 
 log = logging.getLogger(__name__)
@@ -287,18 +288,18 @@ def train(
     for warning in warnings:
         log.warning("%s", warning)
     now = datetime.now(UTC)
-    card = {
-        "version": config.version or f"{config.architecture}-{now:%Y%m%d-%H%M%S}",
-        "architecture": config.architecture,
-        "input_size": config.input_size,
-        "preprocessing": PREPROCESSING,
-        "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
-        "labels": list(LABELS),
-        "output": "probability of PNEUMONIA",
-        "created_at": now.isoformat(timespec="seconds"),
-        "parameters": int(best.count_params()),
-        "training": {
+    card = ModelCard(
+        version=config.version or f"{config.architecture}-{now:%Y%m%d-%H%M%S}",
+        architecture=config.architecture,
+        input_size=config.input_size,
+        preprocessing=PREPROCESSING,
+        threshold=threshold,
+        threshold_rule=f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
+        labels=tuple(LABELS),
+        output="probability of PNEUMONIA",
+        created_at=now.isoformat(timespec="seconds"),
+        parameters=int(best.count_params()),
+        training={
             "data": str(data_dir.name),
             "config": dataclasses.asdict(config),
             "split": (f"validation carved from train by patient ({config.val_fraction:.0%} of each class's "
@@ -308,18 +309,18 @@ def train(
             "class_weight": class_weight,
             "epochs_run": len(_read_rows(history_csv)),
         },
-        "calibration": calibration,
-        "validation_metrics": metrics.summarize(y_val, val_scores, threshold),
-        "warnings": warnings,
-        "test_metrics": None,
-    }
+        calibration=calibration,
+        validation_metrics=metrics.summarize(y_val, val_scores, threshold),
+        warnings=tuple(warnings),
+        extra={"test_metrics": None},  # until `evaluate --update-card` measures the test split
+    )
     bundle = write_bundle(out, best, card)
-    log.info("bundle written to %s: %s", out, json.dumps(card["validation_metrics"]))
+    log.info("bundle written to %s: %s", out, json.dumps(card.validation_metrics))
     return bundle
 
 
 def validation_calibration(model: Any, val_set: list[Example], size: int, policy: DecodePolicy,
-                           min_sensitivity: float) -> tuple[dict[str, Any], np.ndarray, float]:
+                           min_sensitivity: float) -> tuple[Calibration, np.ndarray, float]:
     """Score validation exactly as the worker decodes it, fit the temperature, then choose the threshold.
 
     Returns (the card's calibration entry, calibrated validation scores, threshold on those scores).
@@ -335,22 +336,23 @@ def recalibrate(bundle_dir: Path, data_dir: Path, policy: DecodePolicy) -> Model
 
     For bundles made before calibration existed; the weights and the version stay as they are.
     """
-    from pneumoscan.models.bundle import CARD_FILE, load_bundle
+    from pneumoscan.models.bundle import load_bundle, write_card
 
     bundle = load_bundle(bundle_dir, verify=True)
-    training = bundle.card.get("training") or {}
-    config = training.get("config") or {}
-    if training.get("data") != data_dir.name or "val_fraction" not in config:
-        raise ValueError(f"{bundle_dir} was trained on {training.get('data')!r}, not on {data_dir.name!r}, "
+    data, val_fraction, seed = bundle.card.validation_split
+    if data != data_dir.name or val_fraction is None:
+        raise ValueError(f"{bundle_dir} was trained on {data!r}, not on {data_dir.name!r}, "
                          "or its card does not record the validation split")
-    _, val_set = train_validation(data_dir, float(config["val_fraction"]), int(config.get("seed", 0)))
-    rule = float(config.get("min_sensitivity", 0.97))
+    _, val_set = train_validation(data_dir, val_fraction, 0 if seed is None else seed)
+    rule = bundle.card.min_sensitivity
     calibration, scores, threshold = validation_calibration(bundle.model, val_set, bundle.input_size, policy, rule)
-    card = {**bundle.card, "calibration": calibration, "threshold": threshold,
-            "threshold_rule": f"highest threshold with validation sensitivity >= {rule}",
-            "validation_metrics": metrics.summarize(labels_of(val_set), scores, threshold),
-            "warnings": bundle.card.get("warnings", _warnings(labels_of(val_set), scores))}
-    (bundle_dir / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    warnings = bundle.card.warnings
+    card = dataclasses.replace(
+        bundle.card, calibration=calibration, threshold=threshold,
+        threshold_rule=f"highest threshold with validation sensitivity >= {rule}",
+        validation_metrics=metrics.summarize(labels_of(val_set), scores, threshold),
+        warnings=tuple(_warnings(labels_of(val_set), scores)) if warnings is None else warnings)
+    write_card(bundle_dir, card)
     return ModelBundle(bundle_dir, card)
 
 
@@ -358,12 +360,15 @@ def _check_finished(out: Path, restart: bool) -> None:
     """Refuse to retrain a finished bundle (a new version would reclassify every image) unless ``restart``."""
     import shutil
 
-    from pneumoscan.models.bundle import CARD_FILE
+    from pneumoscan.models.bundle import CARD_FILE, BundleError, read_card
 
     if not (out / CARD_FILE).is_file():
         return
     if not restart:
-        version = json.loads((out / CARD_FILE).read_text()).get("version", "?")
+        try:
+            version = read_card(out).version
+        except BundleError:
+            version = "?"
         raise AlreadyTrained(f"{out} already holds the finished bundle {version}; nothing to do "
                              "(pass --restart to train it again from scratch)")
     for path in (out / "checkpoints", out / CARD_FILE):
@@ -397,8 +402,8 @@ def _initial_model(config: TrainConfig) -> Any:
     from pneumoscan.models.bundle import MODEL_FILE, load_bundle
 
     start = load_bundle(Path(config.init), verify=True)
-    if (start.card.get("architecture"), start.input_size) != (config.architecture, config.input_size):
-        raise ValueError(f"--init bundle {config.init} is {start.card.get('architecture')} at "
+    if (start.card.architecture, start.input_size) != (config.architecture, config.input_size):
+        raise ValueError(f"--init bundle {config.init} is {start.card.architecture} at "
                          f"{start.input_size} px, not {config.architecture} at {config.input_size} px")
     log.info("starting from the weights of %s (%s)", start.version, config.init)
     return keras.models.load_model(start.path / MODEL_FILE, compile=False)
