@@ -110,6 +110,9 @@ def main(ctx: click.Context, verbose: int) -> None:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin ..." on every start otherwise
+    from pneumoscan.imaging import keep_large_buffers
+
+    keep_large_buffers()
     try:
         ctx.ensure_object(dict)["settings"] = Settings()
     except ValidationError as exc:

@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
+from pneumoscan.imaging import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE, SETTLE_STUDIES
 
@@ -74,6 +75,7 @@ def runtime() -> Runtime:
 @worker_process_init.connect
 def _init_worker_process(**_: Any) -> None:
     """In each pool process, after the fork: drop inherited connections, load the model, connect."""
+    keep_large_buffers()  # inherited from `pneumoscan worker`; a bare `celery worker` sets it here
     if _runtime is not None:
         _runtime.dispose()
     try:
