@@ -26,7 +26,9 @@ def test_the_shipped_card_round_trips_to_the_same_json() -> None:
     assert list(card.to_json()) == list(data)  # in the same key order,
     assert json.dumps(card.to_json(), indent=2) + "\n" == text  # so rewriting it changes no byte
     # Its typed fields and what is kept as it is.
-    assert (card.version, card.architecture, card.input_size) == ("pneumonet-v5", "efficientnet-lite0", 224)
+    assert (card.version, card.architecture, card.input_size) == (data["version"], data["architecture"],
+                                                                  data["input_size"])
+    assert card.version.startswith("pneumonet-") and card.architecture.startswith("efficientnet-lite")
     assert card.labels == ("NORMAL", "PNEUMONIA") and card.warnings == ()
     assert card.calibration is not None and card.temperature == card.calibration.temperature == data[
         "calibration"]["temperature"]
