@@ -16,6 +16,8 @@ For each input kind, in one run:
   (c)  decoding alone: read + pneumoscan.imaging.decode in a thread pool on all cores, no model.
   (d)  the database work alone per batch (SQLite): one of the serial parts a pipeline that does
        not overlap its stages adds on top of (a) and (c).
+  full for JPEG 2000, HTJ2K and JPEG baseline DICOM, e2e again on --full-n files with
+       PNEUMOSCAN_REDUCED_DECODE=false: the pipeline as it was before decoding at the model's size.
   limit = 1/(1/a + 1/c) on a CPU-only machine (decode and inference share the cores), min(a, c) with a GPU.
 Targets: e2e >= 0.9 x limit for JPEG and uncompressed DICOM, e2e >= 5 x (b) for every kind.
 This process keeps large buffers on the heap as `pneumoscan` does (``imaging.keep_large_buffers``), so
@@ -43,6 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from make_inputs import cached_inputs, input_set
+
+# The kinds whose decode is reduced to the model's resolution (issue 15), also run with it off.
+REDUCED_KINDS = ("dicom-j2k", "dicom-htj2k", "dicom-jpeg")
 
 
 def decode_file(path: Path, size: int) -> np.ndarray:
@@ -122,12 +127,12 @@ def _timestamp(value: str) -> float:
 
 
 def end_to_end(folder: Path, bundle_path: Path, work: Path, batch_size: int, decode_workers: int,
-               kind: str) -> dict[str, Any]:
+               kind: str, **settings: str) -> dict[str, Any]:
     """`pneumoscan scan FOLDER` with a fresh SQLite database; rates from the batch commit times."""
     data = work / "e2e-data" / kind
     shutil.rmtree(data, ignore_errors=True)
     env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_BATCH_SIZE=str(batch_size),
-                                PNEUMOSCAN_DECODE_WORKERS=str(decode_workers))
+                                PNEUMOSCAN_DECODE_WORKERS=str(decode_workers), **settings)
     run = common.run_child([str(common.PNEUMOSCAN_EXE), "scan", str(folder)], env)
     if run.returncode != 0:
         raise RuntimeError(f"pneumoscan scan failed ({run.returncode}):\n{run.output[-3000:]}")
@@ -179,10 +184,17 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
           f"before/after {a1['images_per_s']:.1f}/{a2['images_per_s']:.1f})", flush=True)
     limit = min(a["images_per_s"], c["images_per_s"]) if on_gpu else \
         1 / (1 / a["images_per_s"] + 1 / c["images_per_s"])
-    out = {"kind": kind, "n": n, "e2e": e2e, "a_ceiling": a, "b_seed": b, "c_decode": c,
+    full = None
+    if kind in REDUCED_KINDS and args.full_n:  # the same pipeline decoding at full size, as before issue 15
+        full = end_to_end(input_set(kind, args.full_n, args.work), bundle_path, args.work, args.batch_size,
+                          args.decode_workers, f"{kind}-full", PNEUMOSCAN_REDUCED_DECODE="false")
+        print(f"  e2e full-size decode  {full['images_per_s']:8.1f} images/s  steady state ({args.full_n} files)",
+              flush=True)
+    out = {"kind": kind, "n": n, "e2e": e2e, "e2e_full_decode": full, "a_ceiling": a, "b_seed": b, "c_decode": c,
            "limit_images_per_s": limit, "limit_rule": "min(a, c)" if on_gpu else "1/(1/a + 1/c)",
            "e2e_over_limit": e2e["images_per_s"] / limit, "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"],
-           "wall_e2e_over_limit": e2e["wall_images_per_s"] / limit}
+           "wall_e2e_over_limit": e2e["wall_images_per_s"] / limit,
+           "e2e_over_full_decode": e2e["images_per_s"] / full["images_per_s"] if full else None}
     print(f"  e2e scan              {e2e['images_per_s']:8.1f} images/s  steady state; "
           f"{e2e['wall_images_per_s']:.1f} images/s over the whole {e2e['wall_s']:.1f} s run, of which "
           f"{e2e.get('startup_and_first_batch_s', 0):.1f} s start-up and first batch; {e2e['statuses']}")
@@ -201,6 +213,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg")
     parser.add_argument("--ref-n", type=int, default=200, help="files for the decode-alone reference (c)")
     parser.add_argument("--seed-n", type=int, default=100, help="files for the one-at-a-time reference (b)")
+    parser.add_argument("--full-n", type=int, default=128,
+                        help="files for e2e with PNEUMOSCAN_REDUCED_DECODE=false, per compressed DICOM kind; 0: skip")
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the Settings default]")
     parser.add_argument("--decode-workers", type=int, default=None, help="[default: the Settings default]")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
