@@ -37,13 +37,16 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 
 
 def sample(n: int) -> list[tuple[Path, int]]:
-    """A fixed sample of ``n`` test images, (path, 1 for PNEUMONIA), evenly spaced in each class's sorted list."""
+    """A fixed sample of ``n`` test images, (path, 1 for PNEUMONIA), evenly spaced in each class's sorted list.
+
+    Half from each class, never more than a class holds (no image twice); ``n`` <= 0 takes the whole split.
+    """
     picked: list[tuple[Path, int]] = []
     for label, name in enumerate(CLASSES):
         paths = sorted((common.DATASET / "test" / name).glob("*.jpeg"))
         if not paths:
             raise SystemExit(f"no images under {common.DATASET}/test/{name} (the benchmark needs the dataset)")
-        count = n // 2 + (n % 2 if label == 0 else 0)
+        count = len(paths) if n <= 0 else min(len(paths), n // 2 + (n % 2 if label == 0 else 0))
         step = len(paths) / count
         picked += [(paths[int(i * step)], label) for i in range(count)]
     return picked
@@ -138,7 +141,8 @@ def run(items: list[tuple[Path, int]], noise: float, bundle: Any, repeats: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100, help="files (test images) per noise level [default: 100]")
+    parser.add_argument("--n", type=int, default=100,
+                        help="files (test images) per noise level; 0: the whole test split [default: 100]")
     parser.add_argument("--noise", default="0,3", help="grain levels to run, comma-separated [default: 0,3]")
     parser.add_argument("--repeats", type=int, default=2, help="decodes per file and way; the fastest counts")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
