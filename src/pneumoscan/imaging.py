@@ -452,13 +452,13 @@ def _decode_dataset(
         raise Rejected("DICOM file has no pixel data")
     frame = _check_codestream(ds, policy.max_pixels)
     frames = _number(ds, "NumberOfFrames", 1)
-    array, box = None, None
+    array, box, weight = None, None, 0.0
     if size is not None and frame is not None and policy.reduced:
         try:
             if reduced := _reduced_j2k(ds, frame, size) or _reduced_jpeg(ds, frame, size):
-                array, box = reduced
+                array, box, weight = reduced
         except Exception:  # whatever went wrong, the full decode below decides, exactly as without this path
-            array, box = None, None
+            array, box, weight = None, None, 0.0
     if array is None:
         # The first frame only, whatever the number of frames. RLE goes to pydicom's own decoder: the
         # faster pylibjpeg-rle (Rust) panics on some damaged data, printing to stderr as it goes.
@@ -483,13 +483,12 @@ def _decode_dataset(
     elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
     else:
-        with _codec(DICOM, _PYDICOM_DAMAGED):
-            pixels, note = _grayscale(array, ds)
+        pixels, note = _grayscale(array, ds)
         notes += note
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = 1.0 - pixels
     if box is not None:  # a reduced decode: one more row and column, so that its box lies inside
-        pixels = np.pad(pixels, ((0, 1), (0, 1)), mode="edge")
+        pixels = np.pad(_spread(pixels, weight) if weight else pixels, ((0, 1), (0, 1)), mode="edge")
     return DecodedImage(_resize(pixels, size, box), DICOM, meta, notes)
 
 
@@ -520,7 +519,8 @@ def _grayscale(array: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]
     from pydicom.sequence import Sequence
 
     def modality(stored: np.ndarray) -> np.ndarray:
-        return apply_modality_lut(stored, ds)
+        with _codec(DICOM, _PYDICOM_DAMAGED):  # pydicom's own errors on damaged LUTs, not ours
+            return apply_modality_lut(stored, ds)
 
     if sequence := ds.get("VOILUTSequence"):
         if not isinstance(sequence, Sequence):  # a damaged VR turns the sequence into bytes
@@ -530,11 +530,14 @@ def _grayscale(array: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]
             entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
         except (TypeError, IndexError, ValueError):  # absent, or too few values to be a LUT Descriptor
             raise Rejected("corrupt DICOM: the VOI LUT has no usable LUT Descriptor") from None
-        lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
+        with _codec(DICOM, _PYDICOM_DAMAGED):
+            lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds).astype(np.float64)
         low, high = float(lut.min()), float(lut.max())
         if high > low:
             def voi(stored: np.ndarray) -> np.ndarray:
-                mapped = apply_voi(np.rint(modality(stored)).astype(np.int64), ds).astype(np.float64)
+                values = np.rint(modality(stored)).astype(np.int64)
+                with _codec(DICOM, _PYDICOM_DAMAGED):
+                    mapped = apply_voi(values, ds).astype(np.float64)
                 return np.clip((mapped - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
             return _pointwise(array, voi), ()
@@ -619,6 +622,7 @@ class _J2KHeader:
     precision: int  # bits per sample
     signed: bool
     levels: int  # wavelet decomposition levels: the most resolution levels a decoder can drop
+    reversible: bool  # the 5/3 wavelet (lossless); else the 9/7
 
 
 @cache
@@ -647,19 +651,22 @@ def _j2k_header(frame: bytes) -> _J2KHeader | None:
     if components != 1 or x0 or y0 or (dx, dy) != (1, 1):
         return None
     levels: int | None = None
+    reversible = True
     offset = 4 + length
     while offset + 4 <= len(frame):  # the main header's marker segments, up to the first tile-part (SOT)
         marker, length = struct.unpack(">HH", frame[offset:offset + 4])
         if marker >> 8 != 0xFF or marker == 0xFF90 or offset + 2 + length > len(frame):
             break
-        if marker == 0xFF52 and length >= 12:  # COD: Lcod, Scod, SGcod (4 bytes), then the levels
+        if marker == 0xFF52 and length >= 12:  # COD: Lcod, Scod, SGcod (4 bytes), levels, 3 bytes, transform
             levels = frame[offset + 9] if levels is None else min(levels, frame[offset + 9])
-        elif marker == 0xFF53 and length >= 9:  # COC of the one component: Lcoc, Ccoc, Scoc, the levels
+            reversible = frame[offset + 13] == 1
+        elif marker == 0xFF53 and length >= 9:  # COC of the one component: Lcoc, Ccoc, Scoc, the same
             levels = frame[offset + 6] if levels is None else min(levels, frame[offset + 6])
+            reversible = frame[offset + 10] == 1
         offset += 2 + length
     if levels is None:
         return None
-    return _J2KHeader(width, height, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels)
+    return _J2KHeader(width, height, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), levels, reversible)
 
 
 def _shrunk(length: int, reduce: int) -> int:
@@ -708,11 +715,12 @@ def _j2k_decode(frame: bytes, header: _J2KHeader, reduce: int, dtype: np.dtype[A
 
 def _reduced_j2k(
     ds: Any, frame: bytes, size: tuple[int, int],
-) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+) -> tuple[np.ndarray, tuple[float, float, float, float], float] | None:
     """The first frame of a grayscale JPEG 2000 DICOM at the smallest resolution level that covers ``size``.
 
-    Returns the stored values, as ``ds.pixel_array`` would give them but smaller, and the box that
-    the full picture covers in them (see ``_reduced_box``); None where this way does not apply
+    Returns the stored values, as ``ds.pixel_array`` would give them but smaller, the box that the
+    full picture covers in them (see ``_reduced_box``) and the weight that evens out the wavelet's
+    blur (see ``_spread_weight``); None where this way does not apply
     (another syntax, colour, nothing to drop, anything unusual), so that the caller takes the full
     decode. It may raise anything: the caller takes the full decode then too.
     """
@@ -733,17 +741,18 @@ def _reduced_j2k(
     if reduce == 0:
         return None
     values = _j2k_decode(frame, header, reduce, np.dtype(f"{'i' if signed else 'u'}{allocated // 8}"))
-    return values, _reduced_box(header, reduce)
+    return values, _reduced_box(header, reduce), _spread_weight(header, reduce)
 
 
 def _reduced_jpeg(
     ds: Any, frame: bytes, size: tuple[int, int],
-) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+) -> tuple[np.ndarray, tuple[float, float, float, float], float] | None:
     """The first frame of an 8-bit grayscale JPEG baseline DICOM decoded with DCT scaling (1/2, 1/4, 1/8).
 
     Pillow's draft mode picks the largest scale whose size still covers ``size``. Each output sample
-    is the mean of its block, so the reduced image covers the full picture edge to edge. None where
-    this way does not apply; the caller takes the full decode then, and when this raises.
+    is the mean of its block, so the reduced image covers the full picture edge to edge (weight 0: no
+    correction measured for it). None where this way does not apply; the caller takes the full decode
+    then, and when this raises.
     """
     from pydicom.uid import JPEGBaseline8Bit
 
@@ -762,7 +771,34 @@ def _reduced_jpeg(
     if image.size == (width, height):
         return None  # nothing to drop
     scale_x, scale_y = width / image.width, height / image.height
-    return np.asarray(image, dtype=np.uint8), (0.0, 0.0, width / scale_x, height / scale_y)
+    return np.asarray(image, dtype=np.uint8), (0.0, 0.0, width / scale_x, height / scale_y), 0.0
+
+
+# The variance, in samples of the level it works at, of each wavelet's low-pass analysis filter
+# (taps normalised to sum 1): the 5/3's [-1, 2, 6, 2, -1] / 8 is a little sharper than no filter at
+# all, the 9/7's a little smoother.
+_LOW_PASS_VARIANCE = {True: -0.5, False: 0.46035}
+
+
+def _spread_weight(header: _J2KHeader, reduce: int) -> float:
+    """The weight ``a`` of the [a, 1 - 2a, a] filter that gives a reduced decode the full decode's blur.
+
+    The full decode goes to the model's size through one resampling filter; the reduced one through
+    ``reduce`` levels of the wavelet's low-pass first, then the same resampling filter (in full-size
+    pixels). Variances add, so the difference is the low-pass levels' own: v * (1 + 4 + ... + 4**(r-1))
+    full-size pixels squared, v / 4**r per level in reduced pixels. A 3-tap filter of variance 2a
+    takes it back out. Measured on 80 test images (5/3, two levels, a = 0.078): max |dp| 0.039 to
+    0.013 against the full decode, and 0.04 and 0.12 were both worse than the computed weight.
+    """
+    variance = _LOW_PASS_VARIANCE[header.reversible] * (4**reduce - 1) / 3 / 4**reduce
+    return -variance / 2
+
+
+def _spread(pixels: np.ndarray, weight: float) -> np.ndarray:
+    """``pixels`` through the separable filter [weight, 1 - 2 weight, weight], edges repeated."""
+    padded = np.pad(pixels, 1, mode="edge")
+    rows = weight * (padded[:-2] + padded[2:]) + (1.0 - 2.0 * weight) * padded[1:-1]
+    return (weight * (rows[:, :-2] + rows[:, 2:]) + (1.0 - 2.0 * weight) * rows[:, 1:-1]).astype(np.float32)
 
 
 def _reduced_box(header: _J2KHeader, reduce: int) -> tuple[float, float, float, float]:
