@@ -17,6 +17,11 @@ from typing import Any
 # Threshold rule used when a card's training config does not record one.
 DEFAULT_MIN_SENSITIVITY = 0.97
 
+
+def threshold_rule(min_sensitivity: float) -> str:
+    """How a card states the rule that placed its threshold on the validation split."""
+    return f"highest threshold with validation sensitivity >= {min_sensitivity}"
+
 # The order keys are written in: the card's own fields, in the order training has always written
 # them, then anything else in the order it was read.
 _KEY_ORDER = ("version", "architecture", "input_size", "preprocessing", "threshold", "threshold_rule", "labels",

@@ -19,7 +19,7 @@ from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
-from pneumoscan.models.card import ModelCard
+from pneumoscan.models.card import ModelCard, threshold_rule
 from pneumoscan.models.dataset import labels_of, train_validation
 from pneumoscan.models.train import validation_calibration
 
@@ -102,7 +102,7 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
         input_size=size,
         preprocessing=first.preprocessing,
         threshold=threshold,
-        threshold_rule=f"highest threshold with validation sensitivity >= {rule}",
+        threshold_rule=threshold_rule(rule),
         labels=tuple(LABELS),
         output="mean probability of PNEUMONIA over the members",
         created_at=now.isoformat(timespec="seconds"),

@@ -19,7 +19,7 @@ from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import LABELS
 from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
-from pneumoscan.models.card import Calibration, ModelCard
+from pneumoscan.models.card import Calibration, ModelCard, threshold_rule
 from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def train(
         input_size=config.input_size,
         preprocessing=PREPROCESSING,
         threshold=threshold,
-        threshold_rule=f"highest threshold with validation sensitivity >= {config.min_sensitivity}",
+        threshold_rule=threshold_rule(config.min_sensitivity),
         labels=tuple(LABELS),
         output="probability of PNEUMONIA",
         created_at=now.isoformat(timespec="seconds"),
@@ -349,7 +349,7 @@ def recalibrate(bundle_dir: Path, data_dir: Path, policy: DecodePolicy) -> Model
     warnings = bundle.card.warnings
     card = dataclasses.replace(
         bundle.card, calibration=calibration, threshold=threshold,
-        threshold_rule=f"highest threshold with validation sensitivity >= {rule}",
+        threshold_rule=threshold_rule(rule),
         validation_metrics=metrics.summarize(labels_of(val_set), scores, threshold),
         warnings=tuple(_warnings(labels_of(val_set), scores)) if warnings is None else warnings)
     write_card(bundle_dir, card)
