@@ -31,6 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATASET, DEFAULT_WORK
+from support import openjph
 
 KINDS = ("jpeg", "dicom", "dicom-j2k", "dicom-htj2k", "dicom-jpeg")
 SUFFIX = {kind: ".jpeg" if kind == "jpeg" else ".dcm" for kind in KINDS}
@@ -65,21 +66,6 @@ def jpeg_of(values: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(values.astype(np.uint8), mode="L").save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def htj2k_of(values: np.ndarray) -> bytes:
-    """12-bit values as a lossless HTJ2K codestream, by OpenJPH's ojph_compress (no Python package encodes it)."""
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        raw, out = Path(folder, "in.yuv"), Path(folder, "out.j2c")
-        raw.write_bytes(values.astype("<u2").tobytes())
-        height, width = values.shape
-        subprocess.run(["ojph_compress", "-i", str(raw), "-o", str(out), "-reversible", "true", "-dims",
-                        f"{{{width},{height}}}", "-num_comps", "1", "-signed", "false", "-bit_depth", "12",
-                        "-downsamp", "{1,1}"], check=True, capture_output=True)
-        return out.read_bytes()
 
 
 def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom") -> bytes:
@@ -122,7 +108,7 @@ def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom") -> bytes:
     if syntax == "dicom-j2k":
         ds.compress(JPEG2000Lossless, values, encoding_plugin="pylibjpeg")
     elif syntax in ("dicom-htj2k", "dicom-jpeg"):
-        frame = htj2k_of(values) if syntax == "dicom-htj2k" else jpeg_of(values)
+        frame = openjph.encode_htj2k(values, 12, False) if syntax == "dicom-htj2k" else jpeg_of(values)
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = HTJ2KLossless if syntax == "dicom-htj2k" else JPEGBaseline8Bit

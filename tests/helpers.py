@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from support import process
+from support import openjph, process
 
 wait_for = process.wait_for  # shared with bench/ (tests/support/process.py)
 
@@ -154,27 +154,12 @@ TRANSFER_SYNTAXES = {
 
 
 def encode_htj2k(values: np.ndarray, bits: int, signed: bool) -> bytes:
-    """A lossless High-Throughput JPEG 2000 codestream of ``values`` (stored values of ``bits`` bits), by OpenJPH.
-
-    No Python package encodes HTJ2K; Debian's openjph-tools has ``ojph_compress`` (`bash .ci/run` installs it).
-    """
-    import subprocess
-    import tempfile
-
-    if shutil.which("ojph_compress") is None:
-        message = "ojph_compress is not installed (Debian package openjph-tools); `bash .ci/run` installs it"
+    """A lossless HTJ2K codestream of ``values`` (``support.openjph``); skips, or fails under CI, without OpenJPH."""
+    if not openjph.installed():
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    samples = values.astype(("<i" if signed else "<u") + ("1" if bits <= 8 else "2"))
-    with tempfile.TemporaryDirectory() as folder:
-        raw, out = Path(folder, "in.yuv"), Path(folder, "out.j2c")
-        raw.write_bytes(samples.tobytes())
-        height, width = values.shape
-        subprocess.run(["ojph_compress", "-i", str(raw), "-o", str(out), "-reversible", "true",
-                        "-dims", f"{{{width},{height}}}", "-num_comps", "1", "-signed", str(signed).lower(),
-                        "-bit_depth", str(bits), "-downsamp", "{1,1}"], check=True, capture_output=True)
-        return out.read_bytes()
+            pytest.fail(openjph.MISSING)
+        pytest.skip(openjph.MISSING)
+    return openjph.encode_htj2k(values, bits, signed)
 
 
 def encode_dataset(ds: Any, syntax: str) -> Any:
