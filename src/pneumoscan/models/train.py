@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 PREPROCESSING = (
     "decode with pneumoscan.imaging.decode (JPEG/PNG to 8-bit gray; DICOM modality LUT, VOI LUT or "
     "robust min-max, MONOCHROME1 inverted), resize to input_size x input_size bilinear without "
-    "keeping the aspect ratio, scale to [0, 1]; the model standardizes each image itself"
+    "keeping the aspect ratio, scale to [0, 1]; any further normalization is part of the model"
 )
 
 
@@ -65,6 +65,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine weights as pretrained
     ema: float = 0.0  # momentum of an exponential moving average of the weights, used for validation and the bundle
+    equalize: bool = False  # per-image histogram equalization as the model's first layer (layers.Equalize)
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -395,7 +396,8 @@ def _initial_model(config: TrainConfig) -> Any:
     from pneumoscan.models.architectures import build_model
 
     if config.init is None:
-        return build_model(config.architecture, config.input_size, weights=config.weights)
+        return build_model(config.architecture, config.input_size, weights=config.weights,
+                           equalize=config.equalize)
     import keras
 
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
@@ -406,7 +408,12 @@ def _initial_model(config: TrainConfig) -> Any:
         raise ValueError(f"--init bundle {config.init} is {start.card.architecture} at "
                          f"{start.input_size} px, not {config.architecture} at {config.input_size} px")
     log.info("starting from the weights of %s (%s)", start.version, config.init)
-    return keras.models.load_model(start.path / MODEL_FILE, compile=False)
+    model = keras.models.load_model(start.path / MODEL_FILE, compile=False)
+    has = any(layer.name == "equalize" for layer in model.layers)
+    if has != config.equalize:
+        raise ValueError(f"--init bundle {config.init} {'equalizes' if has else 'does not equalize'} its input: "
+                         f"{'add' if has else 'drop'} --equalize to match it")
+    return model
 
 
 def _class_counts(examples: list[Example]) -> dict[str, int]:
