@@ -499,16 +499,17 @@ def _pointwise(array: np.ndarray, function: Callable[[np.ndarray], np.ndarray]) 
     over millions of pixels) are mapped once per value in a table and then looked up, one pass instead
     of several passes of float arithmetic over the whole image.
     """
+    # np.take with mode="clip" skips the bounds check that indexing does (every index is in range).
     if array.dtype.kind == "u" and array.size >= 1 << 15:  # the values index the table as they are
         high = int(array.max())
         if high < array.size // 8:
-            return function(np.arange(high + 1, dtype=array.dtype))[array]
+            return np.take(function(np.arange(high + 1, dtype=array.dtype)), array, mode="clip")
     elif array.dtype.kind == "i" and array.size >= 1 << 15:
         low, high = int(array.min()), int(array.max())
         if high - low < array.size // 8:
             index = array.astype(np.intp)
             index -= low
-            return function(np.arange(low, high + 1, dtype=array.dtype))[index]
+            return np.take(function(np.arange(low, high + 1, dtype=array.dtype)), index, mode="clip")
     return function(array)
 
 

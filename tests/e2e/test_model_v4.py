@@ -64,6 +64,30 @@ def test_a_tiny_fine_tune_from_imagenet_trains_only_the_head_first(real_data: Pa
     assert load_bundle(out).version == bundle.version
 
 
+def test_train_equalize_puts_the_layer_in_the_bundle_and_init_must_match(real_data: Path, tmp_path: Path,
+                                                                          pneumoscan_exe: Path) -> None:
+    out = tmp_path / "eq"
+    common = ["--architecture", "tiny", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+              "--val-fraction", "0.3"]
+    proc = _cli(pneumoscan_exe, "train", str(real_data), "--out", str(out), "--equalize", *common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundle = load_bundle(out, verify=True)
+    assert bundle.card.training_config["equalize"] is True
+    assert bundle.model.get_layer("equalize").levels == 256
+    # A contrast curve that keeps the grey levels apart does not change what the model says.
+    image = np.random.default_rng(3).integers(0, 128, (2, 32, 32)) / 255.0
+    curved = np.rint(255 * (image * 255 / 127.0) ** 0.6) / 255.0
+    np.testing.assert_allclose(bundle.predict(curved.astype(np.float32)), bundle.predict(image.astype(np.float32)),
+                               atol=1e-6)
+
+    # Fine-tuning from it without --equalize would silently drop or keep the layer: refused in one line.
+    again = _cli(pneumoscan_exe, "train", str(real_data), "--out", str(tmp_path / "again"), "--init", str(out),
+                 *common)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    (error,) = [line for line in again.stderr.splitlines() if line.startswith("Error:")]
+    assert "equalizes its input" in error and "add --equalize" in error
+
+
 def test_a_keras_backbone_without_internet_is_one_clear_line(real_data: Path, tmp_path: Path,
                                                              pneumoscan_exe: Path) -> None:
     env = {**helpers.pneumoscan_env(tmp_path / "d", "x"), "KERAS_HOME": str(tmp_path / "keras"),

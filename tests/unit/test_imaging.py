@@ -426,6 +426,7 @@ def test_keeping_large_buffers_stops_each_large_decode_from_faulting_its_memory_
         return float(done.stdout.split()[-1])
 
     plain, tuned = faults(False), faults(True)
-    # 2000x1700: 6.8 MB of stored values, 13.6 MB as float32, ... = thousands of 4 KiB pages per decode.
-    assert plain > 3000, plain
+    # 2000x1700: 6.8 MB of stored values, 13.6 MB as float32, ...: glibc's own rising threshold keeps
+    # most of them on the heap after the first, but not all (about 230 pages of 4 KiB per decode here).
+    assert plain > 100, plain
     assert tuned < plain / 10, (tuned, plain)
