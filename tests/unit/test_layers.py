@@ -13,11 +13,20 @@ from pneumoscan.models.layers import Equalize
 
 
 def _mid_rank(image: np.ndarray, levels: int = 256) -> np.ndarray:
-    """The reference: each pixel's share of the image's pixels below its level, plus half its own level's."""
+    """The reference, in numpy: linear binning, the mid-rank share of each level, interpolated back."""
+    scaled = np.clip(image, 0, 1).ravel() * (levels - 1)
+    below = np.minimum(np.floor(scaled), levels - 2).astype(int)
+    share = scaled - below
+    counts = np.bincount(below, 1 - share, minlength=levels) + np.bincount(below + 1, share, minlength=levels)
+    mid = (np.cumsum(counts) - counts / 2) / scaled.size
+    return (mid[below] * (1 - share) + mid[below + 1] * share).reshape(image.shape)
+
+
+def _rounded_mid_rank(image: np.ndarray, levels: int = 256) -> np.ndarray:
+    """Plain equalization: each pixel counted at its nearest level."""
     level = np.rint(np.clip(image, 0, 1) * (levels - 1)).astype(int)
     counts = np.bincount(level.ravel(), minlength=levels)
-    below_mid = (np.cumsum(counts) - counts / 2) / level.size
-    return below_mid[level]
+    return ((np.cumsum(counts) - counts / 2) / level.size)[level]
 
 
 def _levels(rng: np.random.Generator, shape: tuple[int, ...], top: int) -> np.ndarray:
@@ -33,6 +42,26 @@ def test_each_image_is_equalized_on_its_own_histogram() -> None:
         np.testing.assert_allclose(equalized, _mid_rank(image), atol=1e-6)
     # The flat third image is spread over (0, 1) like the others.
     assert out[2].min() < 0.05 and out[2].max() > 0.95
+
+
+def test_on_8_bit_images_it_is_plain_equalization() -> None:
+    image = _levels(np.random.default_rng(4), (2, 40, 30, 1), 255)
+    out = np.asarray(Equalize()(image))
+    for one, equalized in zip(image, out, strict=True):
+        np.testing.assert_allclose(equalized, _rounded_mid_rank(one), atol=1e-5)
+
+
+def test_the_output_moves_continuously_with_the_input() -> None:
+    """A decode that differs by a hair must not change the picture by more: plain equalization jumps
+    where a pixel crosses the middle between two levels."""
+    rng = np.random.default_rng(5)
+    middles = rng.random((1, 32, 32, 1)) < 0.5  # half the pixels just below the middle between two levels
+    image = (rng.integers(0, 255, (1, 32, 32, 1)) + np.where(middles, 0.5 - 1e-4, 0.0)) / 255.0
+    nudged = image + np.where(middles, 2e-4, 0.0) / 255.0  # and now just above it
+    jump = np.abs(_rounded_mid_rank(nudged[0]) - _rounded_mid_rank(image[0])).max()
+    assert jump > 1e-3
+    moved = np.abs(np.asarray(Equalize()(nudged.astype(np.float32))) - np.asarray(Equalize()(image.astype(np.float32))))
+    assert moved.max() < 1e-4, moved.max()
 
 
 def test_an_increasing_change_of_intensity_gives_the_same_picture() -> None:

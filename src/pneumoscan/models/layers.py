@@ -27,10 +27,13 @@ class Standardize(keras.layers.Layer):
 class Equalize(keras.layers.Layer):
     """Per-image histogram equalization of a [0, 1] grayscale batch over ``levels`` gray levels.
 
-    Each pixel becomes the mid-rank share of its image's pixels at its level or below, so the output
+    Each level maps to the mid-rank share of its image's pixels at that level or below, so the output
     is the same for any increasing change of intensity that keeps the levels apart (a window, a gamma,
-    a contrast curve): what one site's post-processing does differently from another's. Nothing here
-    is trained, and no gradient flows through it (it sits on the input).
+    a contrast curve): what one site's post-processing does differently from another's. A value between
+    two levels counts towards both in proportion (linear binning), and its output is interpolated
+    between theirs, so that the output moves continuously with the input: a decode that differs by a
+    hair gives a picture that differs by a hair. On values that lie on the levels (8-bit images) this
+    is plain equalization. Nothing here is trained, and no gradient flows through it (it sits on the input).
     """
 
     def __init__(self, levels: int = 256, **kwargs: Any) -> None:
@@ -42,13 +45,19 @@ class Equalize(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         import tensorflow as tf
 
-        flat = tf.reshape(inputs, (tf.shape(inputs)[0], -1))
-        top = self.levels - 1
-        level = tf.cast(tf.round(tf.clip_by_value(flat, 0.0, 1.0) * top), tf.int32)
-        counts = tf.cast(tf.math.bincount(level, minlength=self.levels, maxlength=self.levels, axis=-1),
-                         tf.float32)
-        below_mid = (tf.cumsum(counts, axis=-1) - counts / 2.0) / tf.cast(tf.shape(flat)[1], tf.float32)
-        return tf.reshape(tf.gather(below_mid, level, batch_dims=1), tf.shape(inputs))
+        batch = tf.shape(inputs)[0]
+        flat = tf.reshape(inputs, (batch, -1))
+        top = float(self.levels - 1)
+        scaled = tf.clip_by_value(flat, 0.0, 1.0) * top
+        below = tf.minimum(tf.floor(scaled), top - 1.0)  # the level at or below, so that below + 1 exists
+        share = scaled - below  # of the level above: 0 on a level, 1 only at the top one
+        index = tf.cast(below, tf.int32) + tf.range(batch)[:, None] * self.levels
+        counts = tf.math.unsorted_segment_sum(tf.concat([1.0 - share, share], axis=1),
+                                              tf.concat([index, index + 1], axis=1), batch * self.levels)
+        counts = tf.reshape(counts, (batch, self.levels))
+        mid = tf.reshape((tf.cumsum(counts, axis=-1) - counts / 2.0) / tf.cast(tf.shape(flat)[1], tf.float32), [-1])
+        out = tf.gather(mid, index) * (1.0 - share) + tf.gather(mid, index + 1) * share
+        return tf.reshape(out, tf.shape(inputs))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
