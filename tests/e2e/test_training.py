@@ -259,6 +259,20 @@ def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Pat
     assert result.returncode != 0 and "at least two bundles" in result.stderr
 
 
+def test_ensemble_members_must_share_the_decoding_not_what_each_model_does_itself(
+        trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(members["same"], old)
+    decoding = read_card(trained).preprocessing.split(";")[0]
+    write_card(old, replace(read_card(old), preprocessing=decoding + "; the model standardizes each image itself"))
+    result = _ensemble_cli(str(trained), str(old), "--data", str(data_dir), "--out", str(tmp_path / "e"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    write_card(old, replace(read_card(old), preprocessing="decode at 8 bits, equalize; the model does the rest"))
+    result = _ensemble_cli(str(trained), str(old), "--data", str(data_dir), "--out", str(tmp_path / "f"))
+    assert result.returncode != 0 and "preprocess their input differently" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "f").exists()
+
+
 def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(trained: Path, data_dir: Path,
                                                                               tmp_path: Path) -> None:
     old = tmp_path / "old"

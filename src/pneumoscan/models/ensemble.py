@@ -82,7 +82,8 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
     if len(splits) != 1 or data is None or val_fraction is None or seed is None:
         raise BundleError("the bundles were not trained on one validation split (data, val_fraction and seed "
                           f"must match and be in their cards): {sorted(map(str, splits))}")
-    if len({m.card.preprocessing for m in members}) != 1:
+    # The decoding is the part before ";"; after it, a card says what its model does itself, which may differ.
+    if len({(m.card.preprocessing or "").split(";")[0] for m in members}) != 1:
         raise BundleError("the bundles preprocess their input differently and cannot share one input")
     if data != data_dir.name:
         raise BundleError(f"the bundles were trained on {data!r}, not on {data_dir.name!r}")
