@@ -139,6 +139,7 @@ def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_pa
     labels = np.array([row.split(",")[1] == "PNEUMONIA" for row in rows])
     scores = np.array([float(row.split(",")[2]) for row in rows])
     assert report["n"] == len(rows) == sum(1 for _ in (data / "test").rglob("*.jpeg"))
+    assert report["data"] == "data"  # the dataset's name, not this machine's path to it
     assert report["roc_auc"] == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-6)
     expected = metrics.confusion(labels, scores, report["threshold"])
     assert report["confusion_matrix"]["rows_true_cols_predicted"] == [[expected["tn"], expected["fp"]],

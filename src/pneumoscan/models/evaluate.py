@@ -40,7 +40,7 @@ def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path, policy:
     paths, labels, scores = score_split(bundle, data_dir, split, policy, on_batch=on_batch)
     report = {
         "model_version": bundle.version,
-        "data": str(data_dir),
+        "data": data_dir.name,  # the dataset's name, as training records it: no machine's path
         "split": split,
         **metrics.summarize(labels, scores, bundle.threshold),
         **calibration_report(labels, scores),
