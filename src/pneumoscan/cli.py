@@ -774,6 +774,9 @@ _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a i
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")
+@click.option("--train-seed", type=int,
+              help="Seed of training alone (head, shuffling, augmentation) [default: --seed]; runs that differ "
+                   "only in it share their validation split, as `pneumoscan soup` needs.")
 @click.option("--version", "version", help="Model version for the card [default: architecture-timestamp].")
 @click.option("--restart", is_flag=True, help="Train again from scratch even if --out holds a finished bundle.")
 @click.pass_context
@@ -782,7 +785,7 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
           epochs: int, batch_size: int, learning_rate: float, schedule: str, val_fraction: float,
           min_sensitivity: float, no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int,
           backbone_lr_scale: float, freeze_bn: bool, ema: float, equalize: bool, init: Path | None, seed: int,
-          version: str | None, restart: bool) -> None:
+          train_seed: int | None, version: str | None, restart: bool) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
     Validation is carved from train by patient; the test split is never read. An interrupted run
@@ -794,7 +797,8 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
 
     config = TrainConfig(architecture.lower(), input_size, epochs, batch_size, learning_rate, schedule,
                          weights=None if weights == "none" else weights, val_fraction=val_fraction,
-                         min_sensitivity=min_sensitivity, seed=seed, augment=not no_augment, mixup=mixup,
+                         min_sensitivity=min_sensitivity, seed=seed, train_seed=train_seed, augment=not no_augment,
+                         mixup=mixup,
                          label_smoothing=label_smoothing, version=version,
                          init=None if init is None else str(init), head_epochs=head_epochs,
                          backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn, ema=ema, equalize=equalize)
@@ -817,34 +821,55 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
                f"{v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
 
 
-@main.command()
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The DATA_DIR the bundles were trained on; its validation split sets the threshold.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Bundle folder to write.")
-@click.option("--min-sensitivity", type=click.FloatRange(0.5, 1),
-              help="Threshold rule [default: the first bundle's].")
-@click.option("--version", "version", help="Model version for the card [default: ensemble-timestamp].")
-@click.pass_context
-@_friendly
-def ensemble(ctx: click.Context, bundles: tuple[Path, ...], data_dir: Path, out: Path,
+def _combining(func: F) -> F:
+    """The arguments and options that `ensemble` and `soup` share."""
+    for option in reversed((
+        click.argument("bundles", nargs=-1, required=True,
+                       type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("--data", "data_dir", required=True,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="The DATA_DIR the bundles were trained on; its validation split sets the threshold."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+                     help="Bundle folder to write."),
+        click.option("--min-sensitivity", type=click.FloatRange(0.5, 1),
+                     help="Threshold rule [default: the first bundle's]."),
+        click.option("--version", "version", help="Model version for the card [default: a timestamped name]."),
+        click.pass_context,
+        _friendly,
+    )):
+        func = option(func)
+    return func
+
+
+def _combine(ctx: click.Context, how: str, bundles: tuple[Path, ...], data_dir: Path, out: Path,
              min_sensitivity: float | None, version: str | None) -> None:
-    """Average BUNDLES (trained on one validation split) into one bundle that the worker runs as one model."""
+    from pneumoscan.models import ensemble as combining
     from pneumoscan.models.dataset import DatasetError
-    from pneumoscan.models.ensemble import ensemble as combine
 
     members = [load_bundle(path, verify=True) for path in bundles]
     try:
-        bundle = combine(members, data_dir, out, _settings(ctx).decode_policy, version=version,
-                         min_sensitivity=min_sensitivity)
+        bundle = getattr(combining, how)(members, data_dir, out, _settings(ctx).decode_policy, version=version,
+                                         min_sensitivity=min_sensitivity)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     v = bundle.card.validation_metrics or {}
-    click.echo(f"wrote {out}: {bundle.version} ({len(bundle.card.members or ())} members), "
-               f"threshold {bundle.threshold:.4f}, "
+    click.echo(f"wrote {out}: {bundle.version} ({how} of {len(members)} bundles), threshold {bundle.threshold:.4f}, "
                f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "
                f"specificity {v['specificity']:.3f}")
+
+
+@main.command()
+@_combining
+def ensemble(ctx: click.Context, **options: Any) -> None:
+    """Average BUNDLES' outputs (trained on one validation split) in one bundle that the worker runs as one model."""
+    _combine(ctx, "ensemble", **options)
+
+
+@main.command()
+@_combining
+def soup(ctx: click.Context, **options: Any) -> None:
+    """Average BUNDLES' weights (one recipe and validation split, other training seeds) into one network."""
+    _combine(ctx, "soup", **options)
 
 
 @main.command()

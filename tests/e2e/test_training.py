@@ -296,3 +296,74 @@ def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(tr
     wrong = subprocess.run([CLI, "calibrate", "--validation", str(tmp_path)], capture_output=True, text=True,
                            timeout=240, env=env)
     assert wrong.returncode == 1 and "was trained on 'data" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def _soup_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, "soup", *args], capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def reseeded(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `members["same"]` recipe again with another training seed, through the CLI's --train-seed."""
+    out = tmp_path_factory.mktemp("reseeded") / "bundle"
+    result = subprocess.run(
+        [CLI, "train", str(data_dir), "--out", str(out), "--architecture", "tiny", "--input-size", "64",
+         "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.3", "--train-seed", "7", "--version", "seed7"],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_another_training_seed_keeps_the_validation_split_and_changes_the_weights(
+        reseeded: Path, members: dict[str, Path]) -> None:
+    again, same = load_bundle(reseeded), load_bundle(members["same"])
+    assert again.card.training_config["train_seed"] == 7 and again.card.validation_split == same.card.validation_split
+    assert again.card.training["validation_images"] == same.card.training["validation_images"]
+    pairs = zip(again.model.get_weights(), same.model.get_weights(), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)
+
+
+def test_soup_is_one_network_with_the_mean_of_the_ingredients_weights(
+        reseeded: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    result = _soup_cli(str(members["same"]), str(reseeded), "--data", str(data_dir), "--out", str(tmp_path / "s"),
+                       "--version", "tiny-soup")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "soup of 2 bundles" in result.stdout
+    souped = load_bundle(tmp_path / "s", verify=True)
+    a, b = load_bundle(members["same"]), load_bundle(reseeded)
+    card = souped.card
+    assert not card.is_ensemble and card.architecture == "tiny" and card.version == "tiny-soup"
+    assert [i["version"] for i in card.training["soup_of"]] == ["same", "seed7"]
+    assert [i["train_seed"] for i in card.training["soup_of"]] == [0, 7]
+    assert souped.model.count_params() == a.model.count_params()
+    for mean, wa, wb in zip(souped.model.get_weights(), a.model.get_weights(), b.model.get_weights(), strict=True):
+        if np.issubdtype(wa.dtype, np.floating):
+            np.testing.assert_allclose(mean, (wa + wb) / 2, rtol=1e-6, atol=1e-7)
+    # Calibrated on the ingredients' validation split, by the usual rule.
+    config = card.training_config
+    _, val = patient_split(list_split(data_dir, "train"), config["val_fraction"], config["seed"])
+    scores = souped.predict(load_images(val, 64, helpers.POLICY, exact=True))
+    assert souped.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
+
+
+def test_soup_of_a_bundle_with_itself_is_that_bundle(members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    same = str(members["same"])
+    result = _soup_cli(same, same, "--data", str(data_dir), "--out", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    x = load_images(list_split(data_dir, "train")[:12], 64, helpers.POLICY, exact=True)
+    np.testing.assert_allclose(load_bundle(tmp_path / "s").predict(x, calibrated=False),
+                               load_bundle(members["same"]).predict(x, calibrated=False), atol=1e-6)
+
+
+def test_soup_refuses_bundles_that_are_not_one_network_in_one_line(
+        trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    same, small = str(members["same"]), str(members["small"])
+    result = _soup_cli(same, small, "--data", str(data_dir), "--out", str(tmp_path / "s"))
+    assert result.returncode != 0 and "not trained from one recipe" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s").exists()
+    pair = _ensemble_cli(str(trained), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "p"))
+    assert pair.returncode == 0, pair.stderr[-2000:]
+    result = _soup_cli(str(tmp_path / "p"), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "s"))
+    assert result.returncode != 0 and "is an ensemble" in result.stderr and "Traceback" not in result.stderr
+    result = _soup_cli(str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "s"))
+    assert result.returncode != 0 and "at least two bundles" in result.stderr and not (tmp_path / "s").exists()

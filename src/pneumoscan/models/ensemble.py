@@ -1,9 +1,14 @@
-"""Ensembles: several trained bundles averaged inside one Keras model, so the pipeline sees one model.
+"""Combining trained bundles into one: ensembles average their outputs, soups average their weights.
 
-Members may have different input sizes. The ensemble takes the largest; a smaller member gets the
-image through an antialiased bilinear resize inside the model. The members must have been trained
-with the same patient-wise validation split, and the ensemble's threshold is chosen on that split
-by the usual rule, so the test split is never read here either.
+An ensemble is one Keras model that runs every member and averages their probabilities. Members may
+have different input sizes. The ensemble takes the largest; a smaller member gets the image through an
+antialiased bilinear resize inside the model. A soup (a "uniform model soup") is one network whose
+every weight is the mean of its ingredients': fine-tunes of one recipe from one pretrained start, which
+differ only in training's randomness. It costs no more to run than one ingredient.
+
+Either way the bundles must have been trained with the same patient-wise validation split, and the
+result's temperature and threshold are fitted on that split by the usual rule, so the test split is
+never read here either.
 """
 
 from __future__ import annotations
@@ -72,11 +77,10 @@ def _member_entries(member: ModelBundle) -> list[Mapping[str, Any]]:
              "sha256": card.sha256, "validation_roc_auc": card.validation_roc_auc}]
 
 
-def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy, *, version: str | None = None,
-             min_sensitivity: float | None = None) -> ModelBundle:
-    """Combine ``members`` into one bundle in ``out``, with its threshold chosen on their validation split."""
+def _shared_split(members: list[ModelBundle], data_dir: Path, what: str) -> tuple[str, float, int]:
+    """The validation split every member was trained with; BundleError when they do not share one."""
     if len(members) < 2:
-        raise BundleError("an ensemble needs at least two bundles")
+        raise BundleError(f"{what} needs at least two bundles")
     splits = {m.card.validation_split for m in members}
     data, val_fraction, seed = next(iter(splits))
     if len(splits) != 1 or data is None or val_fraction is None or seed is None:
@@ -87,35 +91,104 @@ def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
         raise BundleError("the bundles preprocess their input differently and cannot share one input")
     if data != data_dir.name:
         raise BundleError(f"the bundles were trained on {data!r}, not on {data_dir.name!r}")
-    rule = min_sensitivity if min_sensitivity is not None else members[0].card.min_sensitivity
-    configure_devices()
-    model = build_ensemble(members)
+    return data, val_fraction, seed
+
+
+def _calibrated_bundle(model: Any, sources: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy,
+                       split: tuple[str, float, int], rule: float, **card_fields: Any) -> ModelBundle:
+    """Fit ``model``'s temperature and threshold on its sources' validation split and write its bundle."""
+    data, val_fraction, seed = split
     size = int(model.input_shape[1])
     _, val_set = train_validation(data_dir, val_fraction, seed)
-    y_val = labels_of(val_set)
     calibration, scores, threshold = validation_calibration(model, val_set, size, policy, rule)
-    now = datetime.now(UTC)
-    first = members[0].card
-    provenance = first.training or {}
+    provenance = sources[0].card.training or {}
+    training = {"data": data, "split": provenance.get("split"),
+                "validation_images": provenance.get("validation_images"),
+                "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}}
+    training.update(card_fields.pop("training", {}))
     card = ModelCard(
-        version=version or f"ensemble-{now:%Y%m%d-%H%M%S}",
-        architecture="ensemble",
         input_size=size,
-        preprocessing=first.preprocessing,
+        preprocessing=sources[0].card.preprocessing,
         threshold=threshold,
         threshold_rule=threshold_rule(rule),
         labels=tuple(LABELS),
-        output="mean probability of PNEUMONIA over the members",
-        created_at=now.isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         parameters=int(model.count_params()),
-        members=tuple(leaf for m in members for leaf in _member_entries(m)),
-        training={"data": data, "split": provenance.get("split"),
-                  "validation_images": provenance.get("validation_images"),
-                  "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}},
+        training=training,
         calibration=calibration,
-        validation_metrics=metrics.summarize(y_val, scores, threshold),
+        validation_metrics=metrics.summarize(labels_of(val_set), scores, threshold),
         extra={"test_metrics": None},  # until `evaluate --update-card` measures the test split
+        **card_fields,
     )
     bundle = write_bundle(out, model, card)
-    log.info("ensemble written to %s: %s", out, json.dumps(card.validation_metrics))
+    log.info("%s written to %s: %s", card.architecture, out, json.dumps(card.validation_metrics))
     return bundle
+
+
+def ensemble(members: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy, *, version: str | None = None,
+             min_sensitivity: float | None = None) -> ModelBundle:
+    """Combine ``members`` into one bundle in ``out``, with its threshold chosen on their validation split."""
+    split = _shared_split(members, data_dir, "an ensemble")
+    rule = min_sensitivity if min_sensitivity is not None else members[0].card.min_sensitivity
+    configure_devices()
+    model = build_ensemble(members)
+    return _calibrated_bundle(
+        model, members, data_dir, out, policy, split, rule,
+        version=version or f"ensemble-{datetime.now(UTC):%Y%m%d-%H%M%S}", architecture="ensemble",
+        output="mean probability of PNEUMONIA over the members",
+        members=tuple(leaf for m in members for leaf in _member_entries(m)))
+
+
+# What must be equal in the ingredients' training configs for their weights to be averaged meaningfully.
+_SOUP_RECIPE = ("architecture", "input_size", "equalize", "weights")
+
+
+def average_weights(models: list[Any]) -> list[Any]:
+    """The element-wise mean of the models' weights; BundleError unless they are one network.
+
+    Integer state (a seed generator's, say) is not averaged: the first model's is kept.
+    """
+    import numpy as np
+
+    structure = [[(type(layer).__name__, [tuple(w.shape) for w in layer.weights]) for layer in m.layers]
+                 for m in models]
+    if any(s != structure[0] for s in structure[1:]):
+        raise BundleError("the bundles are not the same network (their layers or weight shapes differ)")
+    weights = [m.get_weights() for m in models]
+    return [np.mean([w[i] for w in weights], axis=0, dtype=np.float64).astype(first.dtype)
+            if np.issubdtype(first.dtype, np.floating) else first
+            for i, first in enumerate(weights[0])]
+
+
+def soup(ingredients: list[ModelBundle], data_dir: Path, out: Path, policy: DecodePolicy, *,
+         version: str | None = None, min_sensitivity: float | None = None) -> ModelBundle:
+    """Average the ingredients' weights into one network in ``out``, calibrated on their validation split."""
+    split = _shared_split(ingredients, data_dir, "a soup")
+    for bundle in ingredients:
+        if bundle.card.is_ensemble:
+            raise BundleError(f"{bundle.path} is an ensemble; a soup's ingredients are single networks")
+    recipes = {tuple((k, b.card.training_config.get(k, False if k == "equalize" else None)) for k in _SOUP_RECIPE)
+               for b in ingredients}
+    if len(recipes) != 1:
+        raise BundleError("the bundles were not trained from one recipe (architecture, input size, "
+                          f"equalization and starting weights must match): {sorted(map(str, recipes))}")
+    rule = min_sensitivity if min_sensitivity is not None else ingredients[0].card.min_sensitivity
+    configure_devices()
+    import keras
+
+    import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
+
+    models = [keras.models.load_model(b.path / MODEL_FILE, compile=False) for b in ingredients]
+    models[0].set_weights(average_weights(models))
+    first = ingredients[0].card
+    return _calibrated_bundle(
+        models[0], ingredients, data_dir, out, policy, split, rule,
+        version=version or f"soup-{datetime.now(UTC):%Y%m%d-%H%M%S}", architecture=first.architecture,
+        output=first.output,
+        training={"config": {**{k: v for k, v in first.training_config.items() if k != "train_seed"},
+                             "version": version, "min_sensitivity": rule},
+                  "soup_of": [{"version": b.card.version, "sha256": b.card.sha256,
+                               "train_seed": b.card.training_config.get("train_seed")
+                               if b.card.training_config.get("train_seed") is not None
+                               else b.card.training_config.get("seed"),
+                               "validation_roc_auc": b.card.validation_roc_auc} for b in ingredients]})

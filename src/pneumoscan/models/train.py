@@ -53,7 +53,8 @@ class TrainConfig:
     weights: str | None = None  # "imagenet" for backbones, with internet access
     val_fraction: float = 0.15
     min_sensitivity: float = 0.97
-    seed: int = 0
+    seed: int = 0  # the validation split's seed, and training's unless train_seed is set
+    train_seed: int | None = None  # training's randomness alone (head init, shuffling, augmentation, dropout)
     augment: bool = True
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs within a batch; 0 turns it off
     label_smoothing: float = 0.0
@@ -66,6 +67,11 @@ class TrainConfig:
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine weights as pretrained
     ema: float = 0.0  # momentum of an exponential moving average of the weights, used for validation and the bundle
     equalize: bool = False  # per-image histogram equalization as the model's first layer (layers.Equalize)
+
+    @property
+    def rng_seed(self) -> int:
+        """The seed of training's randomness: runs that differ only in it share their validation split."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -158,11 +164,11 @@ def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, tra
         return ds.map(lambda x, t: (tf.cast(x, tf.float32)[..., None] / 255.0, t)).prefetch(tf.data.AUTOTUNE)
     weights = np.array([(class_weight or {}).get(int(label), 1.0) for label in labels], np.float32)
     ds = tf.data.Dataset.from_tensor_slices((images, y, weights))
-    ds = ds.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
+    ds = ds.shuffle(len(images), seed=config.rng_seed, reshuffle_each_iteration=True).batch(config.batch_size)
     ds = ds.map(lambda x, t, w: (tf.cast(x, tf.float32)[..., None] / 255.0, t, w),
                 num_parallel_calls=tf.data.AUTOTUNE)
     if config.augment:
-        augment = _augmenter(config.seed)
+        augment = _augmenter(config.rng_seed)
         ds = ds.map(lambda x, t, w: (augment(x), t, w), num_parallel_calls=tf.data.AUTOTUNE)
     if config.mixup > 0:
         ds = ds.map(_mixer(config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
@@ -239,7 +245,7 @@ def train(
     configure_devices()
     import keras
 
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.rng_seed)
     train_set, val_set = train_validation(data_dir, config.val_fraction, config.seed)
     if not val_set or len({e.label for e in val_set}) < 2:
         raise ValueError("validation split needs both classes: add images or raise --val-fraction")
