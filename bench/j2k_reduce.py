@@ -1,17 +1,21 @@
-"""The accuracy cost and the speed of decoding JPEG 2000 DICOM at a reduced resolution level.
+"""The accuracy cost and the speed of decoding DICOM at the model's resolution rather than at full size.
 
-python bench/j2k_reduce.py [--n 100] [--noise 0,3] [--repeats 2] [--bundle DIR | --stand-in]
+python bench/j2k_reduce.py [--n 100] [--noise 0,3] [--repeats 2] [--syntax dicom-j2k|dicom]
+                           [--window CENTER,WIDTH] [--bundle DIR | --stand-in]
 
 N test images of the real dataset (a fixed sample, half NORMAL and half PNEUMONIA) are upscaled
-(bicubic) to 2000x1700, stored as 12-bit Digital X-Ray DICOM with a window, JPEG 2000 lossless.
+(bicubic) to 2000x1700, stored as 12-bit Digital X-Ray DICOM with a window (the whole range, or
+--window, in stored values), JPEG 2000 lossless (the default) or uncompressed (--syntax dicom).
 With --noise, grain of that standard deviation (in 8-bit grey levels) is added first, as
 bench/make_inputs.py does, so that the files hold fine detail as real radiographs do and a smooth
 upscale does not flatter the reduced decode; each level given is a separate run.
 
 Each file is decoded to the model's input size by ``pneumoscan.imaging.decode`` twice: the
-reduced way (Pillow's JPEG 2000 reader, resolution levels dropped while the picture still covers
-the input) and the full way (pydicom's full-size decode, then the resize; ``DecodePolicy.reduced``
-off). The two batches go through the model; the record has the largest and mean absolute
+reduced way (JPEG 2000: Pillow's reader, resolution levels dropped while the picture still covers
+the input; uncompressed: the means of k x k blocks before the window, ``imaging._block_means``) and
+the full way (pydicom's full-size decode, the window, then the resize; ``DecodePolicy.reduced`` off).
+Results go to bench/results/j2k_reduce.json, or native_reduce.json for --syntax dicom.
+The two batches go through the model; the record has the largest and mean absolute
 difference of the probabilities, the labels that flip at the card's threshold, each way's accuracy
 against the folder labels, the pixel difference, and the decode time per image (one thread, the
 best of --repeats, the two ways taking turns file by file).
@@ -52,17 +56,20 @@ def sample(n: int) -> list[tuple[Path, int]]:
     return picked
 
 
-def j2k_dicom(source: Path, index: int, noise: float) -> bytes:
-    """``source`` upscaled to WIDTH x HEIGHT (with grain of ``noise`` grey levels), 12-bit JPEG 2000 lossless DICOM."""
+REDUCED_WAY = {"dicom-j2k": "_reduced_j2k", "dicom": "_block_means"}  # the function that takes the reduced way
+
+
+def big_dicom(source: Path, index: int, noise: float, syntax: str, window: tuple[float, float] | None) -> bytes:
+    """``source`` upscaled to WIDTH x HEIGHT (with grain of ``noise`` grey levels), 12-bit DICOM in ``syntax``."""
     with Image.open(source) as image:
         big = np.asarray(image.convert("L").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC), np.float64)
     if noise:
         big = big + np.random.default_rng(index).normal(0.0, noise, big.shape)
     values = np.clip(np.rint(big * 4095.0 / 255.0), 0, 4095).astype(np.uint16)
-    return make_inputs.dicom_of(values, index, syntax="dicom-j2k")
+    return make_inputs.dicom_of(values, index, syntax=syntax, window=window)
 
 
-def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
+def decode_both(blobs: list[bytes], size: int, repeats: int, syntax: str) -> dict[str, Any]:
     """Decode every file both ways: the pixels, the best time per file, and how many took the reduced way."""
     import dataclasses
 
@@ -70,15 +77,16 @@ def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
 
     policy = common.decode_policy()
     ways = {"reduced": policy, "full": dataclasses.replace(policy, reduced=False)}
-    reduced_j2k = imaging._reduced_j2k
+    name = REDUCED_WAY[syntax]
+    reduced_way = getattr(imaging, name)
     taken = [0]
 
     def counted(*args: Any) -> Any:
-        result = reduced_j2k(*args)
+        result = reduced_way(*args)
         taken[0] += result is not None
         return result
 
-    imaging._reduced_j2k = counted
+    setattr(imaging, name, counted)
     pixels: dict[str, list[np.ndarray]] = {"reduced": [], "full": []}
     ms: dict[str, list[float]] = {"reduced": [], "full": []}
     files_reduced = 0
@@ -97,16 +105,17 @@ def decode_both(blobs: list[bytes], size: int, repeats: int) -> dict[str, Any]:
             for way, value in best.items():
                 ms[way].append(value)
     finally:
-        imaging._reduced_j2k = reduced_j2k
+        setattr(imaging, name, reduced_way)
     return {"pixels": pixels, "ms": ms, "reduced_taken": files_reduced}
 
 
-def run(items: list[tuple[Path, int]], noise: float, bundle: Any, repeats: int) -> dict[str, Any]:
+def run(items: list[tuple[Path, int]], noise: float, bundle: Any, repeats: int, syntax: str,
+        window: tuple[float, float] | None) -> dict[str, Any]:
     size = bundle.input_size
     started = time.perf_counter()
-    blobs = [j2k_dicom(path, i, noise) for i, (path, _) in enumerate(items)]
+    blobs = [big_dicom(path, i, noise, syntax, window) for i, (path, _) in enumerate(items)]
     made_s = time.perf_counter() - started
-    decoded = decode_both(blobs, size, repeats)
+    decoded = decode_both(blobs, size, repeats, syntax)
     reduced, full = (np.stack(decoded["pixels"][way]) for way in ("reduced", "full"))
     p_reduced, p_full = (np.asarray(bundle.predict(batch), np.float64) for batch in (reduced, full))
     truth = np.array([label for _, label in items])
@@ -118,6 +127,8 @@ def run(items: list[tuple[Path, int]], noise: float, bundle: Any, repeats: int) 
     pixel_mad = np.abs(reduced.astype(np.float64) - full).mean(axis=(1, 2))
     ms_reduced, ms_full = common.median(decoded["ms"]["reduced"]), common.median(decoded["ms"]["full"])
     return {
+        "syntax": syntax,
+        "window": window or "the whole range",
         "noise_grey_levels": noise,
         "n": len(items),
         "n_pneumonia": int(truth.sum()),
@@ -145,9 +156,15 @@ def main() -> None:
                         help="files (test images) per noise level; 0: the whole test split [default: 100]")
     parser.add_argument("--noise", default="0,3", help="grain levels to run, comma-separated [default: 0,3]")
     parser.add_argument("--repeats", type=int, default=2, help="decodes per file and way; the fastest counts")
+    parser.add_argument("--syntax", choices=sorted(REDUCED_WAY), default="dicom-j2k",
+                        help="JPEG 2000 lossless, or uncompressed [default: dicom-j2k]")
+    parser.add_argument("--window", help="CENTER,WIDTH in stored values (12 bits) [default: the whole range]")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
     args = parser.parse_args()
+    window = tuple(float(v) for v in args.window.split(",")) if args.window else None
+    if window is not None and len(window) != 2:
+        parser.error("--window takes CENTER,WIDTH")
 
     from pneumoscan.models.bundle import load_bundle
 
@@ -157,11 +174,12 @@ def main() -> None:
     bundle = load_bundle(bundle_path)
     bundle.load()
     items = sample(args.n)
-    print(f"{len(items)} test images at {WIDTH}x{HEIGHT}, J2K lossless, decoded to {bundle.input_size}, "
+    print(f"{len(items)} test images at {WIDTH}x{HEIGHT}, {args.syntax}, window {window or 'whole range'}, "
+          f"decoded to {bundle.input_size}, "
           f"model {bundle.version}, threshold {bundle.threshold}", flush=True)
     runs = []
     for noise in (float(level) for level in args.noise.split(",")):
-        result = run(items, noise, bundle, args.repeats)
+        result = run(items, noise, bundle, args.repeats, args.syntax, window)  # type: ignore[arg-type]
         runs.append(result)
         print(f"noise {noise:g}: |dp| max {result['probability_abs_diff_max']:.4f} "
               f"mean {result['probability_abs_diff_mean']:.5f}, {result['label_flips']} label flips, "
@@ -171,7 +189,7 @@ def main() -> None:
               f"reduced path taken for {result['reduced_path_taken']}/{result['n']}", flush=True)
     payload = {"machine": info, "bundle": bundle_info, "width": WIDTH, "height": HEIGHT, "repeats": args.repeats,
                "runs": runs, "preliminary": common.preliminary(info, bundle_info)}
-    common.write_result("j2k_reduce", payload)
+    common.write_result("j2k_reduce" if args.syntax == "dicom-j2k" else "native_reduce", payload)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ def jpeg_of(values: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom") -> bytes:
+def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom",
+             window: tuple[float, float] | None = None) -> bytes:
     """A chest DX DICOM of ``values``, its UIDs from ``index``, in the transfer syntax of input kind ``syntax``.
 
-    12 bits stored (uint16 values) for dicom, dicom-j2k and dicom-htj2k; 8 (uint8) for dicom-jpeg.
+    12 bits stored (uint16 values) for dicom, dicom-j2k and dicom-htj2k; 8 (uint8) for dicom-jpeg. The
+    window (center, width) covers the whole range unless ``window`` is given.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -103,7 +105,7 @@ def dicom_of(values: np.ndarray, index: int, *, syntax: str = "dicom") -> bytes:
     ds.Rows, ds.Columns = values.shape
     bits = 8 if syntax == "dicom-jpeg" else 12
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (bits + 7) // 8 * 8, bits, bits - 1, 0
-    ds.WindowCenter, ds.WindowWidth = 1 << (bits - 1), 1 << bits
+    ds.WindowCenter, ds.WindowWidth = window or (1 << (bits - 1), 1 << bits)
     ds.PixelData = values.astype("<u1" if bits == 8 else "<u2").tobytes()
     if syntax == "dicom-j2k":
         ds.compress(JPEG2000Lossless, values, encoding_plugin="pylibjpeg")

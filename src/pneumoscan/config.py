@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     allowed_body_parts: str = Field(default="CHEST", description="DICOM BodyPartExamined accepted; absent is accepted.")
     assessed_views: str = Field(default="PA,AP", description="DICOM ViewPosition values the model assesses (frontal "
                                 "views); others (LL, LATERAL...) are stored as not assessed. Absent is assessed.")
-    reduced_decode: bool = Field(default=True, description="Decode JPEG 2000, HTJ2K and JPEG baseline DICOM at "
-                                 "the resolution the model needs, not at full size (false: always full size).")
+    reduced_decode: bool = Field(default=True, description="Decode DICOM at the resolution the model needs, not "
+                                 "at full size: JPEG 2000, HTJ2K and JPEG baseline at a reduced level, other large "
+                                 "images with a linear window as block means (false: always full size).")
     visibility_timeout: float = Field(default=3600.0, gt=0, description="Seconds Redis waits for a task's ack "
                                       "before redelivering it; keep it longer than the longest batch.")
     requeue_after: float = Field(default=60.0, gt=0, description="Seconds a file handed to the broker may stay "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import re
 import stat
@@ -466,6 +467,8 @@ def _decode_dataset(
         ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
         with _codec(DICOM, _PYDICOM_DAMAGED):
             array = ds.pixel_array
+        if size is not None and policy.reduced and (blocked := _block_means(ds, array, size)) is not None:
+            array, box = blocked
     notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
 
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -800,6 +803,61 @@ def _spread(pixels: np.ndarray, weight: float) -> np.ndarray:
     padded = np.pad(pixels, 1, mode="edge")
     rows = weight * (padded[:-2] + padded[2:]) + (1.0 - 2.0 * weight) * padded[1:-1]
     return (weight * (rows[:, :-2] + rows[:, 2:]) + (1.0 - 2.0 * weight) * rows[:, 1:-1]).astype(np.float32)
+
+
+# A full-size frame is averaged down to no less than this many times the model's input on each side
+# before its LUT; the one resampling filter then does the rest.
+_BLOCK_GAP = 3
+
+
+def _block_means(
+    ds: Any, array: np.ndarray, size: tuple[int, int],
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None] | None:
+    """A large grayscale frame as the means of its k x k blocks: the LUT and the resize see k**2 fewer pixels.
+
+    Only where the window can be taken through the mean: a rescale (no Modality LUT Sequence) and a
+    LINEAR or LINEAR_EXACT window are one straight line between the two stored values where the
+    window saturates. The stored values are first clipped to those two, so that a block the window
+    clips in part averages what the window shows, not what it hides: such a block's value differs
+    from the mean of the exact decode's by at most one stored value's step of the window (1/4095 of
+    the range for a 12-bit full-range window); every other block's is the same. k is the largest
+    that leaves at least ``_BLOCK_GAP`` times ``size`` on each side; the box is the full picture's
+    extent in the means (None when k divides both sides). None where this does not apply (the caller
+    goes on with ``array`` as it is).
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if array.ndim != 2 or array.dtype.kind not in "iu" or photometric not in ("MONOCHROME1", "MONOCHROME2") \
+            or "ModalityLUTSequence" in ds or ds.get("VOILUTSequence"):
+        return None
+    window = _first_window(ds)
+    height, width = array.shape
+    k = min(height // (_BLOCK_GAP * size[0]), width // (_BLOCK_GAP * size[1]))
+    if window is None or window[2] not in ("LINEAR", "LINEAR_EXACT") or k < 2:
+        return None
+    low, high = int(array.min()), int(array.max())
+    with _codec(DICOM, _PYDICOM_DAMAGED):
+        modality = np.asarray(apply_modality_lut(np.arange(low, high + 1, dtype=np.int64), ds), np.float64)
+    table = _apply_window(modality, *window)
+    shown = np.flatnonzero((table > 0) & (table < 1))
+    if shown.size == 0:  # the window shows nothing of this image: the full decode's fallback decides
+        return None
+    # One stored value either side of the span shown saturates, as everything beyond it does.
+    first, last = max(low, low + int(shown[0]) - 1), min(high, low + int(shown[-1]) + 1)
+    clipped = np.clip(array, first, last)
+    # Sums in the narrowest integer type that holds them: adding same-typed strided views is the fast way.
+    bound = k * k * max(abs(first), abs(last))
+    kinds = (np.uint16, np.uint32, np.uint64) if array.dtype.kind == "u" else (np.int16, np.int32, np.int64)
+    rows, cols = height // k * k, width // k * k
+    total = clipped[0:rows:k, 0:cols:k].astype(next(t for t in kinds if bound <= np.iinfo(t).max))
+    for i, j in itertools.product(range(k), range(k)):
+        if i or j:
+            total += clipped[i:rows:k, j:cols:k]
+    means = total.astype(np.float32)
+    means *= np.float32(1 / k**2)
+    box = None if (rows, cols) == (height, width) else (0.0, 0.0, width / k, height / k)
+    return means, box
 
 
 def _reduced_box(header: _J2KHeader, reduce: int) -> tuple[float, float, float, float]:

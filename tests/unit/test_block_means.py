@@ -1,0 +1,115 @@
+"""Large uncompressed DICOM averaged over k x k blocks before its window: the same picture, a quarter of the work."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import helpers
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan import imaging
+from pneumoscan.imaging import decode
+
+SOURCE = helpers.PNEUMONIA_IMAGES[0]
+MODEL = (224, 224)
+CLIPPING = {"WindowCenter": 1800, "WindowWidth": 2400}  # shows stored 600 to 3000: the rest saturates
+
+
+def _grainy(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A real fixture X-ray upscaled to 12 bits with grain (sd 48 stored values), as a radiograph holds."""
+    with Image.open(SOURCE) as image:
+        big = np.asarray(image.convert("L").resize((width, height), Image.Resampling.BICUBIC), np.float64)
+    noisy = big * 4095.0 / 255.0 + np.random.default_rng(seed).normal(0.0, 48.0, big.shape)
+    return np.clip(np.rint(noisy), 0, 4095).astype(np.uint16)
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Whether each decode took the block means (one entry per call of ``_block_means``)."""
+    original, seen = imaging._block_means, []
+
+    def spy(*args: Any) -> Any:
+        result = original(*args)
+        seen.append(result is not None)
+        return result
+
+    monkeypatch.setattr(imaging, "_block_means", spy)
+    yield seen
+
+
+def _full(data: bytes) -> np.ndarray:
+    return decode(data, MODEL, helpers.policy(reduced=False)).pixels.astype(np.float64)
+
+
+@pytest.mark.parametrize(("width", "height"), [(2000, 1700), (2001, 1703)])
+def test_a_large_windowed_file_decodes_from_block_means_and_shows_the_full_decodes_picture(
+        width: int, height: int, taken: list[bool]) -> None:
+    data = helpers.dicom_bytes(SOURCE, stored=_grainy(width, height), **CLIPPING)
+    image = decode(data, MODEL, helpers.POLICY)
+    assert taken == [True] and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
+    error = np.abs(image.pixels - _full(data))
+    # Measured: mean 0.0009, max 0.011 (2000x1700); the odd size takes the box and padding of the
+    # reduced decodes. Without the clip before the means, grain at the window's edges averaged what
+    # the window hides: max |dp| 0.095 instead of 0.017 on 40 grainy test images (bench/j2k_reduce.py).
+    assert error.mean() < 0.003, error.mean()
+    assert error.max() < 0.03, error.max()
+
+
+@pytest.mark.parametrize("window", [CLIPPING, {**CLIPPING, "VOILUTFunction": "LINEAR_EXACT"},
+                                    helpers.IDENTITY_WINDOW_12])
+@pytest.mark.parametrize("rescale", [{}, {"RescaleSlope": 0.5, "RescaleIntercept": -1024},
+                                     {"RescaleSlope": -2.0, "RescaleIntercept": 6000}])
+def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_step(
+        window: dict[str, Any], rescale: dict[str, Any]) -> None:
+    """The heart of it, before any resize: each 2x2 block's windowed mean against the mean of its windowed pixels."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(SOURCE, stored=_grainy(1344, 1344), **window, **rescale)))
+    array = ds.pixel_array
+    blocked = imaging._block_means(ds, array, MODEL)
+    assert blocked is not None and blocked[1] is None  # k = 2 divides both sides: no box
+    means = blocked[0]
+    assert means.shape == (672, 672)
+    approx, _ = imaging._grayscale(means, ds)
+    exact_pixels, _ = imaging._grayscale(array, ds)
+    exact = exact_pixels.astype(np.float64).reshape(672, 2, 672, 2).mean(axis=(1, 3))
+    slope = abs(float(rescale.get("RescaleSlope", 1.0)))
+    step = slope / (float(window["WindowWidth"]) - (0.0 if window.get("VOILUTFunction") == "LINEAR_EXACT" else 1.0))
+    error = np.abs(approx - exact)
+    assert error.max() <= step + 1e-6, (error.max(), step)
+    assert np.median(error) < 1e-6  # exact wherever the window does not clip inside the block
+
+
+@pytest.mark.parametrize("change", [
+    {"VOILUTFunction": "SIGMOID"},  # a curve: the mean of the curve is not the curve of the mean
+    {"WindowCenter": None},  # no window: a min-max of the image, which the means would move
+    {"size": (600, 600)},  # 1700 is less than 3 x 600 (no block of 2 leaves three times the input)
+    {"reduced": False},  # PNEUMOSCAN_REDUCED_DECODE=false
+    {"WindowCenter": 9000, "WindowWidth": 100},  # the window shows nothing of the image
+])
+def test_curves_minmax_small_images_the_setting_and_empty_windows_take_the_full_decode(
+        change: dict[str, Any], taken: list[bool]) -> None:
+    options = {**CLIPPING, **{k: v for k, v in change.items() if k not in ("size", "reduced")}}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "WindowCenter" not in options:
+        options.pop("WindowWidth", None)
+    data = helpers.dicom_bytes(SOURCE, stored=_grainy(2000, 1700), **options)
+    size = change.get("size", MODEL)
+    image = decode(data, size, helpers.policy(reduced=change.get("reduced", True)))
+    assert not any(taken)
+    np.testing.assert_array_equal(image.pixels, decode(data, size, helpers.policy(reduced=False)).pixels)
+
+
+def test_monochrome1_is_inverted_after_the_means(taken: list[bool]) -> None:
+    stored = _grainy(2000, 1700)
+    mono2 = decode(helpers.dicom_bytes(SOURCE, stored=stored, **CLIPPING), MODEL, helpers.POLICY).pixels
+    inverted = helpers.dicom_bytes(SOURCE, stored=4095 - stored, photometric="MONOCHROME1",
+                                   WindowCenter=4095 - 1800, WindowWidth=2400)
+    mono1 = decode(inverted, MODEL, helpers.POLICY).pixels
+    assert taken == [True, True]
+    np.testing.assert_allclose(mono1, mono2, atol=2 / 2399)  # the window's half-pixel asymmetry, within a step
+    assert np.corrcoef(mono1.ravel(), helpers.gray(SOURCE).ravel())[0, 1] > 0.95  # dark lungs stay dark
