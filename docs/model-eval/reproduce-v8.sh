@@ -12,8 +12,9 @@ for s in 1 2; do
     --input-size 224 --epochs 10 --head-epochs 1 --backbone-lr-scale 0.1 --learning-rate 1e-3 --freeze-bn \
     --ema 0.995 --train-seed "$s" --version "lite0-224-s$s"
 done
-# 2. The soup: mean weights, then temperature and threshold on validation.
-pneumoscan soup "$OUT/v4" "$OUT/lite0-224-s1" "$OUT/lite0-224-s2" --data "$DATA" --out "$OUT/soup" \
+# 2. The soup: mean weights, then temperature and threshold on validation. (The order does not change the
+#    mean; the card's wording of the preprocessing comes from the first, and v4's predates its correction.)
+pneumoscan soup "$OUT/lite0-224-s1" "$OUT/lite0-224-s2" "$OUT/v4" --data "$DATA" --out "$OUT/soup" \
   --version lite0-224-soup
 # 3. Eligibility: speed against MobileNetV2, side by side, and file size.
 python bench/model_speed.py --bundle "$OUT/soup"
