@@ -852,6 +852,8 @@ def _combine(ctx: click.Context, how: str, bundles: tuple[Path, ...], data_dir: 
                                          min_sensitivity=min_sensitivity)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in bundle.card.warnings or ():
+        err.print(f"[bold red]WARNING[/]: {warning}")
     v = bundle.card.validation_metrics or {}
     click.echo(f"wrote {out}: {bundle.version} ({how} of {len(members)} bundles), threshold {bundle.threshold:.4f}, "
                f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "

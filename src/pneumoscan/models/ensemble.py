@@ -26,7 +26,7 @@ from pneumoscan.models import metrics
 from pneumoscan.models.bundle import MODEL_FILE, BundleError, ModelBundle, configure_devices, write_bundle
 from pneumoscan.models.card import ModelCard, threshold_rule
 from pneumoscan.models.dataset import labels_of, train_validation
-from pneumoscan.models.train import validation_calibration
+from pneumoscan.models.train import validation_calibration, validation_warnings
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ def _calibrated_bundle(model: Any, sources: list[ModelBundle], data_dir: Path, o
                 "validation_images": provenance.get("validation_images"),
                 "config": {"val_fraction": val_fraction, "seed": seed, "min_sensitivity": rule}}
     training.update(card_fields.pop("training", {}))
+    y_val = labels_of(val_set)
+    warnings = validation_warnings(y_val, scores)
+    for warning in warnings:
+        log.warning("%s", warning)
     card = ModelCard(
         input_size=size,
         preprocessing=sources[0].card.preprocessing,
@@ -116,7 +120,8 @@ def _calibrated_bundle(model: Any, sources: list[ModelBundle], data_dir: Path, o
         parameters=int(model.count_params()),
         training=training,
         calibration=calibration,
-        validation_metrics=metrics.summarize(labels_of(val_set), scores, threshold),
+        validation_metrics=metrics.summarize(y_val, scores, threshold),
+        warnings=tuple(warnings),
         extra={"test_metrics": None},  # until `evaluate --update-card` measures the test split
         **card_fields,
     )

@@ -291,7 +291,7 @@ def train(
     calibration, val_scores, threshold = validation_calibration(best, val_set, config.input_size, policy,
                                                                 config.min_sensitivity)
     _plot_curves(history_csv, out / "training_curves.png")
-    warnings = _warnings(y_val, val_scores)
+    warnings = validation_warnings(y_val, val_scores)
     for warning in warnings:
         log.warning("%s", warning)
     now = datetime.now(UTC)
@@ -358,7 +358,7 @@ def recalibrate(bundle_dir: Path, data_dir: Path, policy: DecodePolicy) -> Model
         bundle.card, calibration=calibration, threshold=threshold,
         threshold_rule=threshold_rule(rule),
         validation_metrics=metrics.summarize(labels_of(val_set), scores, threshold),
-        warnings=tuple(_warnings(labels_of(val_set), scores)) if warnings is None else warnings)
+        warnings=tuple(validation_warnings(labels_of(val_set), scores)) if warnings is None else warnings)
     write_card(bundle_dir, card)
     return ModelBundle(bundle_dir, card)
 
@@ -385,8 +385,8 @@ def _check_finished(out: Path, restart: bool) -> None:
             path.unlink()
 
 
-def _warnings(y_val: np.ndarray, scores: np.ndarray) -> list[str]:
-    """What makes this run's validation figures untrustworthy, for the log, the CLI and the card."""
+def validation_warnings(y_val: np.ndarray, scores: np.ndarray) -> list[str]:
+    """What makes a model's validation figures untrustworthy, for the log, the CLI and the card."""
     counts = np.bincount(y_val, minlength=2)
     warnings = []
     if counts.min() < MIN_VALIDATION_PER_CLASS:
