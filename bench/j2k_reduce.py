@@ -12,7 +12,7 @@ upscale does not flatter the reduced decode; each level given is a separate run.
 
 Each file is decoded to the model's input size by ``pneumoscan.imaging.decode`` twice: the
 reduced way (JPEG 2000: Pillow's reader, resolution levels dropped while the picture still covers
-the input; uncompressed: the means of k x k blocks before the window, ``imaging._block_means``) and
+the input; uncompressed: the sums of k x k blocks, their means windowed, ``imaging._block_sums``) and
 the full way (pydicom's full-size decode, the window, then the resize; ``DecodePolicy.reduced`` off).
 Results go to bench/results/j2k_reduce.json, or native_reduce.json for --syntax dicom.
 The two batches go through the model; the record has the largest and mean absolute
@@ -56,7 +56,7 @@ def sample(n: int) -> list[tuple[Path, int]]:
     return picked
 
 
-REDUCED_WAY = {"dicom-j2k": "_reduced_j2k", "dicom": "_block_means"}  # the function that takes the reduced way
+REDUCED_WAY = {"dicom-j2k": "_reduced_j2k", "dicom": "_block_sums"}  # the function that takes the reduced way
 
 
 def big_dicom(source: Path, index: int, noise: float, syntax: str, window: tuple[float, float] | None) -> bytes:

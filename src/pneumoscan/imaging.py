@@ -453,7 +453,7 @@ def _decode_dataset(
         raise Rejected("DICOM file has no pixel data")
     frame = _check_codestream(ds, policy.max_pixels)
     frames = _number(ds, "NumberOfFrames", 1)
-    array, box, weight = None, None, 0.0
+    array, box, weight, summed = None, None, 0.0, 1
     if size is not None and frame is not None and policy.reduced:
         try:
             if reduced := _reduced_j2k(ds, frame, size) or _reduced_jpeg(ds, frame, size):
@@ -467,8 +467,8 @@ def _decode_dataset(
         ds.pixel_array_options(index=0, **({"decoding_plugin": "pydicom"} if rle else {}))
         with _codec(DICOM, _PYDICOM_DAMAGED):
             array = ds.pixel_array
-        if size is not None and policy.reduced and (blocked := _block_means(ds, array, size)) is not None:
-            array, box = blocked
+        if size is not None and policy.reduced and (blocked := _block_sums(ds, array, size)) is not None:
+            array, box, summed = blocked
     notes: tuple[str, ...] = (f"multi-frame image ({frames} frames): classified the first frame",) if frames > 1 else ()
 
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -486,7 +486,7 @@ def _decode_dataset(
     elif photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise Rejected(f"unsupported photometric interpretation {photometric or '(none)'}")
     else:
-        pixels, note = _grayscale(array, ds)
+        pixels, note = _grayscale(array, ds, summed)
         notes += note
         if photometric == "MONOCHROME1":  # 0 is white
             pixels = 1.0 - pixels
@@ -516,15 +516,16 @@ def _pointwise(array: np.ndarray, function: Callable[[np.ndarray], np.ndarray]) 
     return function(array)
 
 
-def _grayscale(array: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+def _grayscale(array: np.ndarray, ds: Any, summed: int = 1) -> tuple[np.ndarray, tuple[str, ...]]:
     """Stored values to [0, 1]: the modality LUT (or rescale), then the VOI LUT Sequence, else the first
-    window, else a robust min-max of the modality values."""
+    window, else a robust min-max of the modality values. Each of ``array``'s values is the sum of
+    ``summed`` stored values (``_block_sums``), whose mean is mapped."""
     from pydicom.pixels import apply_modality_lut, apply_voi
     from pydicom.sequence import Sequence
 
     def modality(stored: np.ndarray) -> np.ndarray:
         with _codec(DICOM, _PYDICOM_DAMAGED):  # pydicom's own errors on damaged LUTs, not ours
-            return apply_modality_lut(stored, ds)
+            return apply_modality_lut(stored / summed if summed > 1 else stored, ds)
 
     if sequence := ds.get("VOILUTSequence"):
         if not isinstance(sequence, Sequence):  # a damaged VR turns the sequence into bytes
@@ -810,20 +811,21 @@ def _spread(pixels: np.ndarray, weight: float) -> np.ndarray:
 _BLOCK_GAP = 3
 
 
-def _block_means(
+def _block_sums(
     ds: Any, array: np.ndarray, size: tuple[int, int],
-) -> tuple[np.ndarray, tuple[float, float, float, float] | None] | None:
-    """A large grayscale frame as the means of its k x k blocks: the LUT and the resize see k**2 fewer pixels.
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None, int] | None:
+    """A large grayscale frame as the sums of its k x k blocks: the LUT and the resize see k**2 fewer pixels.
 
-    Only where the window can be taken through the mean: a rescale (no Modality LUT Sequence) and a
-    LINEAR or LINEAR_EXACT window are one straight line between the two stored values where the
-    window saturates. The stored values are first clipped to those two, so that a block the window
-    clips in part averages what the window shows, not what it hides: such a block's value differs
-    from the mean of the exact decode's by at most one stored value's step of the window (1/4095 of
-    the range for a 12-bit full-range window); every other block's is the same. k is the largest
-    that leaves at least ``_BLOCK_GAP`` times ``size`` on each side; the box is the full picture's
-    extent in the means (None when k divides both sides). None where this does not apply (the caller
-    goes on with ``array`` as it is).
+    Only where the window can be taken through the blocks' means: a rescale (no Modality LUT
+    Sequence) and a LINEAR or LINEAR_EXACT window are one straight line between the two stored values
+    where the window saturates. The stored values are first clipped to those two, so that a block the
+    window clips in part averages what the window shows, not what it hides: such a block's value
+    differs from the mean of the exact decode's by at most one stored value's step of the window
+    (1/4095 of the range for a 12-bit full-range window); every other block's is the same. k is the
+    largest that leaves at least ``_BLOCK_GAP`` times ``size`` on each side. Returns the sums (integers,
+    so that the window still goes through a table), the box of the full picture's extent in them (None
+    when k divides both sides) and k**2; None where this does not apply (the caller goes on with
+    ``array`` as it is). ``array`` is clipped in place when it is writable: the caller is done with it.
     """
     from pydicom.pixels import apply_modality_lut
 
@@ -845,7 +847,7 @@ def _block_means(
         return None
     # One stored value either side of the span shown saturates, as everything beyond it does.
     first, last = max(low, low + int(shown[0]) - 1), min(high, low + int(shown[-1]) + 1)
-    clipped = np.clip(array, first, last)
+    clipped = np.clip(array, first, last, out=array if array.flags.writeable else None)
     # Sums in the narrowest integer type that holds them: adding same-typed strided views is the fast way.
     bound = k * k * max(abs(first), abs(last))
     kinds = (np.uint16, np.uint32, np.uint64) if array.dtype.kind == "u" else (np.int16, np.int32, np.int64)
@@ -854,10 +856,8 @@ def _block_means(
     for i, j in itertools.product(range(k), range(k)):
         if i or j:
             total += clipped[i:rows:k, j:cols:k]
-    means = total.astype(np.float32)
-    means *= np.float32(1 / k**2)
     box = None if (rows, cols) == (height, width) else (0.0, 0.0, width / k, height / k)
-    return means, box
+    return total, box, k * k
 
 
 def _reduced_box(header: _J2KHeader, reduce: int) -> tuple[float, float, float, float]:

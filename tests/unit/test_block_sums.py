@@ -1,4 +1,4 @@
-"""Large uncompressed DICOM averaged over k x k blocks before its window: the same picture, a quarter of the work."""
+"""Large uncompressed DICOM summed over k x k blocks, their means windowed: the same picture, a quarter of the work."""
 
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def _grainy(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
-    """Whether each decode took the block means (one entry per call of ``_block_means``)."""
-    original, seen = imaging._block_means, []
+    """Whether each decode took the block means (one entry per call of ``_block_sums``)."""
+    original, seen = imaging._block_sums, []
 
     def spy(*args: Any) -> Any:
         result = original(*args)
         seen.append(result is not None)
         return result
 
-    monkeypatch.setattr(imaging, "_block_means", spy)
+    monkeypatch.setattr(imaging, "_block_sums", spy)
     yield seen
 
 
@@ -46,7 +46,7 @@ def _full(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("width", "height"), [(2000, 1700), (2001, 1703)])
-def test_a_large_windowed_file_decodes_from_block_means_and_shows_the_full_decodes_picture(
+def test_a_large_windowed_file_decodes_from_block_sums_and_shows_the_full_decodes_picture(
         width: int, height: int, taken: list[bool]) -> None:
     data = helpers.dicom_bytes(SOURCE, stored=_grainy(width, height), **CLIPPING)
     image = decode(data, MODEL, helpers.POLICY)
@@ -70,12 +70,12 @@ def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_ste
 
     ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(SOURCE, stored=_grainy(1344, 1344), **window, **rescale)))
     array = ds.pixel_array
-    blocked = imaging._block_means(ds, array, MODEL)
-    assert blocked is not None and blocked[1] is None  # k = 2 divides both sides: no box
-    means = blocked[0]
-    assert means.shape == (672, 672)
-    approx, _ = imaging._grayscale(means, ds)
-    exact_pixels, _ = imaging._grayscale(array, ds)
+    exact_pixels, _ = imaging._grayscale(array, ds)  # first: the block sums clip ``array`` in place
+    blocked = imaging._block_sums(ds, array, MODEL)
+    assert blocked is not None and blocked[1] is None and blocked[2] == 4  # k = 2 divides both sides: no box
+    sums = blocked[0]
+    assert sums.shape == (672, 672) and sums.dtype.kind in "iu"  # integers: the window still goes through a table
+    approx, _ = imaging._grayscale(sums, ds, 4)
     exact = exact_pixels.astype(np.float64).reshape(672, 2, 672, 2).mean(axis=(1, 3))
     slope = abs(float(rescale.get("RescaleSlope", 1.0)))
     step = slope / (float(window["WindowWidth"]) - (0.0 if window.get("VOILUTFunction") == "LINEAR_EXACT" else 1.0))
