@@ -193,7 +193,10 @@ def soup(ingredients: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
         training={"config": {**{k: v for k, v in first.training_config.items() if k != "train_seed"},
                              "version": version, "min_sensitivity": rule},
                   "soup_of": [{"version": b.card.version, "sha256": b.card.sha256,
-                               "train_seed": b.card.training_config.get("train_seed")
-                               if b.card.training_config.get("train_seed") is not None
-                               else b.card.training_config.get("seed"),
+                               "train_seed": _training_seed(b.card.training_config),
                                "validation_roc_auc": b.card.validation_roc_auc} for b in ingredients]})
+
+
+def _training_seed(config: Mapping[str, Any]) -> Any:
+    """The seed of a run's training randomness, as ``TrainConfig.rng_seed`` has it, from its card's config."""
+    return config.get("seed") if config.get("train_seed") is None else config["train_seed"]
