@@ -509,8 +509,9 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
             raise click.ClickException(str(exc)) from None
     click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
                f"{point.threshold:.4f} from {n} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
-               f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; "
-               f"{point.relabelled} labels changed (undo with `pneumoscan calibrate --from-reviews --undo`)")
+               f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; sensitivity to "
+               f"expect on new cases {figures['expected_sensitivity']:.3f}; {point.relabelled} labels changed "
+               f"(undo with `pneumoscan calibrate --from-reviews --undo`)")
 
 
 @main.command()

@@ -238,7 +238,8 @@ def test_site_calibration_meets_its_target_is_recorded_and_can_be_undone(
         threshold = point.threshold
     assert len(reviewed) == 59 + 70 and point.previous_threshold == tiny_bundle.threshold
     figures = json.loads(point.figures)
-    assert figures["sensitivity"] >= 0.95 and figures["n"] == len(reviewed)
+    assert figures["sensitivity"] >= figures["expected_sensitivity"] >= 0.95 and figures["n"] == len(reviewed)
+    assert f"sensitivity to expect on new cases {figures['expected_sensitivity']:.3f}" in fitted.stdout
     after = _labels(sessions)
     assert all(label == ("PNEUMONIA" if p >= threshold else "NORMAL") for label, p, _ in after.values())
     assert all(t == threshold for _, _, t in after.values())

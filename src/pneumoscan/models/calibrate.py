@@ -102,11 +102,18 @@ def site_threshold(labels: np.ndarray, probabilities: np.ndarray, target_sensiti
     """The operating point a site's reviewed cases give: (threshold, figures on those cases at it).
 
     ``labels`` are the reviewers' labels and ``probabilities`` the model's stored ones. The threshold
-    is the highest that keeps ``target_sensitivity`` on the reviewed pneumonias.
+    is the highest whose sensitivity to expect on the site's new cases meets ``target_sensitivity``
+    (docs/model-eval/site-rule-v2.md); the figures add that expected sensitivity to those on the
+    reviewed cases.
     """
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
     if counts.min() < min_per_class:
         raise TooFewReviews(f"too few reviewed cases to calibrate: {counts[0]} NORMAL and {counts[1]} PNEUMONIA "
                             f"reviewed for this model, at least {min_per_class} of each are needed (--min-reviews)")
-    threshold = metrics.choose_threshold(labels, probabilities, target_sensitivity)
-    return threshold, metrics.summarize(labels, probabilities, threshold)
+    try:
+        threshold = metrics.choose_threshold(labels, probabilities, target_sensitivity, on_new_cases=True)
+    except ValueError as exc:
+        raise TooFewReviews(f"too few reviewed cases to calibrate: {exc} (or a lower --target-sensitivity)") from None
+    figures = metrics.summarize(labels, probabilities, threshold)
+    figures["expected_sensitivity"] = metrics.expected_sensitivity(labels, probabilities, threshold)
+    return threshold, figures

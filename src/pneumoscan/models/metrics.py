@@ -70,11 +70,16 @@ def summarize(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
     }
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: float) -> float:
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: float, *,
+                     on_new_cases: bool = False) -> float:
     """The highest threshold whose sensitivity is at least ``min_sensitivity`` (best specificity there).
 
     Screening favours sensitivity, so this fixes the miss rate first and then removes as many false
-    alarms as it can. Call it with validation data only.
+    alarms as it can. By default the sensitivity is the one on these cases (a validation split). With
+    ``on_new_cases`` it is the one to expect on further cases like them (a site's reviews): the share of
+    new positives under the (m + 1)-th lowest of P positive scores has expectation (m + 1) / (P + 1), so
+    m is the most misses with (m + 1) / (P + 1) <= 1 - ``min_sensitivity``. Raises ``ValueError`` when
+    there are too few positives for even no miss to promise that.
     """
     if not 0 < min_sensitivity <= 1:
         raise ValueError("min_sensitivity must be in (0, 1]")
@@ -82,9 +87,37 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: fl
     if not y.any():
         raise ValueError("threshold selection needs at least one PNEUMONIA example")
     positives = np.sort(np.asarray(scores, dtype=np.float64)[y])
-    # Allow floor((1 - s) * P) misses: the threshold sits at the score of the first positive kept.
-    misses = int(np.floor((1.0 - min_sensitivity) * len(positives) + 1e-9))
+    if on_new_cases:
+        if len(positives) < needed_positives(min_sensitivity):
+            raise ValueError(_unpromised(len(positives), min_sensitivity))
+        misses = int(np.floor((1.0 - min_sensitivity) * (len(positives) + 1) + 1e-9)) - 1
+    else:  # floor((1 - s) * P) misses: the threshold sits at the score of the first positive kept
+        misses = int(np.floor((1.0 - min_sensitivity) * len(positives) + 1e-9))
     return float(positives[misses])
+
+
+def needed_positives(min_sensitivity: float) -> float:
+    """The fewest positives P with which no miss promises ``min_sensitivity`` on new cases: 1 / (P + 1) <= 1 - s.
+
+    Infinite for a sensitivity of 1, which no finite sample promises.
+    """
+    if min_sensitivity >= 1:
+        return float("inf")
+    return max(float(np.ceil(1.0 / (1.0 - min_sensitivity) - 1 - 1e-9)), 1.0)
+
+
+def _unpromised(positives: int, min_sensitivity: float) -> str:
+    needed = needed_positives(min_sensitivity)
+    if needed == float("inf"):
+        return f"no number of PNEUMONIA cases can promise a sensitivity of {min_sensitivity} on new cases"
+    return (f"{positives} PNEUMONIA cases cannot promise a sensitivity of {min_sensitivity} on new cases: "
+            f"that needs at least {needed:.0f}")
+
+
+def expected_sensitivity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """The sensitivity to expect on new cases at ``threshold``: 1 - (misses + 1) / (P + 1) on these cases."""
+    positives = np.asarray(scores, dtype=np.float64)[np.asarray(labels).astype(bool)]
+    return 1.0 - (int((positives < threshold).sum()) + 1) / (len(positives) + 1)
 
 
 def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict[str, list[float]]:

@@ -239,7 +239,8 @@ def calibrate(request: Request, account: Admin, csrf: Csrf) -> RedirectResponse:
             point, figures, n = fit_point(session, bundle.version, bundle.threshold, TARGET_SENSITIVITY, MIN_REVIEWS)
             message = (f"operating point {point.id}: threshold {point.previous_threshold:.4f} -> {point.threshold:.4f} "
                        f"from {n} reviews (sensitivity {figures['sensitivity']:.3f}, specificity "
-                       f"{figures['specificity']:.3f} on them); {point.relabelled} labels changed")
+                       f"{figures['specificity']:.3f} on them, sensitivity {figures['expected_sensitivity']:.3f} to "
+                       f"expect on new cases); {point.relabelled} labels changed")
     except TooFewReviews as exc:
         message = str(exc)
     return RedirectResponse("/dashboard?" + urlencode({"message": message}), status_code=303)
