@@ -84,6 +84,23 @@ def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_ste
     assert np.median(error) < 1e-6  # exact wherever the window does not clip inside the block
 
 
+@pytest.mark.parametrize(("size", "k"), [((224, 224), 2), ((128, 128), 3), ((112, 100), 4)])
+def test_each_sum_is_its_whole_block_of_the_clipped_values_at_every_block_size(size: tuple[int, int], k: int) -> None:
+    """Sums of k x k blocks of a 1345 x 1351 frame (neither side a multiple of k), against numpy's own sum."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(SOURCE, stored=_grainy(1351, 1345), **CLIPPING)))
+    array = ds.pixel_array
+    blocked = imaging._block_sums(ds, array, size)
+    assert blocked is not None and blocked[2] == k * k
+    sums, box, _ = blocked
+    assert array.min() >= 599 and array.max() <= 3001  # clipped in place, one stored value beyond the window
+    rows, cols = 1345 // k, 1351 // k
+    expected = array[:rows * k, :cols * k].astype(np.int64).reshape(rows, k, cols, k).sum(axis=(1, 3))
+    assert sums.shape == (rows, cols) and np.array_equal(sums.astype(np.int64), expected)
+    assert box == (0.0, 0.0, 1351 / k, 1345 / k)
+
+
 @pytest.mark.parametrize("change", [
     {"VOILUTFunction": "SIGMOID"},  # a curve: the mean of the curve is not the curve of the mean
     {"WindowCenter": None},  # no window: a min-max of the image, which the means would move
