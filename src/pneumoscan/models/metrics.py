@@ -88,7 +88,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: fl
         raise ValueError("threshold selection needs at least one PNEUMONIA example")
     positives = np.sort(np.asarray(scores, dtype=np.float64)[y])
     if on_new_cases:
-        if len(positives) < needed_positives(min_sensitivity):
+        if len(positives) < _needed_positives(min_sensitivity):
             raise ValueError(_unpromised(len(positives), min_sensitivity))
         misses = int(np.floor((1.0 - min_sensitivity) * (len(positives) + 1) + 1e-9)) - 1
     else:  # floor((1 - s) * P) misses: the threshold sits at the score of the first positive kept
@@ -96,7 +96,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: fl
     return float(positives[misses])
 
 
-def needed_positives(min_sensitivity: float) -> float:
+def _needed_positives(min_sensitivity: float) -> float:
     """The fewest positives P with which no miss promises ``min_sensitivity`` on new cases: 1 / (P + 1) <= 1 - s.
 
     Infinite for a sensitivity of 1, which no finite sample promises.
@@ -107,7 +107,7 @@ def needed_positives(min_sensitivity: float) -> float:
 
 
 def _unpromised(positives: int, min_sensitivity: float) -> str:
-    needed = needed_positives(min_sensitivity)
+    needed = _needed_positives(min_sensitivity)
     if needed == float("inf"):
         return f"no number of PNEUMONIA cases can promise a sensitivity of {min_sensitivity} on new cases"
     return (f"{positives} PNEUMONIA cases cannot promise a sensitivity of {min_sensitivity} on new cases: "
