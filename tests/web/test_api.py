@@ -6,6 +6,7 @@ database was filled by the real pipeline with the tiny test model.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -615,3 +616,5 @@ def test_the_dashboard_calibrate_button_refuses_with_too_few_reviews_and_fits_wi
     with site.db() as session:
         point = active_point(session, version)
     assert point is not None and 0.3 < point.threshold <= 0.75
+    expected = json.loads(point.figures)["expected_sensitivity"]
+    assert expected >= pages.TARGET_SENSITIVITY and f"sensitivity {expected:.3f} to expect on new cases" in fitted.text
