@@ -458,7 +458,7 @@ def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment
               help="Instead: refit the model bundle's own temperature and threshold on the validation split "
                    "of this DATA_DIR that it was trained with (for bundles made before calibration).")
 @click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=0.95, show_default=True,
-              help="Keep at least this share of the reviewed pneumonias above the threshold.")
+              help="The share of new pneumonias to expect above the threshold, estimated from the reviewed ones.")
 @click.option("--min-reviews", type=click.IntRange(1), default=50, show_default=True,
               help="Reviewed cases of each class needed before fitting.")
 @click.option("--undo", is_flag=True, help="Withdraw the operating point in force; the one before it applies again.")
