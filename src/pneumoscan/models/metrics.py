@@ -88,30 +88,21 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, min_sensitivity: fl
         raise ValueError("threshold selection needs at least one PNEUMONIA example")
     positives = np.sort(np.asarray(scores, dtype=np.float64)[y])
     if on_new_cases:
-        if len(positives) < _needed_positives(min_sensitivity):
-            raise ValueError(_unpromised(len(positives), min_sensitivity))
         misses = int(np.floor((1.0 - min_sensitivity) * (len(positives) + 1) + 1e-9)) - 1
+        if misses < 0:  # even no miss among these expects more misses than the target allows
+            raise ValueError(_unpromised(len(positives), min_sensitivity))
     else:  # floor((1 - s) * P) misses: the threshold sits at the score of the first positive kept
         misses = int(np.floor((1.0 - min_sensitivity) * len(positives) + 1e-9))
     return float(positives[misses])
 
 
-def _needed_positives(min_sensitivity: float) -> float:
-    """The fewest positives P with which no miss promises ``min_sensitivity`` on new cases: 1 / (P + 1) <= 1 - s.
-
-    Infinite for a sensitivity of 1, which no finite sample promises.
-    """
-    if min_sensitivity >= 1:
-        return float("inf")
-    return max(float(np.ceil(1.0 / (1.0 - min_sensitivity) - 1 - 1e-9)), 1.0)
-
-
 def _unpromised(positives: int, min_sensitivity: float) -> str:
-    needed = _needed_positives(min_sensitivity)
-    if needed == float("inf"):
+    """Why ``positives`` cases cannot promise ``min_sensitivity`` on new ones: no miss needs 1 / (P + 1) <= 1 - s."""
+    if min_sensitivity >= 1:
         return f"no number of PNEUMONIA cases can promise a sensitivity of {min_sensitivity} on new cases"
+    needed = int(np.ceil(1.0 / (1.0 - min_sensitivity) - 1 - 1e-9))
     return (f"{positives} PNEUMONIA cases cannot promise a sensitivity of {min_sensitivity} on new cases: "
-            f"that needs at least {needed:.0f}")
+            f"that needs at least {needed}")
 
 
 def expected_sensitivity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
