@@ -127,6 +127,25 @@ def test_mixup_mixes_each_image_label_and_weight_with_one_partner_by_one_factor(
     assert mixed >= n // 2  # a shuffled partner is rarely the image itself
 
 
+def _aspect_ratios(stretch: float) -> np.ndarray:
+    """Height over width of a bright centred square after the augmenter, over a batch of 64."""
+    from pneumoscan.models.train import _augmenter
+
+    square = np.zeros((64, 64, 64, 1), np.float32)
+    square[:, 20:44, 20:44] = 1.0
+    out = np.asarray(_augmenter(7, stretch)(square))[..., 0] > 0.5
+    heights = out.any(axis=2).sum(axis=1)
+    widths = out.any(axis=1).sum(axis=1)
+    return heights / np.maximum(widths, 1)
+
+
+def test_stretch_changes_the_aspect_ratio_image_by_image_and_is_off_by_default() -> None:
+    plain, stretched = _aspect_ratios(0.0), _aspect_ratios(0.25)
+    # Rotation and zoom alone keep a square nearly square; the stretch makes it tall or wide, per image.
+    assert np.abs(np.log(plain)).max() < 0.2
+    assert (stretched > 1.12).sum() >= 8 and (stretched < 0.89).sum() >= 8
+
+
 def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(data_dir / "train", data / "test")  # a labelled split to evaluate on

@@ -67,6 +67,7 @@ class TrainConfig:
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics and affine weights as pretrained
     ema: float = 0.0  # momentum of an exponential moving average of the weights, used for validation and the bundle
     equalize: bool = False  # per-image histogram equalization as the model's first layer (layers.Equalize)
+    stretch: float = 0.0  # augmentation: the image's height scaled by up to +/- this share, its width kept
 
     @property
     def rng_seed(self) -> int:
@@ -123,10 +124,13 @@ def _freeze_batchnorm(model: Any) -> int:
     return frozen
 
 
-def _augmenter(seed: int) -> Any:
+def _augmenter(seed: int, stretch: float = 0.0) -> Any:
     """Small rotations, zoom, shifts, contrast/gamma, sharpness and noise. No flips: anatomy is not symmetric.
 
     Sharpness and noise imitate the differences in detector and post-processing between sites.
+    ``stretch`` > 0 also scales each image's height alone by up to that share: images resized to a
+    square without keeping their aspect ratio carry their source's native aspect ratio as a stretch
+    of the anatomy, which a model could otherwise learn as a cue.
     """
     import keras
     import tensorflow as tf
@@ -134,6 +138,8 @@ def _augmenter(seed: int) -> Any:
     geometric = keras.Sequential([
         keras.layers.RandomRotation(0.025, fill_mode="nearest", seed=seed),  # about +/- 9 degrees
         keras.layers.RandomZoom(0.12, fill_mode="nearest", seed=seed + 1),
+        *([keras.layers.RandomZoom((-stretch, stretch), width_factor=0.0, fill_mode="nearest", seed=seed + 4)]
+          if stretch > 0 else []),
         keras.layers.RandomTranslation(0.06, 0.06, fill_mode="nearest", seed=seed + 2),
         keras.layers.RandomContrast(0.3, seed=seed + 3),
     ])
@@ -168,7 +174,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, tra
     ds = ds.map(lambda x, t, w: (tf.cast(x, tf.float32)[..., None] / 255.0, t, w),
                 num_parallel_calls=tf.data.AUTOTUNE)
     if config.augment:
-        augment = _augmenter(config.rng_seed)
+        augment = _augmenter(config.rng_seed, config.stretch)
         ds = ds.map(lambda x, t, w: (augment(x), t, w), num_parallel_calls=tf.data.AUTOTUNE)
     if config.mixup > 0:
         ds = ds.map(_mixer(config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
