@@ -775,6 +775,9 @@ _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a i
 @click.option("--stretch", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
               help="Augmentation: scale each image's height alone by up to this share, so that a source's "
                    "native aspect ratio (kept as a stretch by square resizing) is no cue; 0 is off.")
+@click.option("--resample", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
+              help="Augmentation: shrink half of the batches by a factor down to 1 - this and enlarge them back, "
+                   "so that the detail a source's native resolution leaves is no cue; 0 is off.")
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")
@@ -789,7 +792,7 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
           epochs: int, batch_size: int, learning_rate: float, schedule: str, val_fraction: float,
           min_sensitivity: float, no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int,
           backbone_lr_scale: float, freeze_bn: bool, ema: float, equalize: bool, stretch: float,
-          init: Path | None, seed: int,
+          resample: float, init: Path | None, seed: int,
           train_seed: int | None, version: str | None, restart: bool) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
@@ -807,7 +810,7 @@ def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weig
                          label_smoothing=label_smoothing, version=version,
                          init=None if init is None else str(init), head_epochs=head_epochs,
                          backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn, ema=ema, equalize=equalize,
-                         stretch=stretch)
+                         stretch=stretch, resample=resample)
 
     def show(epoch: int, logs: dict[str, float]) -> None:
         err.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))

@@ -146,6 +146,29 @@ def test_stretch_changes_the_aspect_ratio_image_by_image_and_is_off_by_default()
     assert (stretched > 1.12).sum() >= 8 and (stretched < 0.89).sum() >= 8
 
 
+def test_resample_leaves_half_of_the_batches_alone_and_blurs_the_others() -> None:
+    import keras
+
+    from pneumoscan.models.train import _resampled
+
+    keras.utils.set_random_seed(0)
+    batch = np.random.default_rng(0).random((4, 64, 64, 1)).astype(np.float32)
+
+    def detail(x: np.ndarray) -> float:  # mean absolute difference between horizontal neighbours
+        return float(np.abs(np.diff(x, axis=2)).mean())
+
+    untouched = blurred = 0
+    for _ in range(40):
+        out = np.asarray(_resampled(batch, 0.5))
+        assert out.shape == batch.shape
+        if np.array_equal(out, batch):
+            untouched += 1
+        else:
+            assert detail(out) < 0.8 * detail(batch)
+            blurred += 1
+    assert untouched >= 8 and blurred >= 8
+
+
 def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(data_dir / "train", data / "test")  # a labelled split to evaluate on

@@ -68,6 +68,7 @@ class TrainConfig:
     ema: float = 0.0  # momentum of an exponential moving average of the weights, used for validation and the bundle
     equalize: bool = False  # per-image histogram equalization as the model's first layer (layers.Equalize)
     stretch: float = 0.0  # augmentation: the image's height scaled by up to +/- this share, its width kept
+    resample: float = 0.0  # augmentation: half the batches shrunk by a factor down to 1 - this, then enlarged back
 
     @property
     def rng_seed(self) -> int:
@@ -124,13 +125,15 @@ def _freeze_batchnorm(model: Any) -> int:
     return frozen
 
 
-def _augmenter(seed: int, stretch: float = 0.0) -> Any:
+def _augmenter(seed: int, stretch: float = 0.0, resample: float = 0.0) -> Any:
     """Small rotations, zoom, shifts, contrast/gamma, sharpness and noise. No flips: anatomy is not symmetric.
 
     Sharpness and noise imitate the differences in detector and post-processing between sites.
     ``stretch`` > 0 also scales each image's height alone by up to that share: images resized to a
     square without keeping their aspect ratio carry their source's native aspect ratio as a stretch
-    of the anatomy, which a model could otherwise learn as a cue.
+    of the anatomy, which a model could otherwise learn as a cue. ``resample`` > 0 shrinks half of the
+    batches by a factor down to ``1 - resample`` and enlarges them back: the finest detail left by the
+    resize depends on the source's native resolution, another cue of the source rather than the disease.
     """
     import keras
     import tensorflow as tf
@@ -146,6 +149,8 @@ def _augmenter(seed: int, stretch: float = 0.0) -> Any:
 
     def augment(x: Any) -> Any:
         x = geometric(x, training=True)
+        if resample > 0:
+            x = _resampled(x, resample)
         per_image = (tf.shape(x)[0], 1, 1, 1)
         x = tf.clip_by_value(x, 0.0, 1.0) ** tf.exp(tf.random.uniform(per_image, -0.35, 0.35))
         blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
@@ -154,6 +159,18 @@ def _augmenter(seed: int, stretch: float = 0.0) -> Any:
         return tf.clip_by_value(x, 0.0, 1.0)
 
     return augment
+
+
+def _resampled(x: Any, resample: float) -> Any:
+    """The batch ``x``, or (half of the time) the batch shrunk by one random factor in [1 - resample, 1]
+    and enlarged back."""
+    import tensorflow as tf
+
+    size = tf.shape(x)[1:3]
+    factor = tf.random.uniform((), 1.0 - resample, 1.0)
+    small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * factor, tf.int32), 1)
+    coarse = tf.image.resize(tf.image.resize(x, small, antialias=True), size)
+    return tf.cond(tf.random.uniform(()) < 0.5, lambda: coarse, lambda: x)
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, train: bool,
@@ -174,7 +191,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, tra
     ds = ds.map(lambda x, t, w: (tf.cast(x, tf.float32)[..., None] / 255.0, t, w),
                 num_parallel_calls=tf.data.AUTOTUNE)
     if config.augment:
-        augment = _augmenter(config.rng_seed, config.stretch)
+        augment = _augmenter(config.rng_seed, config.stretch, config.resample)
         ds = ds.map(lambda x, t, w: (augment(x), t, w), num_parallel_calls=tf.data.AUTOTUNE)
     if config.mixup > 0:
         ds = ds.map(_mixer(config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
