@@ -169,8 +169,8 @@ def _resampled(x: Any, resample: float) -> Any:
     size = tf.shape(x)[1:3]
     factor = tf.random.uniform((), 1.0 - resample, 1.0)
     small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * factor, tf.int32), 1)
-    coarse = tf.image.resize(tf.image.resize(x, small, antialias=True), size)
-    return tf.cond(tf.random.uniform(()) < 0.5, lambda: coarse, lambda: x)
+    return tf.cond(tf.random.uniform(()) < 0.5,
+                   lambda: tf.image.resize(tf.image.resize(x, small, antialias=True), size), lambda: x)
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, train: bool,
