@@ -377,6 +377,8 @@ def test_soup_is_one_network_with_the_mean_of_the_ingredients_weights(
     assert not card.is_ensemble and card.architecture == "tiny" and card.version == "tiny-soup"
     assert [i["version"] for i in card.training["soup_of"]] == ["same", "seed7"]
     assert [i["train_seed"] for i in card.training["soup_of"]] == [0, 7]
+    assert all("config" not in i for i in card.training["soup_of"])  # one recipe: nothing is per ingredient
+    assert "train_seed" not in card.training_config and card.training_config["epochs"] == 1
     assert souped.model.count_params() == a.model.count_params()
     for mean, wa, wb in zip(souped.model.get_weights(), a.model.get_weights(), b.model.get_weights(), strict=True):
         if np.issubdtype(wa.dtype, np.floating):
@@ -395,6 +397,22 @@ def test_soup_of_a_bundle_with_itself_is_that_bundle(members: dict[str, Path], d
     x = load_images(list_split(data_dir, "train")[:12], 64, helpers.POLICY, exact=True)
     np.testing.assert_allclose(load_bundle(tmp_path / "s").predict(x, calibrated=False),
                                load_bundle(members["same"]).predict(x, calibrated=False), atol=1e-6)
+
+
+def test_soup_card_keeps_each_ingredients_own_options_and_claims_only_the_shared_ones(
+        trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    result = _soup_cli(str(trained), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "s"),
+                       "--version", "tiny-mixed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = load_bundle(tmp_path / "s", verify=True).card
+    config = card.training_config
+    # The first ingredient's mixup, label smoothing and epochs are not the soup's recipe ...
+    assert not {"mixup", "label_smoothing", "epochs"} & set(config)
+    assert config["input_size"] == 64 and config["val_fraction"] == 0.3 and config["version"] == "tiny-mixed"
+    # ... they are recorded per ingredient, beside what the ingredients share.
+    own = [i["config"] for i in card.training["soup_of"]]
+    assert own == [{"epochs": 2, "mixup": 0.2, "label_smoothing": 0.1}, {"epochs": 1, "mixup": 0.0,
+                                                                         "label_smoothing": 0.0}]
 
 
 def test_soup_refuses_bundles_that_are_not_one_network_in_one_line(

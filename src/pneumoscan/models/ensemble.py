@@ -186,15 +186,29 @@ def soup(ingredients: list[ModelBundle], data_dir: Path, out: Path, policy: Deco
     models = [keras.models.load_model(b.path / MODEL_FILE, compile=False) for b in ingredients]
     models[0].set_weights(average_weights(models))
     first = ingredients[0].card
+    shared, differing = _split_configs([b.card.training_config for b in ingredients])
     return _calibrated_bundle(
         models[0], ingredients, data_dir, out, policy, split, rule,
         version=version or f"soup-{datetime.now(UTC):%Y%m%d-%H%M%S}", architecture=first.architecture,
         output=first.output,
-        training={"config": {**{k: v for k, v in first.training_config.items() if k != "train_seed"},
-                             "version": version, "min_sensitivity": rule},
+        training={"config": {**shared, "version": version, "min_sensitivity": rule},
                   "soup_of": [{"version": b.card.version, "sha256": b.card.sha256,
                                "train_seed": _training_seed(b.card.training_config),
-                               "validation_roc_auc": b.card.validation_roc_auc} for b in ingredients]})
+                               "validation_roc_auc": b.card.validation_roc_auc,
+                               **({"config": own} if own else {})}
+                              for b, own in zip(ingredients, differing, strict=True)]})
+
+
+def _split_configs(configs: list[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The training options all ingredients share, and each ingredient's own value of the ones they do not.
+
+    A soup's card must not claim one ingredient's recipe for all of them: an option that is missing from an
+    older card counts as not set (None). The version and the training seed are recorded per ingredient anyway.
+    """
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in ("version", "train_seed")]
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    shared = {k: configs[0].get(k) for k in keys if k not in differ}
+    return shared, [{k: c.get(k) for k in differ} for c in configs]
 
 
 def _training_seed(config: Mapping[str, Any]) -> Any:
