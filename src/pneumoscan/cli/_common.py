@@ -1,0 +1,90 @@
+"""What every `pneumoscan` command shares: settings, database, bundle and dispatcher set-up, errors and output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import partial, wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pneumoscan.config import Settings
+from pneumoscan.db import DatabaseError, open_database
+from pneumoscan.db.queries import Result
+from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
+from pneumoscan.models.pretrained import WeightsError
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn the project's expected errors into one-line messages instead of tracebacks."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (BundleError, DatabaseError, NotADirectoryError, ValueError, WeightsError) as exc:  # UserError too
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.ensure_object(dict)["settings"]
+    return settings
+
+
+def _database(settings: Settings) -> Any:
+    url = settings.sqlalchemy_url
+    err.print(f"database: {url.split('@')[-1] if '@' in url else url}", style="dim")
+    return open_database(url)
+
+
+def _bundle(settings: Settings) -> ModelBundle:
+    bundle = load_bundle(settings.model_path)
+    err.print(f"model: {bundle.version} (threshold {bundle.threshold:.3f}) from {bundle.path}", style="dim")
+    return bundle
+
+
+def _classifier(settings: Settings) -> Callable[..., list[Result]]:
+    from pneumoscan.pipeline import classify_paths
+
+    bundle, sessions = _bundle(settings), _database(settings)
+    return partial(classify_paths, bundle=bundle, sessions=sessions, settings=settings)
+
+
+def _celery_app(settings: Settings) -> Any:
+    if settings.embedded:
+        raise click.ClickException("this command needs a broker: set PNEUMOSCAN_BROKER_URL (e.g. redis://host:6379/0)")
+    from pneumoscan.worker.app import get_app
+
+    url = settings.broker_url or ""
+    err.print(f"broker: {url.split('@')[-1] if '@' in url else url}", style="dim")
+    return get_app(settings)
+
+
+def _dispatcher(settings: Settings, report: Callable[[list[Result]], None] | None = None) -> Any:
+    """Where batches go, chosen once: classified here (embedded) or enqueued for workers (a broker is set)."""
+    from pneumoscan.scheduler.dispatch import InlineDispatcher
+
+    if settings.embedded:
+        return InlineDispatcher(_classifier(settings), report)
+    enqueued = None if report is None else (lambda paths: err.print(
+        f"{datetime.now():%H:%M:%S} enqueued a batch of {len(paths)} for the workers"))
+    return _celery_dispatcher(settings, enqueued)
+
+
+def _celery_dispatcher(settings: Settings, on_submit: Callable[[Sequence[str]], None] | None = None) -> Any:
+    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+
+    return CeleryDispatcher(_celery_app(settings), _database(settings), on_submit=on_submit)
+
+
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err)
+

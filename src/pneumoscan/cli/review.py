@@ -1,0 +1,210 @@
+"""Reviewing and administration: `review`, `calibrate`, `users` and `db`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pneumoscan.cli._common import _bundle, _database, _friendly, _settings
+from pneumoscan.domain import LABELS, ROLES
+
+
+@click.command()
+@click.argument("image_id", type=click.IntRange(1))
+@click.option("--label", required=True, type=click.Choice(LABELS, case_sensitive=False), help="The reviewer's reading.")
+@click.option("--reviewer", required=True, help="Who reviewed the image.")
+@click.option("--comment", help="Free text kept with the review.")
+@click.pass_context
+@_friendly
+def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment: str | None) -> None:
+    """Record a person's reading of IMAGE_ID (from `results`). Reviews are appended, never edited."""
+    from pneumoscan.db.reviews import UnknownImage, add_review
+
+    if not reviewer.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reviewer")
+    try:
+        with _database(_settings(ctx)).begin() as session:
+            saved = add_review(session, image_id, reviewer, label.upper(), comment)
+    except UnknownImage as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"review {saved.id}: image {image_id} is {saved.label} according to {saved.reviewer}")
+
+
+@click.command()
+@click.option("--from-reviews", is_flag=True, help="Fit on the images reviewed at this site.")
+@click.option("--validation", "validation_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Instead: refit the model bundle's own temperature and threshold on the validation split "
+                   "of this DATA_DIR that it was trained with (for bundles made before calibration).")
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=0.95, show_default=True,
+              help="The share of new pneumonias to expect above the threshold, estimated from the reviewed ones.")
+@click.option("--min-reviews", type=click.IntRange(1), default=50, show_default=True,
+              help="Reviewed cases of each class needed before fitting.")
+@click.option("--undo", is_flag=True, help="Withdraw the operating point in force; the one before it applies again.")
+@click.option("--history", "show_history", is_flag=True, help="List every operating point of the current model.")
+@click.pass_context
+@_friendly
+def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | None, target_sensitivity: float,
+              min_reviews: int, undo: bool, show_history: bool) -> None:
+    """Set this site's decision threshold for the current model from its reviewed cases, without retraining.
+
+    Existing results of the model are relabelled at once; every change is recorded and can be undone.
+    """
+    if validation_data is not None:
+        from pneumoscan.models.train import recalibrate
+
+        bundle = recalibrate(_settings(ctx).model_path, validation_data, _settings(ctx).decode_policy)
+        calibration = bundle.card.calibration
+        if calibration is None:  # recalibrate always fits one
+            raise click.ClickException(f"{bundle.path}: no calibration was written")
+        before, after = calibration.before, calibration.after
+        click.echo(f"{bundle.version}: temperature {calibration.temperature:.3f}, threshold "
+                   f"{bundle.threshold:.4f}; validation NLL {before['nll']:.4f} -> "
+                   f"{after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
+        return
+    if not from_reviews:
+        raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
+    from pneumoscan.db import reviews
+    from pneumoscan.models.calibrate import TooFewReviews
+
+    settings = _settings(ctx)
+    bundle, sessions = _bundle(settings), _database(settings)
+    with sessions.begin() as session:
+        if show_history:
+            for p in reviews.history(session, bundle.version):
+                state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
+                click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
+                           f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
+            return
+        if undo:
+            point, threshold, changed = reviews.undo_point(session, bundle.version, bundle.threshold)
+            click.echo(f"withdrew operating point {point.id}; threshold is {threshold:.4f} again, "
+                       f"{changed} labels changed")
+            return
+        try:
+            point, figures, n = reviews.fit_point(session, bundle.version, bundle.threshold, target_sensitivity,
+                                                  min_reviews)
+        except TooFewReviews as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
+               f"{point.threshold:.4f} from {n} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
+               f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; sensitivity to "
+               f"expect on new cases {figures['expected_sensitivity']:.3f}; {point.relabelled} labels changed "
+               f"(undo with `pneumoscan calibrate --from-reviews --undo`)")
+
+
+
+@click.group()
+def users() -> None:
+    """Manage the web app's users and their API tokens."""
+
+
+def _password(prompt: bool) -> str:
+    if not prompt:
+        raise click.UsageError("give the password on standard input: --password-stdin")
+    text = sys.stdin.readline().rstrip("\r\n")
+    if not text:
+        raise click.ClickException("no password on standard input")
+    return text
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.pass_context
+@_friendly
+def users_add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
+    """Add a user (passwords are kept only as argon2 hashes)."""
+    from pneumoscan.db.users import add_user
+
+    password = _password(password_stdin)
+    with _database(_settings(ctx)).begin() as session:
+        account = add_user(session, name, role, password)
+    click.echo(f"added {account.role} {account.name}")
+
+
+@users.command("list")
+@click.pass_context
+@_friendly
+def users_list(ctx: click.Context) -> None:
+    """List users with their role and state."""
+    from pneumoscan.db.users import list_users
+
+    with _database(_settings(ctx))() as session:
+        for user in list_users(session):
+            state = "disabled" if user.disabled else "locked" if user.locked_until else "active"
+            last = f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never"
+            click.echo(f"{user.name}\t{user.role}\t{state}\tlast sign-in {last}")
+
+
+@users.command("disable")
+@click.argument("name")
+@click.pass_context
+@_friendly
+def users_disable(ctx: click.Context, name: str) -> None:
+    """Disable a user: their sessions and API tokens stop working at once."""
+    from pneumoscan.db.users import set_disabled
+
+    with _database(_settings(ctx)).begin() as session:
+        set_disabled(session, name, True)
+    click.echo(f"disabled {name}")
+
+
+@users.command("enable")
+@click.argument("name")
+@click.pass_context
+@_friendly
+def users_enable(ctx: click.Context, name: str) -> None:
+    """Enable a disabled user, or unlock one locked after failed sign-ins."""
+    from pneumoscan.db.users import set_disabled
+
+    with _database(_settings(ctx)).begin() as session:
+        set_disabled(session, name, False)
+    click.echo(f"enabled {name}")
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--revoke", is_flag=True, help="Revoke every token of NAME instead.")
+@click.pass_context
+@_friendly
+def users_token(ctx: click.Context, name: str, revoke: bool) -> None:
+    """Print a new API token for NAME (shown once; only its hash is kept), for Authorization: Bearer."""
+    from pneumoscan.db.users import issue_token, revoke_tokens
+
+    with _database(_settings(ctx)).begin() as session:
+        if revoke:
+            click.echo(f"revoked {revoke_tokens(session, name)} tokens of {name}")
+            return
+        token = issue_token(session, name)
+    click.echo(token)
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@click.pass_context
+@_friendly
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply all database migrations (also done automatically on start)."""
+    from pneumoscan.db import current_revision, make_engine
+
+    settings = _settings(ctx.find_root())
+    engine = make_engine(settings.sqlalchemy_url)
+    before = current_revision(engine)
+    _database(settings)
+    after = current_revision(engine)
+    engine.dispose()
+    if before == after:
+        click.echo(f"database is up to date (revision {after})")
+    elif before is None:
+        click.echo(f"created the schema (revision {after})")
+    else:
+        click.echo(f"upgraded the schema from revision {before} to {after}")
+

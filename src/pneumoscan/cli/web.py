@@ -1,0 +1,26 @@
+"""The web app: `serve`."""
+
+from __future__ import annotations
+
+import click
+
+from pneumoscan.cli._common import _database, _friendly, _settings, err
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; keep the default behind a TLS reverse proxy (see the README).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.pass_context
+@_friendly
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the review web app and its API (/worklist, /dashboard, /api, /docs, /metrics)."""
+    import uvicorn
+
+    from pneumoscan.web.app import create_app
+
+    settings = _settings(ctx)
+    app = create_app(settings, _database(settings))
+    err.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)", style="dim")
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True, server_header=False)
+
