@@ -111,8 +111,8 @@ def stop_workers(workers: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
 def run_config(count: int, paths: list[str], args: argparse.Namespace, bundle_path: Path) -> dict[str, Any]:
     from pneumoscan.config import Settings
     from pneumoscan.db import open_database
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
     from pneumoscan.worker.app import make_app
+    from pneumoscan.worker.client import CeleryDispatcher
 
     logs = args.work / "distributed" / f"workers-{count}"
     shutil.rmtree(logs, ignore_errors=True)

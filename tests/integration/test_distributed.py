@@ -16,8 +16,8 @@ from celery import Celery
 from cluster import READY_TIMEOUT, Database, PrivateRedis, Service, TcpProxy, assert_each_once, settled, wait_quiet
 
 from pneumoscan.config import Settings
-from pneumoscan.scheduler.dispatch import CeleryDispatcher
-from pneumoscan.worker.app import NIGHTLY_RECLASSIFY, make_app
+from pneumoscan.worker.app import make_app
+from pneumoscan.worker.client import NIGHTLY_RECLASSIFY, CeleryDispatcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -15,8 +15,8 @@ from celery.schedules import crontab
 from pneumoscan.config import Settings
 from pneumoscan.db import outbox
 from pneumoscan.scheduler.batcher import MicroBatcher
-from pneumoscan.scheduler.dispatch import CeleryDispatcher
-from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, make_app, worker_argv
+from pneumoscan.worker.app import make_app, worker_argv
+from pneumoscan.worker.client import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, CeleryDispatcher
 
 
 def test_app_is_at_least_once_json_and_one_at_a_time() -> None:

@@ -80,7 +80,7 @@ def _dispatcher(settings: Settings, report: Callable[[list[Result]], None] | Non
 
 
 def _celery_dispatcher(settings: Settings, on_submit: Callable[[Sequence[str]], None] | None = None) -> Any:
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
+    from pneumoscan.worker.client import CeleryDispatcher
 
     return CeleryDispatcher(_celery_app(settings), _database(settings), on_submit=on_submit)
 

@@ -164,9 +164,9 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
     The nightly reclassification runs at PNEUMOSCAN_NIGHTLY_AT, local time. Needs PNEUMOSCAN_BROKER_URL.
     """
     from pneumoscan.scheduler.batcher import MicroBatcher
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher, requeue_stale
     from pneumoscan.scheduler.watcher import Watcher
     from pneumoscan.worker.beat import BeatThread
+    from pneumoscan.worker.client import CeleryDispatcher, requeue_stale
 
     settings = _settings(ctx)
     app, sessions = _celery_app(settings), _database(settings)

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pneumoscan.broker import BrokerUnavailable, queue_depth
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, outbox
 from pneumoscan.db.queries import activity, prediction_counts, status_counts
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_WINDOW = timedelta(hours=24)
-BROKER_QUEUE = "celery"  # Celery's default queue, which pneumoscan's tasks use
 
 
 class PneumoscanCollector(Collector):
@@ -88,13 +88,10 @@ class PneumoscanCollector(Collector):
     def _broker_depth(self) -> int | None:
         if self.settings.broker_url is None:
             return None
-        import redis
-
         started = time.monotonic()
         try:
-            client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
-            return int(client.llen(BROKER_QUEUE))
-        except (redis.RedisError, OSError) as exc:
+            return queue_depth(self.settings.broker_url)
+        except BrokerUnavailable as exc:
             log.warning("cannot read the broker's queue depth (%.1f s): %s", time.monotonic() - started, exc)
             return None
 

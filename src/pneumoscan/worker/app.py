@@ -5,13 +5,10 @@ from __future__ import annotations
 from celery import Celery
 from celery.schedules import crontab
 
+from pneumoscan import broker
 from pneumoscan.config import Settings
+from pneumoscan.worker.client import NIGHTLY_RECLASSIFY, REQUEUE_STALE, SETTLE_STUDIES
 
-CLASSIFY_BATCH = "pneumoscan.classify_batch"
-RECLASSIFY_IMAGES = "pneumoscan.reclassify_images"
-NIGHTLY_RECLASSIFY = "pneumoscan.nightly_reclassify"
-REQUEUE_STALE = "pneumoscan.requeue_stale"
-SETTLE_STUDIES = "pneumoscan.settle_studies"
 SETTLE_EVERY = 5.0  # seconds between study rounds: completes studies, sends results that are due
 TASK_MODULES = ["pneumoscan.worker.tasks"]
 
@@ -24,13 +21,14 @@ def make_app(settings: Settings) -> Celery:
     Idempotent writes make the redelivery harmless. Results live in the database, so no result
     backend is used.
     """
-    app = Celery("pneumoscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=TASK_MODULES)
+    app = Celery("pneumoscan", broker=settings.broker_url or broker.DEFAULT_URL, include=TASK_MODULES)
     hour, minute = settings.nightly_hour_minute
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
+        task_default_queue=broker.QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -19,7 +19,15 @@ from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.queries import image_locations
 from pneumoscan.imaging import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
-from pneumoscan.worker.app import CLASSIFY_BATCH, NIGHTLY_RECLASSIFY, RECLASSIFY_IMAGES, REQUEUE_STALE, SETTLE_STUDIES
+from pneumoscan.worker.client import (
+    CLASSIFY_BATCH,
+    NIGHTLY_RECLASSIFY,
+    RECLASSIFY_IMAGES,
+    REQUEUE_STALE,
+    SETTLE_STUDIES,
+    CeleryDispatcher,
+)
+from pneumoscan.worker.client import requeue_stale as reap
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +142,6 @@ def reclassify_images(self: Task, image_ids: list[int], force: bool = False) -> 
 @shared_task(bind=True, name=REQUEUE_STALE, max_retries=0)  # beat sends the next one soon anyway
 def requeue_stale(self: Task) -> int:
     """The outbox reaper (Celery beat): enqueue again files unsettled past PNEUMOSCAN_REQUEUE_AFTER."""
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
-    from pneumoscan.scheduler.dispatch import requeue_stale as reap
-
     state = runtime()
     sessions = state.sessions()
     return reap(sessions, CeleryDispatcher(self.app, sessions), state.settings.requeue_after, state.settings.batch_size)
@@ -160,7 +165,6 @@ def nightly_reclassify(self: Task) -> int:
     model version, or failed.
     """
     from pneumoscan.db.queries import ReclassifySelection
-    from pneumoscan.scheduler.dispatch import CeleryDispatcher
     from pneumoscan.scheduler.reclassify import reclassify
 
     state = runtime()
