@@ -9,7 +9,6 @@ content (and model version, for heatmaps), so a second view costs a file read.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import threading
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from pneumoscan.db import Database
 from pneumoscan.db.schema import Image, Sighting
 from pneumoscan.imaging import ImagingError, InternalError, decode, read_content
 from pneumoscan.models.bundle import ModelBundle, load_bundle
+from pneumoscan.services.heatmaps import DISPLAY_SIDE, fit_within, heatmap_png, png_bytes, render_file
 
-DISPLAY_SIDE = 1024  # longest side of the picture sent to the browser
-_CACHE_VERSION = "1"  # bump when rendering changes, so old cached pictures are not served
+_CACHE_VERSION = "2"  # bump when rendering changes, so old cached pictures are not served
 
 
 class NotRenderable(Exception):
@@ -59,21 +58,20 @@ class Renderer:
 
     def image_png(self, image_id: int) -> bytes:
         sha256 = self._sha256(image_id)
-        return self._cached(f"{sha256}-image", lambda: _png(self._display(self._source(image_id, sha256))))
+        return self._cached(f"{sha256}-image", lambda: png_bytes(self._display(self._source(image_id, sha256))))
 
     def heatmap_png(self, image_id: int) -> bytes:
-        from pneumoscan.models.explain import overlay
-
         sha256 = self._sha256(image_id)
         bundle = self.bundle()
         key = f"{sha256}-heatmap-{hashlib.sha256(bundle.version.encode()).hexdigest()[:16]}"
 
         def render() -> bytes:
             source = self._source(image_id, sha256)
-            size = (bundle.input_size, bundle.input_size)
-            model_input = self._decode(source, size)
-            heatmap = bundle.explain(model_input[None])[0]
-            return _png(overlay(self._display(source), heatmap), caption=f"model heatmap (Grad-CAM), {bundle.version}")
+            try:
+                return heatmap_png(render_file(bundle, source.data, self.settings.decode_policy,
+                                               display_side=DISPLAY_SIDE))
+            except (ImagingError, InternalError) as exc:
+                raise NotRenderable(422, f"the file cannot be shown: {exc.reason}") from None
 
         return self._cached(key, render)
 
@@ -106,15 +104,7 @@ class Renderer:
             raise NotRenderable(422, f"the file cannot be shown: {exc.reason}") from None
 
     def _display(self, source: _Source) -> np.ndarray:
-        pixels = self._decode(source, None)
-        height, width = pixels.shape
-        scale = min(1.0, DISPLAY_SIDE / max(height, width))
-        if scale < 1.0:
-            from PIL import Image as PILImage
-
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            pixels = np.asarray(PILImage.fromarray(pixels, mode="F").resize(size, PILImage.Resampling.BILINEAR))
-        return pixels
+        return fit_within(self._decode(source, None), DISPLAY_SIDE)
 
     def _cached(self, key: str, render: Callable[[], bytes]) -> bytes:
         path = self.cache / f"{key}-v{_CACHE_VERSION}.png"
@@ -128,19 +118,4 @@ class Renderer:
         temporary.write_bytes(data)
         os.replace(temporary, path)
         return data
-
-
-def _png(pixels: np.ndarray, caption: str | None = None) -> bytes:
-    """A PNG of a gray [0, 1] image or an RGB uint8 one, with an optional caption drawn in its corner."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    if pixels.dtype != np.uint8:
-        pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
-    picture = PILImage.fromarray(pixels)
-    if caption:
-        ImageDraw.Draw(picture).text((6, 6), caption, fill=(255, 255, 255) if picture.mode == "RGB" else 255)
-    out = io.BytesIO()
-    picture.save(out, format="PNG", compress_level=3)
-    return out.getvalue()
 
