@@ -51,7 +51,7 @@ def evaluate(bundle: ModelBundle, data_dir: Path, split: str, out: Path, policy:
     with (out / "predictions.csv").open("w") as fh:
         fh.write("path,label,probability\n")
         for path, label, score in zip(paths, labels, scores, strict=True):
-            fh.write(f"{path.relative_to(data_dir)},{('NORMAL', 'PNEUMONIA')[label]},{float(score)!r}\n")
+            fh.write(f"{path.relative_to(data_dir)},{LABELS[label]},{float(score)!r}\n")
     _plots(labels, scores, report, out)
     return report
 

@@ -447,7 +447,8 @@ def _initial_model(config: TrainConfig) -> Any:
 
 def _class_counts(examples: list[Example]) -> dict[str, int]:
     counts = np.bincount(labels_of(examples), minlength=2)
-    return {"NORMAL": int(counts[0]), "PNEUMONIA": int(counts[1]), "patients": len({e.patient for e in examples})}
+    by_label = {name: int(n) for name, n in zip(LABELS, counts, strict=True)}
+    return {**by_label, "patients": len({e.patient for e in examples})}
 
 
 def _read_rows(history_csv: Path) -> list[dict[str, str]]:
