@@ -66,38 +66,49 @@ def test_an_empty_salt_file_is_refused_not_used(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path)
 
 
-# Each child imports everything first, says so, and waits for one byte on stdin: the parent writes
-# it to both only when both are ready, so that they resolve the salt at the same moment.
+# Two children race to make the salt of each of 20 fresh installs. Each imports everything once, then per
+# round says "ready" and waits for the install's folder on stdin: the parent writes it to both only when
+# both are ready, so that they resolve the salt at the same moment, in two real processes.
 _CHILD = """
-import sys
+import os, sys
 from pneumoscan.config import Settings
-print("ready", flush=True)
-sys.stdin.read(1)
-print(Settings().salt.decode(), flush=True)
+while True:
+    print("ready", flush=True)
+    folder = sys.stdin.readline().rstrip("\\n")
+    if not folder:
+        break
+    os.environ["PNEUMOSCAN_DATA_DIR"] = folder
+    print(Settings().salt.decode(), flush=True)
 """
 
 
+def _stderr(children: list[subprocess.Popen[str]]) -> list[str]:
+    """What the children wrote to stderr (a traceback), once they are stopped."""
+    for child in children:
+        child.kill()
+    return [child.communicate()[1] for child in children]
+
+
 def test_two_processes_starting_at_once_agree_on_one_complete_salt(tmp_path: Path) -> None:
-    for round_ in range(20):
-        env = {**os.environ, "PNEUMOSCAN_DATA_DIR": str(tmp_path / f"install-{round_}")}
-        children = [subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                    for _ in range(2)]
-        try:
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for round_ in range(20):
             for child in children:
                 assert child.stdout is not None and child.stdout.readline() == "ready\n", child.communicate()
             for child in children:
                 assert child.stdin is not None
-                child.stdin.write("g")
+                child.stdin.write(f"{tmp_path / f'install-{round_}'}\n")
                 child.stdin.flush()
-            outcomes = [child.communicate(timeout=60) for child in children]
-        finally:
-            for child in children:
-                child.kill()
-        assert [child.returncode for child in children] == [0, 0], [err for _, err in outcomes]
-        salts = {out.strip() for out, _ in outcomes}
-        assert len(salts) == 1 and len(salts.pop()) == 64, (round_, outcomes)
-        assert sorted(p.name for p in (tmp_path / f"install-{round_}").iterdir()) == ["patient_salt"]
+            outcomes = [child.stdout.readline() if child.stdout else "" for child in children]
+            salts = {out.strip() for out in outcomes}
+            assert len(salts) == 1 and len(salts.pop()) == 64, (round_, outcomes, _stderr(children))
+            assert sorted(p.name for p in (tmp_path / f"install-{round_}").iterdir()) == ["patient_salt"]
+        errors = [child.communicate(input="\n", timeout=60)[1] for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    assert [child.returncode for child in children] == [0, 0], errors
 
 
 def test_a_broker_without_a_shared_salt_is_refused(tmp_path: Path) -> None:
