@@ -382,7 +382,8 @@ def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, 
     import hashlib
 
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import Result, save_results, settled_hashes
+    from pneumoscan.db.queries import save_results, settled_hashes
+    from pneumoscan.domain import Result
 
     sessions = open_database(url)
     times = []

@@ -28,6 +28,13 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
 
 
+class SkipReason(StrEnum):
+    """Why a file was skipped: its content needs no new work."""
+
+    SETTLED = "settled"  # its content is settled already: predicted by this model version, or rejected
+    DUPLICATE = "duplicate"  # the same content as an earlier file of the same run
+
+
 class Label(StrEnum):
     """A reading of a chest X-ray, by the model or by a person; the model's index order (0, 1)."""
 
@@ -57,10 +64,27 @@ class SendState(StrEnum):
     SENT = "sent"
 
 
+class ReviewState(StrEnum):
+    """Where an image stands with its reviewers, as the results filters ask: the latest review counts."""
+
+    UNREVIEWED = "unreviewed"
+    REVIEWED = "reviewed"
+    DISAGREEMENT = "disagreement"  # the latest review's label differs from the model's
+
+
+class Sort(StrEnum):
+    """The order of the results query."""
+
+    NEWEST = "newest"  # last updated first
+    PROBABILITY = "probability"  # most suspicious first
+
+
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 STUDY_STATUSES: tuple[str, ...] = tuple(s.value for s in StudyStatus)
+REVIEW_STATES: tuple[str, ...] = tuple(s.value for s in ReviewState)
+SORTS: tuple[str, ...] = tuple(s.value for s in Sort)
 
 
 def display_path(path: str) -> str:
@@ -103,3 +127,28 @@ class DicomMeta:
 
 
 DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome for one input file, as stored and as reported.
+
+    ``status`` is what happened to the file (done, rejected, failed, or skipped: already known, nothing
+    was written but the path); ``skip`` says why a skipped file was skipped. ``image_id`` is the stored
+    image the file was read for, when reclassifying.
+    """
+
+    path: str
+    status: Outcome
+    sha256: str | None = None
+    kind: str | None = None
+    byte_size: int | None = None
+    reason: str | None = None
+    probability: float | None = None
+    label: Label | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+    dicom: DicomMeta | None = None
+    image_id: int | None = None
+    mtime: float | None = None  # of the file when it was read, for its sighting
+    skip: SkipReason | None = None

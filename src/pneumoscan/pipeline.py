@@ -15,15 +15,15 @@ import numpy as np
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, outbox
-from pneumoscan.db.queries import Result, save_results, settled_hashes
+from pneumoscan.db.queries import save_results, settled_hashes
 from pneumoscan.db.reviews import active_point
-from pneumoscan.domain import display_path, label_at
+from pneumoscan.domain import Outcome, Result, SkipReason, display_path, label_at
 from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind, open_input
 from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Result", "classify_paths"]
+__all__ = ["classify_paths"]
 
 
 @dataclass(frozen=True)
@@ -46,33 +46,33 @@ def _read(path: str, image_id: int | None = None) -> _Read:
     results, which a retry may fix; links, folders, special files and names that are not UTF-8
     become ``rejected`` ones.
     """
-    def outcome(status: str, reason: str) -> _Read:
+    def outcome(status: Outcome, reason: str) -> _Read:
         return _Read(path, error=Result(display_path(path), status, reason=reason, image_id=image_id))
 
     if display_path(path) != path:
-        return outcome("rejected", "file name is not valid UTF-8; rename the file to have it classified")
+        return outcome(Outcome.REJECTED, "file name is not valid UTF-8; rename the file to have it classified")
     try:
         fh = open_input(path)
     except FileNotFoundError:
-        return outcome("failed", "file disappeared before it could be read")
+        return outcome(Outcome.FAILED, "file disappeared before it could be read")
     except PermissionError:
-        return outcome("failed", "permission denied reading the file")
+        return outcome(Outcome.FAILED, "permission denied reading the file")
     except OSError as exc:
         if os.path.islink(path):
-            return outcome("rejected", "symbolic link: not followed (links may point outside the inbox)")
-        return outcome("failed", f"cannot read file: {exc.strerror or exc}")
+            return outcome(Outcome.REJECTED, "symbolic link: not followed (links may point outside the inbox)")
+        return outcome(Outcome.FAILED, f"cannot read file: {exc.strerror or exc}")
     try:
         with fh:
             before = os.fstat(fh.fileno())
             if not stat.S_ISREG(before.st_mode):
                 kind = next((name for test, name in _FILE_TYPES if test(before.st_mode)), "not a regular file")
-                return outcome("rejected", f"not a regular file: {kind}")
+                return outcome(Outcome.REJECTED, f"not a regular file: {kind}")
             data = fh.read()
             after = os.fstat(fh.fileno())
     except OSError as exc:
-        return outcome("failed", f"cannot read file: {exc.strerror or exc}")
+        return outcome(Outcome.FAILED, f"cannot read file: {exc.strerror or exc}")
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
-        return outcome("failed", "file changed while it was being read; it is read again once it is complete")
+        return outcome(Outcome.FAILED, "file changed while it was being read; it is read again once it is complete")
     return _Read(path, data, hashlib.sha256(data).hexdigest(), mtime=after.st_mtime)
 
 
@@ -84,13 +84,14 @@ def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result
     """
     assert read.data is not None and read.sha256 is not None
     dicom = None
+    status: Outcome
     try:
         return decode(read.data, (size, size), settings.decode_policy)
     except ImagingError as exc:
-        status, reason, dicom = ("failed" if exc.transient else "rejected"), exc.reason, exc.dicom
+        status, reason, dicom = (Outcome.FAILED if exc.transient else Outcome.REJECTED), exc.reason, exc.dicom
     except Exception as exc:  # not the file's fault: keep the batch going, and log the traceback to fix it by
         log.exception("internal error decoding %s; recorded as failed, to be retried", read.path)
-        status = "failed"
+        status = Outcome.FAILED
         reason = exc.reason if isinstance(exc, InternalError) else clean_text(
             f"internal error while decoding: {type(exc).__name__}: {exc}")
     return Result(read.path, status, sha256=read.sha256, kind=detect_kind(read.data[:132]),
@@ -174,11 +175,11 @@ def _prepare(
         if read.error is not None:
             outcome[i] = read.error
         elif read.sha256 in settled:
-            outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
-                                reason=f"already processed (model {bundle.version})")
+            outcome[i] = Result(read.path, Outcome.SKIPPED, sha256=read.sha256, model_version=bundle.version,
+                                reason=f"already processed (model {bundle.version})", skip=SkipReason.SETTLED)
         elif read.sha256 in seen:
-            outcome[i] = Result(read.path, "skipped", sha256=read.sha256, model_version=bundle.version,
-                                reason=f"same content as {seen[read.sha256]}")
+            outcome[i] = Result(read.path, Outcome.SKIPPED, sha256=read.sha256, model_version=bundle.version,
+                                reason=f"same content as {seen[read.sha256]}", skip=SkipReason.DUPLICATE)
         else:
             seen[read.sha256] = read.path  # type: ignore[index]
             to_decode.append(i)
@@ -206,9 +207,9 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> lis
             read = reads[i]
             assert read.data is not None
             outcome[i] = Result(
-                read.path, "done", sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
+                read.path, Outcome.DONE, sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
                 reason="; ".join(image.notes) or None, probability=float(probability),
-                label=label_at(float(probability), threshold).value, threshold=threshold,
+                label=label_at(float(probability), threshold), threshold=threshold,
                 model_version=bundle.version, dicom=image.dicom,
             )
         # Reclassification: each result names the stored image it was read for, so that image can be
@@ -219,6 +220,6 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> lis
         save_results(session, ordered)
         outbox.settle(session, [r.path for r in reads])  # handed-over files leave the outbox with their result
     for result in ordered:
-        if result.status in ("rejected", "failed"):
+        if result.status in (Outcome.REJECTED, Outcome.FAILED):
             log.warning("%s %s: %s", result.status, Path(result.path).name, result.reason)
     return ordered

@@ -231,9 +231,9 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Any) -> t
     from sqlalchemy import update
 
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import Result, save_results
+    from pneumoscan.db.queries import save_results
     from pneumoscan.db.schema import Image
-    from pneumoscan.domain import DicomMeta
+    from pneumoscan.domain import DicomMeta, Result
 
     data = tmp_path_factory.mktemp("results") / "data"
     folder = Path("/scans")

@@ -16,7 +16,8 @@ from typing import Any
 import helpers
 import pytest
 
-from pneumoscan.pipeline import Result, classify_paths
+from pneumoscan.domain import Result
+from pneumoscan.pipeline import classify_paths
 from pneumoscan.scheduler.batcher import MicroBatcher
 from pneumoscan.scheduler.dispatch import InlineDispatcher
 from pneumoscan.scheduler.watcher import Watcher

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, text
 
 
 def insert_at_0001(connection: Connection, results: Sequence[Any], when: datetime) -> None:
-    """Write ``results`` (pneumoscan.db.queries.Result) with plain SQL into the revision-0001 tables.
+    """Write ``results`` (pneumoscan.domain.Result) with plain SQL into the revision-0001 tables.
 
     Today's save_results writes tables that 0001 does not have (sightings, the outbox), so it cannot.
     """

@@ -126,7 +126,7 @@ def test_a_failing_full_batch_keeps_the_later_ones(clock: FakeClock) -> None:
 def test_inline_dispatcher_classifies_in_the_callers_thread(clock: FakeClock) -> None:
     import threading
 
-    from pneumoscan.db.queries import Result
+    from pneumoscan.domain import Result
 
     seen: list[tuple[list[str], str]] = []
 

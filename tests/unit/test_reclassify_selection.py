@@ -11,13 +11,13 @@ from sqlalchemy import update
 
 from pneumoscan.db.queries import (
     ReclassifySelection,
-    Result,
     count_for_reclassification,
     image_locations,
     iter_reclassification,
     save_results,
 )
 from pneumoscan.db.schema import Image
+from pneumoscan.domain import Result
 
 CURRENT, OLD = "v2", "v1"
 

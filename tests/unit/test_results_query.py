@@ -15,13 +15,13 @@ from support import legacy
 
 from pneumoscan.db import make_engine, open_database, refresh_statistics, upgrade
 from pneumoscan.db.queries import (
-    Result,
     ResultFilter,
     plan_results,
     query_results,
     results_statement,
     save_results,
 )
+from pneumoscan.domain import Result
 
 CURRENT, OLD = "v2", "v1"
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
-from pneumoscan.db.queries import Result
+from pneumoscan.domain import Result
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.pretrained import WeightsError
 

@@ -32,8 +32,19 @@ from pneumoscan.cli._common import (
 )
 from pneumoscan.cli.dicom import receiver_beside
 from pneumoscan.config import Settings
-from pneumoscan.db.queries import RESULT_FIELDS, REVIEW_STATES, SORTS, Result, ResultFilter, query_results
-from pneumoscan.domain import LABELS, STATUSES
+from pneumoscan.db.queries import RESULT_FIELDS, ResultFilter, query_results
+from pneumoscan.domain import (
+    LABELS,
+    REVIEW_STATES,
+    SORTS,
+    STATUSES,
+    Label,
+    Result,
+    ReviewState,
+    SkipReason,
+    Sort,
+    Status,
+)
 from pneumoscan.models.bundle import BundleError, load_bundle
 
 
@@ -64,7 +75,7 @@ def _outcome(result: Result) -> str:
     """What happened to one file, in words: a skip says why."""
     if result.status != "skipped":
         return result.status
-    if (result.reason or "").startswith("same content as"):
+    if result.skip == SkipReason.DUPLICATE:
         return "skipped: same content as another file here"
     return "skipped: already classified"
 
@@ -284,8 +295,9 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
             model_version = load_bundle(settings.model_path).version
         except BundleError:
             model_version = None  # no model configured yet: show whatever is stored
-    filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), model_version,
-                           limit or None, sort, path_pattern, review)
+    filters = ResultFilter(Status(status) if status else None, Label(label.upper()) if label else None,
+                           min_probability, max_probability, _utc(since), model_version, limit or None, Sort(sort),
+                           path_pattern, ReviewState(review) if review else None)
     with _database(settings)() as session:
         if explicit and model_version not in (known := model_versions(session)):
             raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "
@@ -327,4 +339,3 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool
                 click.echo("\t".join(text(row, k).replace("\t", " ") for k in shown))
     more = " (raise --limit, or --limit 0 for all)" if total > len(rows) else ""
     err.print(f"{len(rows)} of {'at least ' if at_least else ''}{total} rows{more}", style="dim")
-

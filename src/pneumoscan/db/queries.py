@@ -27,30 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, Prediction, Review, Sighting, Study, utcnow
-from pneumoscan.domain import DICOM_COLUMNS, DicomMeta
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome for one input file, as stored and as reported.
-
-    ``status`` is done, rejected, failed or skipped (already known: nothing was written but the path).
-    ``image_id`` is the stored image the file was read for, when reclassifying.
-    """
-
-    path: str
-    status: str
-    sha256: str | None = None
-    kind: str | None = None
-    byte_size: int | None = None
-    reason: str | None = None
-    probability: float | None = None
-    label: str | None = None
-    threshold: float | None = None
-    model_version: str | None = None
-    dicom: DicomMeta | None = None
-    image_id: int | None = None
-    mtime: float | None = None  # of the file when it was read, for its sighting
+from pneumoscan.domain import DICOM_COLUMNS, REVIEW_STATES, Label, Result, ReviewState, Sort, Status
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -224,24 +201,35 @@ def _save_unhashed(session: Session, values: dict[str, Any], now: datetime, imag
 
 @dataclass(frozen=True)
 class ResultFilter:
-    """Filters of the results query; None means no filter on that field."""
+    """Filters of the results query; None means no filter on that field.
 
-    status: str | None = None
-    label: str | None = None
+    The enum fields also take their values as text (a label in any case), as the CLI and the web app pass them.
+    """
+
+    status: Status | None = None
+    label: Label | None = None
     min_probability: float | None = None
     max_probability: float | None = None
     since: datetime | None = None
     model_version: str | None = None
     limit: int | None = 100
-    sort: str = "newest"  # newest (last updated first) | probability (most suspicious first)
+    sort: Sort = Sort.NEWEST
     path: str | None = None  # a glob (* and ?) matched against every path the content was seen at
-    review: str | None = None  # unreviewed | reviewed | disagreement (latest review against the model's label)
+    review: ReviewState | None = None
     offset: int = 0  # rows to skip, for paging
     study_uid: str | None = None  # only the instances of this DICOM study
 
+    def __post_init__(self) -> None:
+        # Frozen: the enum members replace their text through object.__setattr__, as dataclasses do themselves.
+        if self.status is not None:
+            object.__setattr__(self, "status", Status(self.status))
+        if self.label is not None:
+            object.__setattr__(self, "label", Label(self.label.upper()))
+        object.__setattr__(self, "sort", Sort(self.sort))
+        if self.review is not None:
+            object.__setattr__(self, "review", ReviewState(self.review))
 
-SORTS = ("newest", "probability")
-REVIEW_STATES = ("unreviewed", "reviewed", "disagreement")
+
 RESULT_FIELDS = ("id", "path", "paths", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
                  "model_version", "classified_at", "review_label", "reviewed_by", "study_uid", "series_uid",
                  "sop_instance_uid", "modality", "view_position", "updated_at")
@@ -276,7 +264,7 @@ def _prediction_conditions(filters: ResultFilter, indexable: bool = True) -> lis
     probability = Prediction.probability if indexable else Prediction.probability + 0
     conditions = []
     if filters.label is not None:
-        conditions.append(label == filters.label.upper())
+        conditions.append(label == filters.label)
     if filters.min_probability is not None:
         conditions.append(probability >= filters.min_probability)
     if filters.max_probability is not None:
@@ -328,7 +316,7 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     # prediction go last.
     probability = Prediction.probability.desc() if filters.review is not None else \
         Prediction.probability.desc().nulls_last()
-    order = ((probability, Image.id.desc()) if filters.sort == "probability"
+    order = ((probability, Image.id.desc()) if filters.sort == Sort.PROBABILITY
              else (Image.updated_at.desc(), Image.id.desc()))
     statement = statement.where(*conditions).order_by(*order)
     if filters.offset:
@@ -336,15 +324,15 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
     return statement.limit(filters.limit) if filters.limit else statement
 
 
-def _review_condition(state: str, model_version: str | None) -> ColumnElement[bool]:
+def _review_condition(state: ReviewState, model_version: str | None) -> ColumnElement[bool]:
     """The review state as a condition; the IN lists start from the (small) reviews table, so that a count
     of reviewed images or disagreements reads the reviews, not every prediction."""
     reviewed = select(Review.image_id)
-    if state == "unreviewed":
+    if state == ReviewState.UNREVIEWED:
         return ~exists().where(Review.image_id == Image.id)
-    if state == "reviewed":
+    if state == ReviewState.REVIEWED:
         return Image.id.in_(reviewed)
-    if state == "disagreement":
+    if state == ReviewState.DISAGREEMENT:
         newest = select(func.max(Review.id)).group_by(Review.image_id)
         on = Prediction.image_id == Review.image_id
         if model_version is not None:
@@ -407,7 +395,7 @@ def plan_results(session: Session, filters: ResultFilter, sparse_matches: int = 
         if len(ids) < sparse_matches:
             return results_statement(filters, image_ids=ids)
     predicted = _prediction_conditions(filters)
-    if not filters.limit or not predicted or filters.sort == "probability":
+    if not filters.limit or not predicted or filters.sort == Sort.PROBABILITY:
         # Most suspicious first reads the probability indexes in order, whatever the filters.
         return results_statement(filters)
     if filters.model_version is not None:
@@ -453,7 +441,7 @@ def results_page(session: Session, filters: ResultFilter) -> tuple[list[dict[str
     of the cost; they are found once, counted, and the page is read among them by id. (For every
     reviewed image the id list is too long to be the cheaper way.)
     """
-    if filters.review == "disagreement" and filters.limit:
+    if filters.review == ReviewState.DISAGREEMENT and filters.limit:
         bounded = replace(filters, limit=COUNT_AT_MOST, offset=0)
         ids = set(session.scalars(bounded_ids(bounded)))
         if len(ids) < COUNT_AT_MOST:

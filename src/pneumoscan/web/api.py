@@ -17,7 +17,7 @@ from pneumoscan.db.queries import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter
 from pneumoscan.db.reviews import UnknownImage, add_review, reviews_of
 from pneumoscan.db.schema import Image, Prediction, Sighting
 from pneumoscan.db.users import Account
-from pneumoscan.domain import DICOM_COLUMNS, Label, Status
+from pneumoscan.domain import DICOM_COLUMNS, Label, ReviewState, Sort, Status
 from pneumoscan.web.security import check_api_write, require_account
 
 router = APIRouter()
@@ -34,20 +34,20 @@ def result_filter(
     = None,
     model_version: Annotated[str | None, Query(max_length=64, description="Default: the current model.")] = None,
     path: Annotated[str | None, Query(max_length=1024, description="Glob (* and ?) over every path seen.")] = None,
-    review: Annotated[Literal["unreviewed", "reviewed", "disagreement", "all"] | None, Query()] = None,
+    review: Annotated[ReviewState | Literal["all"] | None, Query()] = None,
     study: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9.]+$", description="A StudyInstanceUID.")]
     = None,
-    sort: Annotated[Literal["newest", "probability"], Query()] = "newest",
+    sort: Annotated[Sort, Query()] = Sort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> ResultFilter:
     """The filters of `pneumoscan results`, plus the review state and paging."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    return ResultFilter(status=status.value if status else None, label=label.value if label else None,
+    return ResultFilter(status=status, label=label,
                         min_probability=min_probability, max_probability=max_probability, since=since,
                         model_version=model_version or request.app.state.model_version, limit=limit, sort=sort,
-                        path=path or None, review=None if review in (None, "all") else review, offset=offset,
+                        path=path or None, review=None if review == "all" else review, offset=offset,
                         study_uid=study)
 
 

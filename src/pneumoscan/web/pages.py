@@ -17,7 +17,7 @@ from pneumoscan.db.queries import ResultFilter, activity, model_versions, query_
 from pneumoscan.db.reviews import UnknownImage, active_point, agreement, fit_point
 from pneumoscan.db.schema import utcnow
 from pneumoscan.db.users import Account, UserError, add_user, authenticate, list_users, set_disabled
-from pneumoscan.domain import LABELS, ROLES, Label
+from pneumoscan.domain import LABELS, ROLES, Label, ReviewState, Sort
 from pneumoscan.web.api import MAX_PAGE, image_detail, result_filter, results_page, save_review
 from pneumoscan.web.app import error_response, page
 from pneumoscan.web.security import CSRF_FIELD, Forbidden, check_csrf, require_account, require_admin, sign_in
@@ -82,8 +82,8 @@ def worklist_filter(request: Request, filters: Annotated[ResultFilter, Depends(r
     """The worklist's defaults: unreviewed cases of the current model, most suspicious first, 50 a page."""
     params = request.query_params
     return ResultFilter(**{**filters.__dict__,
-                           "review": filters.review if "review" in params else "unreviewed",
-                           "sort": filters.sort if "sort" in params else "probability",
+                           "review": filters.review if "review" in params else ReviewState.UNREVIEWED,
+                           "sort": filters.sort if "sort" in params else Sort.PROBABILITY,
                            "limit": filters.limit if "limit" in params else WORKLIST_PAGE,
                            # A study's instances are all shown, reviewed or not.
                            **({"review": filters.review} if "study" in params and "review" not in params else {})})
@@ -110,8 +110,8 @@ def worklist(request: Request, account: Signed,
 def next_case(db: Database, model_version: str, after: int) -> int | None:
     """The most suspicious unreviewed case of ``model_version`` other than ``after``."""
     with db() as session:
-        rows = query_results(session, ResultFilter(model_version=model_version, review="unreviewed",
-                                                   sort="probability", limit=2))
+        rows = query_results(session, ResultFilter(model_version=model_version, review=ReviewState.UNREVIEWED,
+                                                   sort=Sort.PROBABILITY, limit=2))
     return next((int(r["id"]) for r in rows if r["id"] != after), None)
 
 
