@@ -1,4 +1,4 @@
-"""Reproduce the shipped (or given) bundle's test figures: python bench/accuracy.py DATA_DIR [--bundle DIR].
+"""Reproduce the shipped (or given) bundle's test figures: python -m bench.accuracy DATA_DIR [--bundle DIR].
 
 Runs the official test split through the same decoder as the worker, prints the metrics next to
 the ones recorded in the model card, and exits non-zero if they disagree.

@@ -1,8 +1,4 @@
-"""Shared pieces of the benchmark scripts: the machine, the bundle under test, timing, child processes, JSON output.
-
-Not part of the package: the scripts in bench/ import it as ``common`` (bench/ is on sys.path when a
-script there runs).
-"""
+"""Shared pieces of the benchmarks: the machine, the bundle under test, timing, child processes, JSON output."""
 
 from __future__ import annotations
 
@@ -25,8 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared
-from support import process
+from tests.support import process
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -316,15 +311,22 @@ def self_max_rss_mib() -> float:
 
 # --- output --------------------------------------------------------------------------------------
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with a timestamp and the command line) to bench/results/NAME.json.
+def add_output_arg(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--out FILE``: where the record goes; by default bench/results/NAME.json, the current figures."""
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
+                        help=f"write the record here [default: bench/results/{name}.json, the current figures]")
 
+
+def write_result(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
+    """Write ``payload`` (with a timestamp and the command line) to ``out`` (default bench/results/NAME.json).
+
+    bench/results holds one file per benchmark, its latest figures; older runs live in git's history.
     Prints why the run is preliminary, if ``payload["preliminary"]`` says so, and where it wrote.
     """
-    RESULTS_DIR.mkdir(exist_ok=True)
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "argv": sys.argv, **payload}
-    path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     if payload.get("preliminary"):
         print(f"PRELIMINARY: {'; '.join(payload['preliminary'])}")
@@ -373,6 +375,22 @@ def scratch_postgres(pg_admin: str) -> Iterator[ScratchPostgres]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _write_path() -> tuple[Any, Any, Any]:
+    """Result, save_results and settled_hashes from where this tree keeps them.
+
+    bench/compare_commits.sh runs this harness on older commits too, which kept all three in db/queries.py.
+    """
+    try:
+        from pneumoscan.domain import Result
+    except ImportError:
+        from pneumoscan.db.queries import Result  # type: ignore[attr-defined,no-redef]
+    try:
+        from pneumoscan.db.writes import save_results, settled_hashes
+    except ImportError:
+        from pneumoscan.db.queries import save_results, settled_hashes  # type: ignore[no-redef]
+    return Result, save_results, settled_hashes
+
+
 def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, Any]:
     """ms per batch of the pipeline's database work alone, on a fresh database at ``url``.
 
@@ -382,16 +400,16 @@ def pipeline_db_cost(url: str, batch_size: int, batches: int = 30) -> dict[str, 
     import hashlib
 
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import save_results, settled_hashes
-    from pneumoscan.domain import Result
+    from pneumoscan.domain import Label, Outcome
 
+    Result, save_results, settled_hashes = _write_path()
     sessions = open_database(url)
     times = []
     try:
         for b in range(batches + 1):
-            results = [Result(f"/inbox/{b:04d}-{i:03d}.jpeg", "done",
+            results = [Result(f"/inbox/{b:04d}-{i:03d}.jpeg", Outcome.DONE,
                               sha256=hashlib.sha256(f"{url}-{b}-{i}".encode()).hexdigest(), kind="jpeg",
-                              byte_size=500_000, probability=0.3, label="NORMAL", threshold=0.5,
+                              byte_size=500_000, probability=0.3, label=Label.NORMAL, threshold=0.5,
                               model_version="bench") for i in range(batch_size)]
             start = time.perf_counter()
             with sessions() as session:

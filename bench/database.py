@@ -1,6 +1,6 @@
 """The `results` query with filters at 1,000,000 images, in SQLite and PostgreSQL: median ms per query.
 
-python bench/database.py [--rows 1000000] [--backends sqlite,postgresql] [--repeats 15]
+python -m bench.database [--rows 1000000] [--backends sqlite,postgresql] [--repeats 15]
                          [--pg-admin postgresql://postgres@127.0.0.1:5432/test]
 
 The schema comes from pneumoscan's own migrations (open_database). Rows are bulk-loaded
@@ -12,7 +12,7 @@ gets ANALYZE after the load (autovacuum would do it soon); SQLite is queried as 
 it (the approximate ANALYZE that opening the database runs when the tables have outgrown their
 statistics), and optionally once more after a full ANALYZE ("sqlite-analyzed").
 
-Each query is pneumoscan.db.queries.query_results (the code behind `pneumoscan results`) with a
+Each query is pneumoscan.db.results.query_results (the code behind `pneumoscan results`) with a
 ResultFilter and the CLI's default limit of 100, in a fresh session, run once to warm up and then
 --repeats times. The PostgreSQL database is a throw-away one, created and dropped here.
 Target: under 50 ms for a filtered, limited query.
@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import shutil
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,8 +32,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from bench import common
 
 CURRENT, OLD = "bench-v2", "bench-v1"
 TARGET_MS = 50.0
@@ -44,14 +42,18 @@ PREDICTION_COLUMNS = ("id", "image_id", "model_version", "probability", "label",
 
 def synthetic_rows(n: int, now: datetime, seed: int = 0) -> tuple[Iterator[tuple[Any, ...]], Iterator[tuple[Any, ...]]]:
     """(image rows, prediction rows) as tuples in IMAGE_COLUMNS / PREDICTION_COLUMNS order; datetimes are UTC."""
+    from pneumoscan.domain import Label, Status
+
+    done, rejected, failed = Status.DONE.value, Status.REJECTED.value, Status.FAILED.value
+    sick_label, well_label = Label.PNEUMONIA.value, Label.NORMAL.value
     rng = np.random.default_rng(seed)
     start = now - timedelta(days=365)
     offsets = np.sort(rng.uniform(0, 365 * 86400, n))
-    statuses = rng.choice(np.array(["done", "rejected", "failed"]), n, p=[0.96, 0.02, 0.02])
+    statuses = rng.choice(np.array([done, rejected, failed]), n, p=[0.96, 0.02, 0.02])
     sick = rng.random(n) < 0.3
     probability = np.where(sick, rng.beta(8, 2, n), rng.beta(2, 8, n))
     old_too = rng.random(n) < 0.5
-    reasons = {"rejected": "modality CT is not a radiograph", "failed": "permission denied reading the file"}
+    reasons = {rejected: "modality CT is not a radiograph", failed: "permission denied reading the file"}
 
     def images() -> Iterator[tuple[Any, ...]]:
         for i in range(n):
@@ -63,15 +65,15 @@ def synthetic_rows(n: int, now: datetime, seed: int = 0) -> tuple[Iterator[tuple
     def predictions() -> Iterator[tuple[Any, ...]]:
         next_id = 1
         for i in range(n):
-            if statuses[i] != "done":
+            if statuses[i] != done:
                 continue
             at = start + timedelta(seconds=float(offsets[i]))
             p = float(probability[i])
-            yield (next_id, i + 1, CURRENT, p, "PNEUMONIA" if p >= 0.5 else "NORMAL", 0.5, at)
+            yield (next_id, i + 1, CURRENT, p, sick_label if p >= 0.5 else well_label, 0.5, at)
             next_id += 1
             if old_too[i]:
                 q = min(1.0, max(0.0, p + float(rng.normal(0, 0.1))))
-                yield (next_id, i + 1, OLD, q, "PNEUMONIA" if q >= 0.5 else "NORMAL", 0.5, at - timedelta(days=30))
+                yield (next_id, i + 1, OLD, q, sick_label if q >= 0.5 else well_label, 0.5, at - timedelta(days=30))
                 next_id += 1
 
     return images(), predictions()
@@ -138,25 +140,27 @@ def load_postgresql(url: str, n: int, now: datetime) -> None:
 
 
 def query_set(now: datetime) -> list[tuple[str, Any]]:
-    from pneumoscan.db.queries import ResultFilter
+    from pneumoscan.db.results import ResultFilter
+    from pneumoscan.domain import Label, Status
 
     return [
         ("default (current model, newest 100)", ResultFilter(model_version=CURRENT)),
-        ("label PNEUMONIA", ResultFilter(label="PNEUMONIA", model_version=CURRENT)),
-        ("PNEUMONIA, probability >= 0.9", ResultFilter(label="PNEUMONIA", min_probability=0.9, model_version=CURRENT)),
-        ("status failed", ResultFilter(status="failed", model_version=CURRENT)),
+        ("label PNEUMONIA", ResultFilter(label=Label.PNEUMONIA, model_version=CURRENT)),
+        ("PNEUMONIA, probability >= 0.9", ResultFilter(label=Label.PNEUMONIA, min_probability=0.9,
+                                                                    model_version=CURRENT)),
+        ("status failed", ResultFilter(status=Status.FAILED, model_version=CURRENT)),
         ("since 1 day", ResultFilter(since=now - timedelta(days=1), model_version=CURRENT)),
         ("NORMAL, p <= 0.05, since 30 days",
-         ResultFilter(label="NORMAL", max_probability=0.05, since=now - timedelta(days=30), model_version=CURRENT)),
+         ResultFilter(label=Label.NORMAL, max_probability=0.05, since=now - timedelta(days=30), model_version=CURRENT)),
         ("probability >= 0.999 (rare)", ResultFilter(min_probability=0.999, model_version=CURRENT)),
-        ("status rejected, all versions", ResultFilter(status="rejected", model_version=None)),
+        ("status rejected, all versions", ResultFilter(status=Status.REJECTED, model_version=None)),
         ("all versions, newest 100", ResultFilter(model_version=None)),
     ]
 
 
 def query_plan(sessions: Any, filters: Any) -> list[str]:
     """The database's plan for the results query (EXPLAIN QUERY PLAN / EXPLAIN), to explain slow filters."""
-    from pneumoscan.db.queries import plan_results, serial_execution
+    from pneumoscan.db.results import plan_results, serial_execution
 
     with sessions() as session, serial_execution(session, filters):  # as query_results runs it
         connection = session.connection()
@@ -173,7 +177,7 @@ def query_plan(sessions: Any, filters: Any) -> list[str]:
 
 def time_queries(url: str, now: datetime, repeats: int) -> list[dict[str, Any]]:
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import query_results
+    from pneumoscan.db.results import query_results
 
     sessions = open_database(url)
     rows = []
@@ -235,6 +239,7 @@ def main() -> None:
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL URL allowed to CREATE and DROP DATABASE")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_output_arg(parser, "database")
     args = parser.parse_args()
     info = common.machine()
     print(common.describe_machine(info))
@@ -251,7 +256,7 @@ def main() -> None:
                   f"{q['median_ms'] / TARGET_MS:5.2f}x target{'' if q['meets_target'] else '  MISSES'}", flush=True)
     payload = {"machine": info, "rows": args.rows, "repeats": args.repeats, "target_ms": TARGET_MS,
                "results": results, "preliminary": common.preliminary(info)}
-    common.write_result("database", payload)
+    common.write_result("database", payload, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The pipeline's database work per batch, this checkout beside an earlier commit, in one run.
 
-python bench/db_writes.py [--reference 51a2a2b] [--batch-size 32] [--batches 60] [--rounds 3]
+python -m bench.db_writes [--reference 51a2a2b] [--batch-size 32] [--batches 60] [--rounds 3]
                           [--pg-admin postgresql://postgres@127.0.0.1:5432/test]
 
 What classify_paths does per batch (settled_hashes, then save_results of batch-size new results in
@@ -22,22 +22,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from bench import common
 
+# Run from the repository root (so that `bench` imports), with the measured tree's src/ first on PYTHONPATH.
 MEASURE = """
-import json, sys
-sys.path.insert(0, {bench!r})
-import common, pneumoscan.db.queries as q
-print(json.dumps({{"module": q.__file__, **common.pipeline_db_cost({url!r}, {batch}, {batches})}}))
+import json, pneumoscan
+from bench import common
+print(json.dumps({{"module": pneumoscan.__file__, **common.pipeline_db_cost({url!r}, {batch}, {batches})}}))
 """
 
 
 def measure(source: Path, url: str, batch_size: int, batches: int) -> dict[str, Any]:
     """pipeline_db_cost in a child process whose `pneumoscan` package comes from ``source``."""
     env = {**os.environ, "PYTHONPATH": str(source)}
-    code = MEASURE.format(bench=str(common.BENCH_DIR), url=url, batch=batch_size, batches=batches)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    code = MEASURE.format(url=url, batch=batch_size, batches=batches)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=common.REPO, capture_output=True, text=True,
+                         check=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if not result["module"].startswith(str(source)):
         raise RuntimeError(f"measured {result['module']}, not the package under {source}")
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
+    common.add_output_arg(parser, "db_writes")
     args = parser.parse_args()
 
     info = common.machine()
@@ -89,7 +90,7 @@ def main() -> None:
                            check=False, capture_output=True)
     payload = {"machine": info, "reference_commit": args.reference, "results": rows,
                "preliminary": common.preliminary(info)}
-    common.write_result("db_writes", payload)
+    common.write_result("db_writes", payload, args.out)
 
 
 if __name__ == "__main__":

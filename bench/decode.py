@@ -1,6 +1,6 @@
 """Decode cost per full-size image, one thread: JPEG with and without Pillow's draft, DICOM with and without triage.
 
-python bench/decode.py [--n 40] [--repeats 3] [--size 224] [--work /tmp/pneumoscan-bench]
+python -m bench.decode [--n 40] [--repeats 3] [--size 224] [--work /tmp/pneumoscan-bench]
 
 Each row is the median ms per image over N different files, from bytes already in memory to a
 (size, size) float32 array. Each file is decoded --repeats times and the fastest kept; the methods
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,9 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-from make_inputs import HEIGHT, WIDTH, cached_inputs
+from bench import common
+from bench.make_inputs import HEIGHT, WIDTH, cached_inputs
 
 
 def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -137,6 +135,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="model input size to decode to")
     parser.add_argument("--kinds", default="jpeg,dicom,dicom-j2k")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_output_arg(parser, "decode")
     args = parser.parse_args()
     info = common.machine()
     print(common.describe_machine(info))
@@ -158,7 +157,7 @@ def main() -> None:
                   flush=True)
     payload = {"machine": info, "n": args.n, "repeats": args.repeats, "size": args.size, "rows": rows,
                "preliminary": common.preliminary(info)}
-    common.write_result("decode", payload)
+    common.write_result("decode", payload, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Distributed mode on one machine: throughput with 1 and with 2 worker processes on the same Redis and PostgreSQL.
 
-python bench/distributed.py [--n 2000] [--workers 1,2] [--bundle DIR | --stand-in]
+python -m bench.distributed [--n 2000] [--workers 1,2] [--bundle DIR | --stand-in]
                             [--redis redis://127.0.0.1:6379] [--pg-admin postgresql://postgres@127.0.0.1:5432/test]
 
 For each worker count W: a throw-away PostgreSQL database (created, migrated, dropped here) and an
@@ -22,15 +22,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-from make_inputs import input_set
+from bench import common
+from bench.make_inputs import input_set
 
 READY = "worker process ready"
 
@@ -165,6 +163,7 @@ def main() -> None:
                         help="a PostgreSQL URL allowed to CREATE and DROP DATABASE")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
+    common.add_output_arg(parser, "distributed")
     args = parser.parse_args()
 
     from pneumoscan.config import Settings
@@ -189,7 +188,7 @@ def main() -> None:
           f"-> at most {db['rows_per_s_one_connection']:.0f} rows/s per worker connection")
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "n": args.n, "results": results,
                "database_cost": db, "preliminary": common.preliminary(info, bundle)}
-    common.write_result("distributed", payload)
+    common.write_result("distributed", payload, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The accuracy cost and the speed of decoding DICOM at the model's resolution rather than at full size.
 
-python bench/j2k_reduce.py [--n 100] [--noise 0,3] [--repeats 2] [--syntax dicom-j2k|dicom]
+python -m bench.j2k_reduce [--n 100] [--noise 0,3] [--repeats 2] [--syntax dicom-j2k|dicom]
                            [--window CENTER,WIDTH] [--bundle DIR | --stand-in]
 
 N test images of the real dataset (a fixed sample, half NORMAL and half PNEUMONIA) are upscaled
@@ -24,7 +24,6 @@ best of --repeats, the two ways taking turns file by file).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-import make_inputs
+from bench import common, make_inputs
+from pneumoscan.domain import Label
 
 WIDTH, HEIGHT = 2000, 1700
-CLASSES = ("NORMAL", "PNEUMONIA")
+CLASSES = (Label.NORMAL.value, Label.PNEUMONIA.value)  # the dataset's folder names, label 0 and 1
 
 
 def sample(n: int) -> list[tuple[Path, int]]:
@@ -161,6 +159,8 @@ def main() -> None:
     parser.add_argument("--window", help="CENTER,WIDTH in stored values (12 bits) [default: the whole range]")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
+    parser.add_argument("--out", type=Path, help="write the record here [default: bench/results/j2k_reduce.json, "
+                                                 "or native_reduce.json for --syntax dicom]")
     args = parser.parse_args()
     window = tuple(float(v) for v in args.window.split(",")) if args.window else None
     if window is not None and len(window) != 2:
@@ -189,7 +189,7 @@ def main() -> None:
               f"reduced path taken for {result['reduced_path_taken']}/{result['n']}", flush=True)
     payload = {"machine": info, "bundle": bundle_info, "width": WIDTH, "height": HEIGHT, "repeats": args.repeats,
                "runs": runs, "preliminary": common.preliminary(info, bundle_info)}
-    common.write_result("j2k_reduce" if args.syntax == "dicom-j2k" else "native_reduce", payload)
+    common.write_result("j2k_reduce" if args.syntax == "dicom-j2k" else "native_reduce", payload, args.out)
 
 
 if __name__ == "__main__":

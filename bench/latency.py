@@ -1,6 +1,6 @@
 """Latency of embedded `pneumoscan watch` at a low arrival rate: file complete -> row committed, p50 and p95.
 
-python bench/latency.py [--files 60] [--interval 1.0] [--modes rename,rename-old-mtime,write,rename-outside]
+python -m bench.latency [--files 60] [--interval 1.0] [--modes rename,rename-old-mtime,write,rename-outside]
                         [--max-batch-wait S] [--quiet-period S] [--bundle DIR | --stand-in]
 
 A `pneumoscan watch INBOX` child runs with a fresh SQLite database. After a warm-up file (model
@@ -31,16 +31,14 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-from make_inputs import cached_inputs
+from bench import common
+from bench.make_inputs import cached_inputs
 
 MODES = ("rename", "rename-old-mtime", "write", "rename-outside")
 
@@ -159,6 +157,7 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.05, help="database polling interval, seconds")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
+    common.add_output_arg(parser, "latency")
     args = parser.parse_args()
 
     from pneumoscan.config import Settings
@@ -185,7 +184,7 @@ def main() -> None:
     payload = {"machine": info, "bundle": bundle, "max_batch_wait_s": args.max_batch_wait,
                "quiet_period_s": args.quiet_period, "batch_size": args.batch_size, "interval_s": args.interval,
                "target_p95_s": target, "results": results, "preliminary": common.preliminary(info, bundle)}
-    common.write_result("latency", payload)
+    common.write_result("latency", payload, args.out)
 
 
 if __name__ == "__main__":

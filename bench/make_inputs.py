@@ -1,6 +1,6 @@
 """Full-size benchmark inputs made from the real 224x224 chest X-rays: JPEG, and DICOM in four transfer syntaxes.
 
-python bench/make_inputs.py [--n 2000] [--kinds jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg] [--work DIR]
+python -m bench.make_inputs [--n 2000] [--kinds jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg] [--work DIR]
 
 Each source image is upscaled (bicubic) to 2000x1700 and given a little per-file grain noise, so
 that every file has distinct bytes (the pipeline skips duplicate contents) and compresses like a
@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATASET, DEFAULT_WORK
-from support import openjph
+from bench.common import DATASET, DEFAULT_WORK
+from tests.support import openjph
 
 KINDS = ("jpeg", "dicom", "dicom-j2k", "dicom-htj2k", "dicom-jpeg")
 SUFFIX = {kind: ".jpeg" if kind == "jpeg" else ".dcm" for kind in KINDS}

@@ -1,6 +1,6 @@
 """Peak memory of embedded `pneumoscan reclassify` on backlogs of 1,000, 5,000 and 20,000 images.
 
-python bench/memory.py [--sizes 1000,5000,20000] [--bundle DIR | --stand-in]
+python -m bench.memory [--sizes 1000,5000,20000] [--bundle DIR | --stand-in]
 
 For each size N: a fresh SQLite database is bulk-loaded with N images, each with a prediction from
 an older model version (the nightly case: a new model was installed), pointing at N small real
@@ -16,14 +16,12 @@ import argparse
 import hashlib
 import shutil
 import sqlite3
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-from make_inputs import small_jpegs
+from bench import common
+from bench.make_inputs import small_jpegs
 
 OLD_VERSION = "bench-old-model"
 
@@ -34,17 +32,18 @@ def build_backlog(db_url: str, files: list[Path]) -> None:
 
     from pneumoscan.db import open_database
     from pneumoscan.db.schema import Image, Prediction
+    from pneumoscan.domain import Label, Status
 
     sessions = open_database(db_url)
     then = datetime.now(UTC) - timedelta(days=1)
     images = [{"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "path": str(p), "kind": "jpeg",
-               "byte_size": p.stat().st_size, "status": "done", "first_seen_at": then, "updated_at": then}
+               "byte_size": p.stat().st_size, "status": Status.DONE, "first_seen_at": then, "updated_at": then}
               for p in files]
     with sessions.begin() as session:
         session.execute(insert(Image), images)
         ids = [row[0] for row in session.execute(select(Image.id))]
         session.execute(insert(Prediction), [
-            {"image_id": i, "model_version": OLD_VERSION, "probability": 0.5, "label": "PNEUMONIA",
+            {"image_id": i, "model_version": OLD_VERSION, "probability": 0.5, "label": Label.PNEUMONIA,
              "threshold": 0.5, "created_at": then} for i in ids])
     sessions.dispose()
 
@@ -78,6 +77,7 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=0.5, help="RSS sampling interval, seconds")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
+    common.add_output_arg(parser, "memory")
     args = parser.parse_args()
 
     from pneumoscan.config import Settings
@@ -101,7 +101,7 @@ def main() -> None:
               f"{result['seconds']:.0f} s ({result['images_per_s']:.1f} images/s)", flush=True)
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "results": results,
                "preliminary": common.preliminary(info, bundle)}
-    common.write_result("memory", payload)
+    common.write_result("memory", payload, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """CPU inference speed of the shipped model against MobileNetV2 at 224x224, batch 32, side by side.
 
-python bench/model_speed.py [--bundle DIR] [--repeats 20]
+python -m bench.model_speed [--bundle DIR] [--repeats 20]
 
 Both models run as compiled tf.functions on the same random batch, interleaved round by round so
 that machine noise hits both alike. Reports the median ms per image and the speed ratio.

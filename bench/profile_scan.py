@@ -1,6 +1,6 @@
 """Where the time of embedded `pneumoscan scan` goes: py-spy samples of its two pipeline threads, by stage.
 
-python bench/profile_scan.py [--kind jpeg] [--n 200] [--bundle DIR | --stand-in]
+python -m bench.profile_scan [--kind jpeg] [--n 200] [--bundle DIR | --stand-in]
 
 Needs py-spy (`pip install py-spy` into the venv; it is not a project dependency). Runs `pneumoscan
 scan` on N full-size inputs under `py-spy record --idle --threads` and splits wall-clock samples by
@@ -24,9 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-from make_inputs import input_set
+from bench import common
+from bench.make_inputs import input_set
 
 FRAME = re.compile(r"^(?P<func>[^ ]+) \((?P<file>[^:]+):(?P<line>\d+)\)$")
 
@@ -85,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     common.add_bundle_args(parser)
+    parser.add_argument("--out", type=Path, help="write the record here [default: bench/results/profile-KIND.json]")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
@@ -115,7 +115,7 @@ def main() -> None:
         print(f"  {'' if share is None else f'{share:6.1%}':>6}  {count / args.rate:6.1f} s  {stage}")
     payload = {"machine": info, "bundle": bundle, "kind": args.kind, "n": args.n, "rate": args.rate,
                "raw_profile": str(raw), **summary, "rows": rows, "preliminary": common.preliminary(info, bundle)}
-    common.write_result(f"profile-{args.kind}", payload)
+    common.write_result(f"profile-{args.kind}", payload, args.out)
     print(f"(raw py-spy stacks: {raw})")
 
 

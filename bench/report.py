@@ -1,6 +1,6 @@
 """Markdown tables of the latest results in bench/results/*.json, printed or filled into BENCHMARKS.md.
 
-python bench/report.py [--results bench/results] [--fill BENCHMARKS.md]
+python -m bench.report [--results bench/results] [--fill BENCHMARKS.md]
 
 Prints one section per benchmark that has a result file, each with its machine line and a
 PRELIMINARY note when the run used the untrained stand-in or had the CPU contended. With --fill,
@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from bench import common
 
 
 def _machine(record: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ entirely, chooses the threshold on the usual patient-wise validation split, and 
 held-out normals: the share called NORMAL at that threshold (specificity) and their ROC AUC against
 the validation PNEUMONIA images. The test split is never read.
 
-    python bench/shift_proxy.py DATA_DIR --hold-out NORMAL2 --recipe baseline --recipe robust
+    python -m bench.shift_proxy DATA_DIR --hold-out NORMAL2 --recipe baseline --recipe robust
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DATASET, RESULTS_DIR, decode_policy
 
+from bench.common import DATASET, RESULTS_DIR, decode_policy
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.dataset import labels_of, list_split, load_images, train_validation
@@ -70,6 +70,8 @@ def main() -> int:
                         help="one or more input sizes; with several, their ensemble is measured too")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work", type=Path, default=Path("runs/shift-proxy"))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "shift_proxy.json",
+                        help="write the rows here [default: bench/results/shift_proxy.json, the current figures]")
     args = parser.parse_args()
 
     layout = args.work / f"data-without-{args.hold_out}"
@@ -104,11 +106,9 @@ def main() -> int:
             sizes = "+".join(f"{s}px" for s in args.input_size)
             results.append(_row(recipe, f"ensemble {sizes}", args, y_val, labels, *mean))
             print(json.dumps(results[-1]), flush=True)
-    RESULTS_DIR.mkdir(exist_ok=True)
-    sizes = "+".join(str(s) for s in args.input_size)
-    target = RESULTS_DIR / f"shift_proxy-{args.hold_out}-{sizes}px.json"
-    target.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {target}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The site-calibrated protocol: a random 20% of the test split plays a site's reviewed cases.
 
-python bench/site_calibration.py DATA_DIR [--bundle DIR] [--draws 20] [--fraction 0.2] [--target-sensitivity 0.95]
+python -m bench.site_calibration DATA_DIR [--bundle DIR] [--draws 20] [--fraction 0.2] [--target-sensitivity 0.95]
 
 For each of ``--draws`` fixed seeds, the threshold is fitted on the drawn cases exactly as
 `pneumoscan calibrate --from-reviews` does (models.calibrate.site_threshold), and the other cases are

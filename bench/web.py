@@ -1,6 +1,6 @@
 """The review web app at 1,000,000 images: worklist page and /api/results server time, and image rendering.
 
-python bench/web.py [--rows 1000000] [--backends sqlite,postgresql] [--repeats 15]
+python -m bench.web [--rows 1000000] [--backends sqlite,postgresql] [--repeats 15]
 
 Part 1, queries. The database is bench/database.py's synthetic one (its loaders, its spread of
 statuses, labels and probabilities), plus one sighting per image and a review of 1% of the
@@ -8,7 +8,7 @@ predicted images (a third of them disagreeing with the model). The app runs in p
 (pneumoscan.web.app.create_app) and is called through Starlette's test client, signed in with a
 session cookie, so each time covers routing, sessions, the query, templates and the transport:
 an upper bound on the server time. The reference is the same query through the library alone
-(pneumoscan.db.queries.query_results, what `pneumoscan results` runs), measured in the same run.
+(pneumoscan.db.results.query_results, what `pneumoscan results` runs), measured in the same run.
 Target: every page and API call under 200 ms.
 
 Part 2, rendering. A 2000x1700 16-bit DICOM (made from a real chest X-ray) is stored by the real
@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-import database
+from bench import common, database
 
 TARGET_MS, RENDER_COLD_MS, RENDER_CACHED_MS = 200.0, 1000.0, 100.0
 PASSWORD = "bench-password-123"
@@ -58,7 +55,8 @@ def add_reviews_and_sightings(url: str) -> None:
 
 def requests_to_time() -> list[tuple[str, str, Any]]:
     """(name, URL, the ResultFilter the library is asked for the same rows)."""
-    from pneumoscan.db.queries import ResultFilter
+    from pneumoscan.db.results import ResultFilter
+    from pneumoscan.domain import Label, Status
 
     v = database.CURRENT
     m = f"model_version={v}"
@@ -66,7 +64,7 @@ def requests_to_time() -> list[tuple[str, str, Any]]:
     return [
         ("worklist page 1 (unreviewed, most suspicious first)", f"/worklist?{m}", ResultFilter(**worklist)),
         ("worklist page 21 (offset 1000)", f"/worklist?{m}&offset=1000", ResultFilter(**worklist, offset=1000)),
-        ("worklist PNEUMONIA", f"/worklist?{m}&label=PNEUMONIA", ResultFilter(**worklist, label="PNEUMONIA")),
+        ("worklist PNEUMONIA", f"/worklist?{m}&label=PNEUMONIA", ResultFilter(**worklist, label=Label.PNEUMONIA)),
         ("worklist disagreements", f"/worklist?{m}&review=disagreement",
          ResultFilter(**{**worklist, "review": "disagreement"})),
         ("worklist reviewed", f"/worklist?{m}&review=reviewed", ResultFilter(**{**worklist, "review": "reviewed"})),
@@ -74,10 +72,10 @@ def requests_to_time() -> list[tuple[str, str, Any]]:
          ResultFilter(**{**worklist, "sort": "newest"}, min_probability=0.9)),
         ("api default (newest 100)", f"/api/results?{m}", ResultFilter(model_version=v)),
         ("api PNEUMONIA p >= 0.9", f"/api/results?{m}&label=PNEUMONIA&min_probability=0.9",
-         ResultFilter(model_version=v, label="PNEUMONIA", min_probability=0.9)),
+         ResultFilter(model_version=v, label=Label.PNEUMONIA, min_probability=0.9)),
         ("api unreviewed by probability", f"/api/results?{m}&review=unreviewed&sort=probability",
          ResultFilter(model_version=v, review="unreviewed", sort="probability")),
-        ("api status failed", f"/api/results?{m}&status=failed", ResultFilter(model_version=v, status="failed")),
+        ("api status failed", f"/api/results?{m}&status=failed", ResultFilter(model_version=v, status=Status.FAILED)),
         ("api path glob", f"/api/results?{m}&path=/inbox/0500/*", ResultFilter(model_version=v, path="/inbox/0500/*")),
         ("api offset 5000", f"/api/results?{m}&offset=5000", ResultFilter(model_version=v, offset=5000)),
     ]
@@ -104,13 +102,14 @@ def _settings(url: str, data_dir: Path, bundle: Path) -> Any:
 
 def time_requests(url: str, data_dir: Path, bundle: Path, repeats: int) -> list[dict[str, Any]]:
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import count_results, query_results
+    from pneumoscan.db.results import count_results, query_results
     from pneumoscan.db.users import add_user
+    from pneumoscan.domain import Role
     from pneumoscan.web.app import create_app
 
     db = open_database(url)
     with db.begin() as session:
-        add_user(session, "bench", "reviewer", PASSWORD)
+        add_user(session, "bench", Role.REVIEWER, PASSWORD)
     settings = _settings(url, data_dir, bundle)
     client = _client(create_app(settings.model_copy(update={"model": bundle}), db))
     rows = []
@@ -174,34 +173,34 @@ def bench_queries(backend: str, args: argparse.Namespace, now: datetime, bundle:
 
 def bench_rendering(args: argparse.Namespace, bundle: Path) -> dict[str, Any]:
     """Image and heatmap of a 2000x1700 DICOM: cold (cache emptied each time) and cached."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import helpers
     import numpy as np
     from PIL import Image as PILImage
 
     from pneumoscan.db import open_database
     from pneumoscan.db.users import add_user
+    from pneumoscan.domain import Outcome, Role
     from pneumoscan.imaging import decode
     from pneumoscan.models.bundle import load_bundle
     from pneumoscan.pipeline import classify_paths
     from pneumoscan.web.app import create_app
+    from tests.support import dicoms, xrays
 
     work = args.work / "web-render"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     source = work / "large.png"
-    big = np.asarray(PILImage.open(helpers.PNEUMONIA_IMAGES[0]).convert("L").resize((2000, 1700),
+    big = np.asarray(PILImage.open(xrays.PNEUMONIA_IMAGES[0]).convert("L").resize((2000, 1700),
                                                                                    PILImage.Resampling.BICUBIC))
     PILImage.fromarray(big).save(source)
-    dicom = helpers.write_dicom(source, work / "large.dcm")
+    dicom = dicoms.write_dicom(source, work / "large.dcm")
     url = f"sqlite:///{work / 'db.sqlite'}"
     settings = _settings(url, work / "data", bundle)
     db = open_database(url)
     with db.begin() as session:
-        add_user(session, "bench", "reviewer", PASSWORD)
+        add_user(session, "bench", Role.REVIEWER, PASSWORD)
     model = load_bundle(bundle)
     (stored,) = classify_paths([str(dicom)], bundle=model, sessions=db, settings=settings)
-    assert stored.status == "done", stored.reason
+    assert stored.status == Outcome.DONE, stored.reason
     app = create_app(settings, db)
     client = _client(app)
     image_id = client.get("/api/results").json()["results"][0]["id"]
@@ -247,6 +246,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pneumoscan-bench")
     parser.add_argument("--skip-render", action="store_true")
     common.add_bundle_args(parser)
+    common.add_output_arg(parser, "web")
     args = parser.parse_args()
     info = common.machine()
     print(common.describe_machine(info))
@@ -261,7 +261,7 @@ def main() -> None:
         print("rendering", flush=True)
         payload["rendering"] = bench_rendering(args, bundle)
     payload["machine"]["competing_processes_during_run"] = common.competing_load_during_run()
-    print(f"wrote {common.write_result('web', payload)}")
+    print(f"wrote {common.write_result('web', payload, args.out)}")
 
 
 if __name__ == "__main__":

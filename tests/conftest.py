@@ -24,9 +24,9 @@ os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="pneumoscan-tests-")
 atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-sys.path.insert(0, str(Path(__file__).parent))  # make tests/helpers.py importable as `helpers`
+sys.path.insert(0, str(Path(__file__).parent))  # make tests/helpers.py and tests/support importable
 
-import helpers  # noqa: E402
+from support import dicoms, xrays  # noqa: E402
 
 TINY_VERSION = "tiny-test-1"
 TINY_INPUT_SIZE = 64
@@ -77,13 +77,13 @@ def inbox(tmp_path: Path) -> Path:
 @pytest.fixture
 def mixed_files(inbox: Path) -> dict[str, tuple[Path, str]]:
     """Real chest X-rays as two JPEGs, two PNGs and one DICOM in the inbox: name -> (path, kind)."""
-    n, p = helpers.NORMAL_IMAGES, helpers.PNEUMONIA_IMAGES
+    n, p = xrays.NORMAL_IMAGES, xrays.PNEUMONIA_IMAGES
     files = {
-        "normal.jpeg": (helpers.write_jpeg(n[0], inbox / "normal.jpeg"), "jpeg"),
-        "pneumonia.jpg": (helpers.write_jpeg(p[0], inbox / "pneumonia.jpg"), "jpeg"),
-        "normal.png": (helpers.write_png(n[1], inbox / "normal.png"), "png"),
-        "pneumonia-rgb.png": (helpers.write_png(p[1], inbox / "pneumonia-rgb.png", mode="RGB"), "png"),
-        "study.dcm": (helpers.write_dicom(p[2], inbox / "study.dcm"), "dicom"),
+        "normal.jpeg": (xrays.write_jpeg(n[0], inbox / "normal.jpeg"), "jpeg"),
+        "pneumonia.jpg": (xrays.write_jpeg(p[0], inbox / "pneumonia.jpg"), "jpeg"),
+        "normal.png": (xrays.write_png(n[1], inbox / "normal.png"), "png"),
+        "pneumonia-rgb.png": (xrays.write_png(p[1], inbox / "pneumonia-rgb.png", mode="RGB"), "png"),
+        "study.dcm": (dicoms.write_dicom(p[2], inbox / "study.dcm"), "dicom"),
     }
     return files
 

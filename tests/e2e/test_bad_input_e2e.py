@@ -15,6 +15,7 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan.db.queries import ReclassifySelection
 from pneumoscan.pipeline import classify_paths
@@ -23,7 +24,7 @@ from pneumoscan.scheduler.watcher import iter_files
 
 pytestmark = pytest.mark.timeout(180)
 
-N, P = helpers.NORMAL_IMAGES, helpers.PNEUMONIA_IMAGES
+N, P = xrays.NORMAL_IMAGES, xrays.PNEUMONIA_IMAGES
 
 
 def _classify(paths: list[Path] | list[str], bundle: Any, sessions: Any, settings: Any, **kwargs: Any) -> Any:
@@ -74,8 +75,8 @@ def test_every_bad_input_ends_in_a_row_with_its_reason(tmp_path: Path, inbox: Pa
                                                        sessions: Any, settings: Any) -> None:
     from pydicom.data import get_testdata_file
 
-    gray = helpers.gray(P[0])
-    jpeg, png, dcm = helpers.jpeg_bytes(N[0]), helpers.png_bytes(N[1]), helpers.dicom_bytes(P[1])
+    gray = xrays.gray(P[0])
+    jpeg, png, dcm = xrays.jpeg_bytes(N[0]), xrays.png_bytes(N[1]), dicoms.dicom_bytes(P[1])
     rng = np.random.default_rng(3)
     files: dict[str, bytes] = {
         "empty.png": b"",
@@ -83,20 +84,20 @@ def test_every_bad_input_ends_in_a_row_with_its_reason(tmp_path: Path, inbox: Pa
         "truncated.png": png[: len(png) // 2],
         "truncated.dcm": dcm[: len(dcm) // 3],
         "random.dcm": rng.bytes(4000), "random.jpg": rng.bytes(4000), "random.png": rng.bytes(4000),
-        "really a png.jpg": helpers.png_bytes(P[2]),
+        "really a png.jpg": xrays.png_bytes(P[2]),
         "bomb.png": _png_bomb(),
-        "16-bit.png": helpers.png_bytes(P[3], mode="I;16"),
-        "16-bit.tif": _encoded(Image.fromarray(helpers.gray(N[2]).astype(np.uint16) * 257), "TIFF"),
-        "cmyk.jpg": _encoded(Image.fromarray(helpers.gray(N[3])).convert("CMYK"), "JPEG", quality=95),
+        "16-bit.png": xrays.png_bytes(P[3], mode="I;16"),
+        "16-bit.tif": _encoded(Image.fromarray(xrays.gray(N[2]).astype(np.uint16) * 257), "TIFF"),
+        "cmyk.jpg": _encoded(Image.fromarray(xrays.gray(N[3])).convert("CMYK"), "JPEG", quality=95),
         "palette.png": _encoded(Image.fromarray(gray).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE),
                                 "PNG"),
         "animated.gif": _encoded(Image.fromarray(gray), "GIF", save_all=True,
                                  append_images=[Image.fromarray(255 - gray)], duration=100),
-        "chest x-ray 01.jpeg": helpers.jpeg_bytes(N[1]),
-        "röntgen 胸部 ü.png": helpers.png_bytes(N[2], mode="RGB"),
-        "-leading-dash.dcm": helpers.dicom_bytes(P[2]),
-        "--help.jpeg": helpers.jpeg_bytes(N[3]),
-        "no-preamble.dcm": helpers.dicom_bytes(P[3], preamble=False, file_meta=False, syntax="implicit-le"),
+        "chest x-ray 01.jpeg": xrays.jpeg_bytes(N[1]),
+        "röntgen 胸部 ü.png": xrays.png_bytes(N[2], mode="RGB"),
+        "-leading-dash.dcm": dicoms.dicom_bytes(P[2]),
+        "--help.jpeg": xrays.jpeg_bytes(N[3]),
+        "no-preamble.dcm": dicoms.dicom_bytes(P[3], preamble=False, file_meta=False, syntax="implicit-le"),
         "report.dcm": Path(get_testdata_file("reportsi.dcm")).read_bytes(),
         "ct.dcm": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
         # Ignored by rule until renamed: never read, no row.
@@ -107,15 +108,15 @@ def test_every_bad_input_ends_in_a_row_with_its_reason(tmp_path: Path, inbox: Pa
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "private.jpeg"
-    helpers.write_jpeg(P[0], secret)
-    helpers.write_jpeg(P[1], outside / "other.jpeg")
+    xrays.write_jpeg(P[0], secret)
+    xrays.write_jpeg(P[1], outside / "other.jpeg")
     (inbox / "link-outside.jpeg").symlink_to(secret)
     (inbox / "link-inside.jpeg").symlink_to(inbox / "--help.jpeg")
     (inbox / "linked-folder").symlink_to(outside, target_is_directory=True)
     os.mkfifo(inbox / "pipe.jpeg")
     undecodable = os.path.join(os.fsencode(inbox), b"bad-name-\xff.jpeg")
     with open(undecodable, "wb") as fh:
-        fh.write(helpers.jpeg_bytes(P[2]))
+        fh.write(xrays.jpeg_bytes(P[2]))
 
     paths = list(iter_files(inbox))  # as `pneumoscan scan` finds them
     results = {Path(r.path).name: r for r in _classify(paths, tiny_bundle, sessions, settings)}
@@ -161,10 +162,10 @@ def test_every_bad_input_ends_in_a_row_with_its_reason(tmp_path: Path, inbox: Pa
 def test_deleted_or_replaced_between_detection_and_decoding(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                             settings: Any) -> None:
     for i, source in enumerate(N[:4]):
-        helpers.write_jpeg(source, inbox / f"{i}.jpeg")
+        xrays.write_jpeg(source, inbox / f"{i}.jpeg")
     paths = list(iter_files(inbox))
     (inbox / "0.jpeg").unlink()  # deleted after it was found
-    helpers.write_png(P[0], inbox / "new.png")
+    xrays.write_png(P[0], inbox / "new.png")
     os.replace(inbox / "new.png", inbox / "1.jpeg")  # replaced by other content (atomically)
     (inbox / "2.jpeg").write_bytes(b"\xff\xd8\xff" + bytes(100))  # rewritten in place with garbage
 
@@ -189,7 +190,7 @@ def test_a_file_read_while_it_changes_is_failed_not_classified(tiny_bundle: Any,
 def test_a_file_fixed_later_is_classified_again_as_a_new_image(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                                settings: Any) -> None:
     path = inbox / "scan.jpeg"
-    data = helpers.jpeg_bytes(N[0])
+    data = xrays.jpeg_bytes(N[0])
     path.write_bytes(data[: len(data) // 2])
     (first,) = _classify([path], tiny_bundle, sessions, settings)
     assert first.status == "rejected"
@@ -208,7 +209,7 @@ def test_a_file_fixed_later_is_classified_again_as_a_new_image(inbox: Path, tiny
 def test_reclassifying_an_image_whose_file_is_gone_marks_that_image_failed(
         tmp_path: Path, inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old-bundle", "tiny-old")
-    gone, kept = helpers.write_jpeg(N[0], inbox / "gone.jpeg"), helpers.write_jpeg(N[1], inbox / "kept.jpeg")
+    gone, kept = xrays.write_jpeg(N[0], inbox / "gone.jpeg"), xrays.write_jpeg(N[1], inbox / "kept.jpeg")
     data = gone.read_bytes()
     assert [r.status for r in _classify([gone, kept], old, sessions, settings)] == ["done", "done"]
     before = _by_name(settings)
@@ -238,9 +239,9 @@ def test_reclassifying_an_image_whose_file_is_gone_marks_that_image_failed(
 def test_reclassifying_an_image_whose_file_was_replaced_settles_the_old_image(
         tmp_path: Path, inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old-bundle", "tiny-old")
-    path = helpers.write_jpeg(N[0], inbox / "study.jpeg")
+    path = xrays.write_jpeg(N[0], inbox / "study.jpeg")
     (first,) = _classify([path], old, sessions, settings)
-    helpers.write_jpeg(N[1], inbox / "study.jpeg")  # replaced by other content before the nightly run
+    xrays.write_jpeg(N[1], inbox / "study.jpeg")  # replaced by other content before the nightly run
     picked: list[list[int]] = []
 
     def submit(ids: list[int], paths: list[str]) -> None:
@@ -263,7 +264,7 @@ def test_reclassifying_an_image_whose_file_was_replaced_settles_the_old_image(
 
 def test_a_failed_image_with_a_current_prediction_recovers_once_readable(inbox: Path, tiny_bundle: Any,
                                                                          sessions: Any, settings: Any) -> None:
-    path = helpers.write_jpeg(N[2], inbox / "flaky.jpeg")
+    path = xrays.write_jpeg(N[2], inbox / "flaky.jpeg")
     data = path.read_bytes()
     (done,) = _classify([path], tiny_bundle, sessions, settings)
     image_id = _rows(settings)[0]["id"]
@@ -281,20 +282,20 @@ def test_a_failed_image_with_a_current_prediction_recovers_once_readable(inbox: 
 def test_no_identifier_reaches_the_database_or_the_logs(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                         settings: Any, caplog: pytest.LogCaptureFixture) -> None:
     # Identifiers, some malformed on purpose: pydicom's value validation would quote these in warnings.
-    identity = {"patient_id": helpers.PATIENT_ID, "PatientName": "Doe^Jane^Ünïcode" + "x" * 70,
+    identity = {"patient_id": dicoms.PATIENT_ID, "PatientName": "Doe^Jane^Ünïcode" + "x" * 70,
                 "PatientBirthDate": "1980-01-01", "OtherPatientIDs": "OTHER-7781"}
-    secrets = ["Doe", "Jane", "Ünïcode", "1980-01-01", "19800101", helpers.PATIENT_ID, "OTHER-7781"]
-    truncated = helpers.dicom_bytes(P[1], **identity)
+    secrets = ["Doe", "Jane", "Ünïcode", "1980-01-01", "19800101", dicoms.PATIENT_ID, "OTHER-7781"]
+    truncated = dicoms.dicom_bytes(P[1], **identity)
     files = {
-        "ok.dcm": helpers.dicom_bytes(P[0], **identity),
-        "ct.dcm": helpers.dicom_bytes(P[1], modality="CT", **identity),
-        "hand.dcm": helpers.dicom_bytes(P[2], body_part="HAND", **identity),
+        "ok.dcm": dicoms.dicom_bytes(P[0], **identity),
+        "ct.dcm": dicoms.dicom_bytes(P[1], modality="CT", **identity),
+        "hand.dcm": dicoms.dicom_bytes(P[2], body_part="HAND", **identity),
         "cut.dcm": truncated[: len(truncated) - 5000],
-        "bare.dcm": helpers.dicom_bytes(P[3], preamble=False, file_meta=False, syntax="implicit-le", **identity),
+        "bare.dcm": dicoms.dicom_bytes(P[3], preamble=False, file_meta=False, syntax="implicit-le", **identity),
     }
     for name, data in files.items():
         (inbox / name).write_bytes(data)
-        assert helpers.PATIENT_ID.encode() in data and b"1980-01-01" in data  # the inputs carry them
+        assert dicoms.PATIENT_ID.encode() in data and b"1980-01-01" in data  # the inputs carry them
 
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
@@ -311,7 +312,7 @@ def test_no_identifier_reaches_the_database_or_the_logs(inbox: Path, tiny_bundle
     for secret in secrets:
         assert not any(secret in text for text in said), secret
     refs = {r["patient_ref"] for r in _rows(settings) if r["patient_ref"]}
-    assert len(refs) == 1 and helpers.PATIENT_ID not in refs.pop()  # linkable, yet only as a salted hash
+    assert len(refs) == 1 and dicoms.PATIENT_ID not in refs.pop()  # linkable, yet only as a salted hash
 
 
 def test_a_dicom_feature_the_decoder_lacks_is_named_and_the_batch_goes_on(inbox: Path, tiny_bundle: Any,
@@ -320,13 +321,13 @@ def test_a_dicom_feature_the_decoder_lacks_is_named_and_the_batch_goes_on(inbox:
     import pydicom
     from pydicom.dataset import Dataset
 
-    ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(P[0])))
+    ds = pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(P[0])))
     item = Dataset()
     item.add_new("LUTDescriptor", "US", [4096, 0, 9])
     item.add_new("LUTData", "US", list(range(4096)))
     ds.VOILUTSequence = [item]
     ds.save_as(inbox / "odd-lut.dcm")
-    good = helpers.write_jpeg(N[0], inbox / "good.jpeg")
+    good = xrays.write_jpeg(N[0], inbox / "good.jpeg")
     results = _classify([inbox / "odd-lut.dcm", good], tiny_bundle, sessions, settings)
     assert [r.status for r in results] == ["rejected", "done"]
     assert results[0].reason == "unsupported DICOM: '9' bits per LUT entry is not supported"

@@ -18,6 +18,7 @@ from typing import Any
 
 import helpers
 import pytest
+from support import dicoms, xrays
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,14 +60,14 @@ def _table_rows(text: str) -> set[tuple[str, ...]]:
 def test_scan_classifies_a_folder_and_prints_a_summary(tmp_path: Path, tiny_bundle: Any,
                                                        pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], folder / "a.jpeg")
-    helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[0], folder / "b.jpg")
-    helpers.write_png(helpers.NORMAL_IMAGES[1], folder / "sub" / "c.png")
-    helpers.write_dicom(helpers.PNEUMONIA_IMAGES[1], folder / "d.dcm")
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / "a.jpeg")
+    xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[0], folder / "b.jpg")
+    xrays.write_png(xrays.NORMAL_IMAGES[1], folder / "sub" / "c.png")
+    dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[1], folder / "d.dcm")
     (folder / "corrupt.jpg").write_bytes(os.urandom(3000))
     (folder / "empty.png").write_bytes(b"")
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[2], folder / ".hidden.jpeg")  # ignored by rule
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[3], folder / "e.jpeg.part")  # ignored by rule
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[2], folder / ".hidden.jpeg")  # ignored by rule
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[3], folder / "e.jpeg.part")  # ignored by rule
     env = _env(data, tiny_bundle.path)
 
     proc = _ok(_run(pneumoscan_exe, ["scan", str(folder)], env))
@@ -97,7 +98,7 @@ def test_scan_classifies_a_folder_and_prints_a_summary(tmp_path: Path, tiny_bund
 def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Path, tiny_bundle: Any,
                                                                       pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
-    helpers.distinct_pngs(folder, 3)
+    xrays.distinct_pngs(folder, 3)
     (folder / "corrupt.png").write_bytes(os.urandom(300))
     old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old", "tiny-old-0")
     _ok(_run(pneumoscan_exe, ["scan", str(folder)], _env(data, old.path)))
@@ -119,8 +120,8 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
 def test_reclassify_all_triages_rejected_images_again_under_new_rules(tmp_path: Path, tiny_bundle: Any,
                                                                       pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
-    helpers.write_dicom(helpers.NORMAL_IMAGES[0], folder / "ct.dcm", modality="CT")
-    helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[0], folder / "cxr.jpeg")
+    dicoms.write_dicom(xrays.NORMAL_IMAGES[0], folder / "ct.dcm", modality="CT")
+    xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[0], folder / "cxr.jpeg")
     _ok(_run(pneumoscan_exe, ["scan", str(folder)], _env(data, tiny_bundle.path)))
     (ct,) = _db_rows(data, "SELECT * FROM images WHERE path LIKE '%ct.dcm'")
     assert ct["status"] == "rejected" and "CT" in ct["reason"]
@@ -151,13 +152,13 @@ def test_scan_with_odd_names_links_and_an_unreadable_file(tmp_path: Path, tiny_b
                                                           pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "-in box ü", tmp_path / "data"  # a leading dash, a space, a non-ASCII letter
     names = ["chest x-ray 01.jpeg", "röntgen 胸部.png", "-dash.dcm", "--help.jpg"]
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], folder / names[0])
-    helpers.write_png(helpers.NORMAL_IMAGES[1], folder / names[1])
-    helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], folder / names[2])
-    helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[1], folder / names[3])
-    unreadable = helpers.write_jpeg(helpers.NORMAL_IMAGES[2], folder / "locked.jpeg")
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / names[0])
+    xrays.write_png(xrays.NORMAL_IMAGES[1], folder / names[1])
+    dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], folder / names[2])
+    xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[1], folder / names[3])
+    unreadable = xrays.write_jpeg(xrays.NORMAL_IMAGES[2], folder / "locked.jpeg")
     unreadable.chmod(0)
-    outside = helpers.write_jpeg(helpers.NORMAL_IMAGES[3], tmp_path / "outside.jpeg")
+    outside = xrays.write_jpeg(xrays.NORMAL_IMAGES[3], tmp_path / "outside.jpeg")
     (folder / "link.jpeg").symlink_to(outside)
     command = [*_without_root_override(), str(pneumoscan_exe), "scan", "--", folder.name]
     try:
@@ -180,7 +181,7 @@ def test_scan_with_odd_names_links_and_an_unreadable_file(tmp_path: Path, tiny_b
 def test_reclassify_marks_an_image_whose_file_is_gone_failed(tmp_path: Path, tiny_bundle: Any,
                                                              pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
-    kept, gone = helpers.distinct_pngs(folder, 2)
+    kept, gone = xrays.distinct_pngs(folder, 2)
     old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old", "tiny-old-0")
     _ok(_run(pneumoscan_exe, ["scan", str(folder)], _env(data, old.path)))
     before = {Path(r["path"]).name: r for r in _db_rows(data, "SELECT * FROM images")}
@@ -396,7 +397,7 @@ def test_results_rejects_bad_options(results_env: tuple[dict[str, str], Path], p
 
 def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "inbox", tmp_path / "data"
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], folder / "before.jpeg")  # caught up at start
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / "before.jpeg")  # caught up at start
     env = _env(data, tiny_bundle.path)
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w") as stderr:
@@ -418,7 +419,7 @@ def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_e
             assert proc.poll() is None, f"watch exited early ({proc.returncode}): {stderr_path.read_text()}"
 
         wait_for({"before.jpeg"})
-        helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], folder / "after.dcm")  # arrives while watching
+        dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], folder / "after.dcm")  # arrives while watching
         wait_for({"before.jpeg", "after.dcm"})
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=60)
@@ -441,7 +442,7 @@ def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_e
 @pytest.mark.parametrize("command", ["scan", "watch"])
 def test_missing_model_is_a_one_line_error(tmp_path: Path, pneumoscan_exe: Path, command: str) -> None:
     folder = tmp_path / "inbox"
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], folder / "a.jpeg")
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / "a.jpeg")
     proc = _run(pneumoscan_exe, [command, str(folder)], _env(tmp_path / "data", "/nonexistent"))
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

@@ -23,7 +23,7 @@ from typing import Any
 
 import helpers
 import pytest
-from support import dcmtk
+from support import dcmtk, dicoms, xrays
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -86,11 +86,11 @@ def built(folder: Path, name: str, source: Path, syntax: str, study_uid: str, vi
 
     cr = pydicom.dcmread(rg1(), stop_before_pixels=True)
     same = {k: cr[k].value for k in FILING if k in cr and k not in ("PatientID", "StudyInstanceUID")}
-    ds = helpers.dicom_dataset(source, patient_id=cr.PatientID, StudyInstanceUID=study_uid, ViewPosition=view,
+    ds = dicoms.dicom_dataset(source, patient_id=cr.PatientID, StudyInstanceUID=study_uid, ViewPosition=view,
                                **same, **CLINICAL)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.dcm"
-    helpers.encode_dataset(ds, syntax).save_as(path, enforce_file_format=True)
+    dicoms.encode_dataset(ds, syntax).save_as(path, enforce_file_format=True)
     return path
 
 
@@ -309,7 +309,7 @@ def check_report(ds: Any, study: dict[str, Any], sources: list[Path], assessed: 
 
 def test_c_echo_answers_and_a_calling_ae_off_the_allow_list_is_refused(site: Site, tmp_path: Path) -> None:
     watch = site.watch(PNEUMOSCAN_DICOM_ALLOWED_AES=f"{MODALITY},PACS")
-    instance = built(tmp_path / "modality", "frontal", helpers.NORMAL_IMAGES[0], "explicit-le", new_uid())
+    instance = built(tmp_path / "modality", "frontal", xrays.NORMAL_IMAGES[0], "explicit-le", new_uid())
 
     echo = dcmtk.echoscu(site.port, MODALITY)
     assert echo.returncode == 0, echo.output
@@ -334,9 +334,9 @@ def test_a_study_is_classified_once_completed_and_reported_and_a_resend_changes_
     watch = site.watch(PNEUMOSCAN_RESULTS_DESTINATION=pacs.destination, PNEUMOSCAN_DICOM_ALLOWED_AES=MODALITY)
     study_uid, modality = new_uid(), tmp_path / "modality"
     files = [chest_cr(modality, study_uid),
-             built(modality, "j2k", helpers.NORMAL_IMAGES[0], "j2k-lossless", study_uid, view="AP"),
-             built(modality, "jpeg-ls", helpers.PNEUMONIA_IMAGES[0], "jpeg-ls-lossless", study_uid, view="PA"),
-             built(modality, "explicit-le", helpers.NORMAL_IMAGES[1], "explicit-le", study_uid, view="AP")]
+             built(modality, "j2k", xrays.NORMAL_IMAGES[0], "j2k-lossless", study_uid, view="AP"),
+             built(modality, "jpeg-ls", xrays.PNEUMONIA_IMAGES[0], "jpeg-ls-lossless", study_uid, view="PA"),
+             built(modality, "explicit-le", xrays.NORMAL_IMAGES[1], "explicit-le", study_uid, view="AP")]
     uids = {sop_uid(p): p for p in files}
 
     sent = site.store(files)
@@ -411,7 +411,7 @@ def test_a_write_that_fails_answers_out_of_resources_and_no_row_claims_the_insta
 
     watch = site.watch(preexec=small_disk)
     study_uid, modality = new_uid(), tmp_path / "modality"
-    small = built(modality, "small", helpers.NORMAL_IMAGES[0], "explicit-le", study_uid)
+    small = built(modality, "small", xrays.NORMAL_IMAGES[0], "explicit-le", study_uid)
     large = chest_cr(modality, study_uid)
     assert small.stat().st_size < limit < large.stat().st_size
     stored = site.store([small])
@@ -441,8 +441,8 @@ def test_results_wait_for_a_destination_that_is_down_through_a_restart_and_arriv
     destination = f"PACS@127.0.0.1:{pacs_port}"
     watch = site.watch(PNEUMOSCAN_RESULTS_DESTINATION=destination)
     first, second, modality = new_uid(), new_uid(), tmp_path / "modality"
-    studies = {first: [built(modality, "first", helpers.NORMAL_IMAGES[0], "j2k-lossless", first)],
-               second: [built(modality, "second", helpers.PNEUMONIA_IMAGES[0], "explicit-le", second, view="PA")]}
+    studies = {first: [built(modality, "first", xrays.NORMAL_IMAGES[0], "j2k-lossless", first)],
+               second: [built(modality, "second", xrays.PNEUMONIA_IMAGES[0], "explicit-le", second, view="PA")]}
     sent = site.store([*studies[first], *studies[second]])
     assert sent.returncode == 0, sent.output
 
@@ -481,9 +481,9 @@ def test_a_late_instance_reopens_its_study_and_a_second_report_is_sent(
     pacs = site.start_pacs()
     watch = site.watch(PNEUMOSCAN_RESULTS_DESTINATION=pacs.destination)
     study_uid, modality = new_uid(), tmp_path / "modality"
-    frontal = built(modality, "frontal", helpers.PNEUMONIA_IMAGES[1], "jpeg-ls-lossless", study_uid, view="PA")
-    lateral = built(modality, "lateral", helpers.PNEUMONIA_IMAGES[2], "explicit-le", study_uid, view="LL")
-    late = built(modality, "late", helpers.NORMAL_IMAGES[2], "j2k-lossless", study_uid, view="AP")
+    frontal = built(modality, "frontal", xrays.PNEUMONIA_IMAGES[1], "jpeg-ls-lossless", study_uid, view="PA")
+    lateral = built(modality, "lateral", xrays.PNEUMONIA_IMAGES[2], "explicit-le", study_uid, view="LL")
+    late = built(modality, "late", xrays.NORMAL_IMAGES[2], "j2k-lossless", study_uid, view="AP")
 
     first = site.store([frontal, lateral])
     assert first.returncode == 0, first.output
@@ -532,8 +532,8 @@ def test_with_heatmaps_on_a_secondary_capture_of_the_most_suspicious_image_goes_
     pacs = site.start_pacs()
     watch = site.watch(PNEUMOSCAN_RESULTS_DESTINATION=pacs.destination, PNEUMOSCAN_RESULTS_HEATMAP="1")
     study_uid, modality = new_uid(), tmp_path / "modality"
-    files = [built(modality, "a", helpers.NORMAL_IMAGES[0], "explicit-le", study_uid, view="PA"),
-             built(modality, "b", helpers.PNEUMONIA_IMAGES[0], "j2k-lossless", study_uid, view="AP")]
+    files = [built(modality, "a", xrays.NORMAL_IMAGES[0], "explicit-le", study_uid, view="PA"),
+             built(modality, "b", xrays.PNEUMONIA_IMAGES[0], "j2k-lossless", study_uid, view="AP")]
     assert site.store(files).returncode == 0
     site.wait_study(study_uid)
     objects = reports(pacs, 2)
@@ -592,8 +592,8 @@ def test_high_throughput_jpeg_2000_is_received_as_sent_and_classified_as_its_unc
 
     watch = site.watch()
     study_uid, modality = new_uid(), tmp_path / "modality"
-    files = [built(modality, "htj2k", helpers.PNEUMONIA_IMAGES[0], "htj2k-lossless", study_uid),
-             built(modality, "twin", helpers.PNEUMONIA_IMAGES[0], "explicit-le", study_uid)]
+    files = [built(modality, "htj2k", xrays.PNEUMONIA_IMAGES[0], "htj2k-lossless", study_uid),
+             built(modality, "twin", xrays.PNEUMONIA_IMAGES[0], "explicit-le", study_uid)]
     ae = AE(ae_title=MODALITY)
     for path in files:
         ds = header(path)

@@ -11,6 +11,7 @@ from typing import Any
 import helpers
 import numpy as np
 import pytest
+from support import dicoms, xrays
 
 from pneumoscan.db.queries import save_results
 from pneumoscan.db.reviews import add_review
@@ -247,7 +248,7 @@ def test_site_calibration_meets_its_target_is_recorded_and_can_be_undone(
     assert point.relabelled == sum(before[i][0] != after[i][0] for i in before) > 0
 
     # New results are labelled at the operating point in force.
-    new = helpers.distinct_pngs(tmp_path / "new", 1)
+    new = xrays.distinct_pngs(tmp_path / "new", 1)
     from pneumoscan.pipeline import classify_paths
 
     (result,) = classify_paths(new, bundle=tiny_bundle, sessions=sessions, settings=settings)
@@ -282,9 +283,9 @@ def test_evaluate_scores_dicom_exactly_as_the_pipeline_does(tmp_path: Path, bits
     for i, source in enumerate(sources):
         folder = data / "test" / source.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        gray = helpers.gray(source).astype(np.float64)
+        gray = xrays.gray(source).astype(np.float64)
         stored = np.round(gray * ((1 << bits) - 1) / 255.0).astype(np.uint16)
-        paths.append(helpers.write_dicom(source, folder / f"{i}.dcm", stored=stored, bits=bits))
+        paths.append(dicoms.write_dicom(source, folder / f"{i}.dcm", stored=stored, bits=bits))
     scored_paths, _, scores = score_split(tiny_bundle, data, "test", helpers.POLICY)
     results = {r.path: r.probability for r in classify_paths(paths, bundle=tiny_bundle, sessions=sessions,
                                                              settings=settings)}

@@ -13,6 +13,7 @@ from typing import Any
 import helpers
 import numpy as np
 import pytest
+from support import dicoms, xrays
 
 from pneumoscan.imaging import decode, patient_ref
 from pneumoscan.pipeline import classify_paths
@@ -90,7 +91,7 @@ def test_classifies_jpeg_png_and_dicom(mixed_files: dict[str, tuple[Path, str]],
 
 def test_dicom_metadata_is_kept_and_identity_is_not(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                     settings: Any) -> None:
-    ds = helpers.dicom_dataset(helpers.PNEUMONIA_IMAGES[0])
+    ds = dicoms.dicom_dataset(xrays.PNEUMONIA_IMAGES[0])
     path = inbox / "study.dcm"
     ds.save_as(path, enforce_file_format=True)
     raw = path.read_bytes()
@@ -124,10 +125,10 @@ def test_dicom_metadata_is_kept_and_identity_is_not(inbox: Path, tiny_bundle: An
 
 def test_bad_files_are_rejected_and_the_batch_goes_on(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                       settings: Any) -> None:
-    good_a = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "good-a.jpeg")
+    good_a = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "good-a.jpeg")
     corrupt = inbox / "corrupt.jpg"
     corrupt.write_bytes(np.random.default_rng(1).bytes(5000))
-    data = helpers.jpeg_bytes(helpers.PNEUMONIA_IMAGES[0])
+    data = xrays.jpeg_bytes(xrays.PNEUMONIA_IMAGES[0])
     truncated = inbox / "truncated.jpeg"
     truncated.write_bytes(data[: len(data) // 2])
     empty = inbox / "empty.png"
@@ -135,7 +136,7 @@ def test_bad_files_are_rejected_and_the_batch_goes_on(inbox: Path, tiny_bundle: 
     not_chest = inbox / "ct.dcm"
     from pydicom.data import get_testdata_file
     shutil.copyfile(get_testdata_file("CT_small.dcm"), not_chest)
-    good_b = helpers.write_dicom(helpers.PNEUMONIA_IMAGES[1], inbox / "good-b.dcm")
+    good_b = dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[1], inbox / "good-b.dcm")
     missing = inbox / "vanished.jpeg"
 
     paths = [good_a, corrupt, truncated, empty, not_chest, missing, good_b]
@@ -169,9 +170,9 @@ def test_bad_files_are_rejected_and_the_batch_goes_on(inbox: Path, tiny_bundle: 
 
 def test_same_bytes_under_two_names_are_one_image(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                   settings: Any) -> None:
-    first = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "first.jpeg")
-    second = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "sub" / "copy of first.jpg")
-    other = helpers.write_jpeg(helpers.NORMAL_IMAGES[1], inbox / "other.jpeg")
+    first = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "first.jpeg")
+    second = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "sub" / "copy of first.jpg")
+    other = xrays.write_jpeg(xrays.NORMAL_IMAGES[1], inbox / "other.jpeg")
     results = _classify([first, second, other], tiny_bundle, sessions, settings)
     assert [r.status for r in results] == ["done", "skipped", "done"]
     assert results[1].sha256 == results[0].sha256
@@ -182,7 +183,7 @@ def test_same_bytes_under_two_names_are_one_image(inbox: Path, tiny_bundle: Any,
     assert rows[0]["n"] == 1
 
     # Across calls too: the copy found later is not predicted again.
-    third = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "third.jpeg")
+    third = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "third.jpeg")
     (again,) = _classify([third], tiny_bundle, sessions, settings)
     assert again.status == "skipped"
     assert _count(settings, "predictions") == 2
@@ -208,8 +209,8 @@ def test_running_twice_writes_nothing_new(mixed_files: dict[str, tuple[Path, str
 
 def test_batches_larger_than_batch_size(inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     # 8 distinct JPEG and 8 distinct PNG: 16 files, two batches of 8; on_batch sees each batch.
-    paths = [helpers.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in helpers.ALL_IMAGES]
-    paths += [helpers.write_png(s, inbox / f"{s.stem}.png") for s in helpers.ALL_IMAGES]
+    paths = [xrays.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in xrays.ALL_IMAGES]
+    paths += [xrays.write_png(s, inbox / f"{s.stem}.png") for s in xrays.ALL_IMAGES]
     batches: list[int] = []
     results = classify_paths(paths, bundle=tiny_bundle, sessions=sessions, settings=settings,
                              on_batch=lambda batch: batches.append(len(batch)))
@@ -222,8 +223,8 @@ def test_a_duplicate_in_a_later_batch_is_not_decoded_again(inbox: Path, tiny_bun
                                                            settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import pneumoscan.pipeline as pipeline
 
-    paths = [helpers.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in helpers.ALL_IMAGES[:8]]
-    copy = helpers.write_jpeg(helpers.ALL_IMAGES[0], inbox / "later copy.jpeg")  # batch 2; its original is in batch 1
+    paths = [xrays.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in xrays.ALL_IMAGES[:8]]
+    copy = xrays.write_jpeg(xrays.ALL_IMAGES[0], inbox / "later copy.jpeg")  # batch 2; its original is in batch 1
     decoded: list[str] = []
     real_decode = pipeline._decode
     monkeypatch.setattr(pipeline, "_decode", lambda read, *a: decoded.append(read.path) or real_decode(read, *a))
@@ -241,8 +242,8 @@ def test_the_next_batch_is_prepared_while_this_one_is_predicted(inbox: Path, tin
 
     import pneumoscan.pipeline as pipeline
 
-    paths = [helpers.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in helpers.ALL_IMAGES]
-    paths += [helpers.write_png(s, inbox / f"{s.stem}.png") for s in helpers.ALL_IMAGES]
+    paths = [xrays.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in xrays.ALL_IMAGES]
+    paths += [xrays.write_png(s, inbox / f"{s.stem}.png") for s in xrays.ALL_IMAGES]
     events: list[tuple[str, float]] = []
     real_prepare, real_predict = pipeline._prepare, type(tiny_bundle).predict
 
@@ -274,7 +275,7 @@ def test_a_file_that_could_not_be_read_gets_one_row_once_readable(inbox: Path, t
     assert first.status == "failed" and "disappeared" in first.reason
     assert [(r["path"], r["status"]) for r in _rows(settings, "SELECT * FROM images")] == [(str(path), "failed")]
 
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], path)
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], path)
     (second,) = _classify([path], tiny_bundle, sessions, settings)
     assert second.status == "done"
     rows = _rows(settings, "SELECT * FROM images")
@@ -286,25 +287,25 @@ def test_dicom_variants_predict_like_their_source_jpeg(inbox: Path, tiny_bundle:
                                                        settings: Any) -> None:
     """Chest DICOMs made from a real JPEG, in every transfer syntax and as MONOCHROME1, signed and
     rescaled variants, get the prediction of the JPEG itself through the whole pipeline."""
-    window = helpers.IDENTITY_WINDOW_12
+    window = dicoms.IDENTITY_WINDOW_12
     variants: dict[str, dict[str, Any]] = {
         "mono1": {"photometric": "MONOCHROME1", **window},
         "rescaled": {"RescaleSlope": 0.5, "RescaleIntercept": -1000, "WindowCenter": 24.25, "WindowWidth": 2048.5},
     }
-    sources = [helpers.NORMAL_IMAGES[0], helpers.PNEUMONIA_IMAGES[0]]
+    sources = [xrays.NORMAL_IMAGES[0], xrays.PNEUMONIA_IMAGES[0]]
     origin: dict[str, Path] = {}
     for source in sources:
-        origin[helpers.write_jpeg(source, inbox / f"{source.stem}.jpeg").name] = source
-        for syntax in helpers.TRANSFER_SYNTAXES:
-            options = {"bits": 8, **helpers.IDENTITY_WINDOW_8} if syntax == "jpeg-baseline" else window
-            origin[helpers.write_dicom(source, inbox / f"{source.stem}-{syntax}.dcm", syntax=syntax,
+        origin[xrays.write_jpeg(source, inbox / f"{source.stem}.jpeg").name] = source
+        for syntax in dicoms.TRANSFER_SYNTAXES:
+            options = {"bits": 8, **dicoms.IDENTITY_WINDOW_8} if syntax == "jpeg-baseline" else window
+            origin[dicoms.write_dicom(source, inbox / f"{source.stem}-{syntax}.dcm", syntax=syntax,
                                        **options).name] = source
-        signed = (helpers.twelve_bit(source).astype(np.int16) - 2048).view(np.uint16)
+        signed = (xrays.twelve_bit(source).astype(np.int16) - 2048).view(np.uint16)
         for syntax in ("explicit-be", "rle", "j2k-lossless", "jpeg-lossless-sv1"):
             variants[f"signed-{syntax}"] = {"stored": signed, "PixelRepresentation": 1, "RescaleSlope": 1,
                                             "RescaleIntercept": 2048, "syntax": syntax, **window}
         for name, options in variants.items():
-            origin[helpers.write_dicom(source, inbox / f"{source.stem}-{name}.dcm", **options).name] = source
+            origin[dicoms.write_dicom(source, inbox / f"{source.stem}-{name}.dcm", **options).name] = source
 
     results = {Path(r.path).name: r for r in _classify(sorted(inbox.iterdir()), tiny_bundle, sessions, settings)}
     assert all(r.status == "done" for r in results.values()), [r for r in results.values() if r.status != "done"]
@@ -312,4 +313,4 @@ def test_dicom_variants_predict_like_their_source_jpeg(inbox: Path, tiny_bundle:
         reference = results[f"{source.stem}.jpeg"].probability
         assert results[name].probability == pytest.approx(reference, abs=1e-3), name
         assert results[name].label == results[f"{source.stem}.jpeg"].label, name
-    assert len(results) == len(origin) == 2 * (1 + len(helpers.TRANSFER_SYNTAXES) + len(variants))
+    assert len(results) == len(origin) == 2 * (1 + len(dicoms.TRANSFER_SYNTAXES) + len(variants))

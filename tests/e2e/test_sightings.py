@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+from support import xrays
 
 from pneumoscan.db.schema import Image, Sighting
 from pneumoscan.pipeline import classify_paths
@@ -18,11 +19,11 @@ from pneumoscan.pipeline import classify_paths
 def test_both_files_of_a_duplicate_pair_are_found_by_their_own_paths(tmp_path: Path, tiny_bundle: Any,
                                                                      pneumoscan_exe: Path) -> None:
     inbox = tmp_path / "inbox"
-    (first,) = helpers.distinct_pngs(inbox / "2026-11", 1, prefix="scan")
+    (first,) = xrays.distinct_pngs(inbox / "2026-11", 1, prefix="scan")
     copy = inbox / "2026-12" / "copy_of_scan.png"
     copy.parent.mkdir()
     shutil.copy(first, copy)
-    (other, _) = helpers.distinct_pngs(inbox / "other", 2, prefix="other", start=5)
+    (other, _) = xrays.distinct_pngs(inbox / "other", 2, prefix="other", start=5)
     env = helpers.pneumoscan_env(tmp_path / "data", tiny_bundle.path)
     scanned = subprocess.run([str(pneumoscan_exe), "scan", str(inbox)], env=env, capture_output=True, text=True,
                              timeout=300)
@@ -46,7 +47,7 @@ def test_both_files_of_a_duplicate_pair_are_found_by_their_own_paths(tmp_path: P
 
 def test_a_sighting_keeps_first_and_last_seen_size_and_mtime(tmp_path: Path, tiny_bundle: Any, settings: Any,
                                                              sessions: Any) -> None:
-    (path,) = helpers.distinct_pngs(tmp_path / "in", 1)
+    (path,) = xrays.distinct_pngs(tmp_path / "in", 1)
     os.utime(path, (1_700_000_000, 1_700_000_000))
     classify_paths([path], bundle=tiny_bundle, sessions=sessions, settings=settings)
     elsewhere = tmp_path / "moved" / path.name
@@ -64,7 +65,7 @@ def test_a_sighting_keeps_first_and_last_seen_size_and_mtime(tmp_path: Path, tin
 
 def test_a_relative_scan_then_reclassify_from_another_folder_fails_nothing(tmp_path: Path, tiny_bundle: Any,
                                                                            pneumoscan_exe: Path) -> None:
-    helpers.distinct_pngs(tmp_path / "site" / "xrays", 3)
+    xrays.distinct_pngs(tmp_path / "site" / "xrays", 3)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     old = helpers.bundle_as_version(tiny_bundle, tmp_path / "old", "tiny-old-0")

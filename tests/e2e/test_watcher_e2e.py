@@ -15,6 +15,7 @@ from typing import Any
 
 import helpers
 import pytest
+from support import dicoms, xrays
 
 from pneumoscan.domain import Result
 from pneumoscan.pipeline import classify_paths
@@ -93,14 +94,14 @@ def running_watcher(inbox: Path, bundle: Any, sessions: Any, settings: Any,
 
 def test_watch_classifies_dropped_files(inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     with running_watcher(inbox, tiny_bundle, sessions, settings) as (_, classify):
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
-        helpers.write_png(helpers.NORMAL_IMAGES[1], inbox / "b.png")
-        helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], inbox / "sub" / "c.dcm")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")
+        xrays.write_png(xrays.NORMAL_IMAGES[1], inbox / "b.png")
+        dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], inbox / "sub" / "c.dcm")
         # Ignored by rule: a hidden file and an unfinished download.
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[2], inbox / ".hidden.jpeg")
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[3], inbox / "d.jpeg.part")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[2], inbox / ".hidden.jpeg")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[3], inbox / "d.jpeg.part")
         # A download that completes by renaming into place.
-        helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[1], inbox / "e.jpeg.crdownload")
+        xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[1], inbox / "e.jpeg.crdownload")
         os.rename(inbox / "e.jpeg.crdownload", inbox / "e.jpeg")
 
         expected = {"a.jpeg", "b.png", "c.dcm", "e.jpeg"}
@@ -123,7 +124,7 @@ def test_watch_classifies_dropped_files(inbox: Path, tiny_bundle: Any, sessions:
 
 def test_slowly_written_file_is_classified_once_complete(inbox: Path, tiny_bundle: Any, sessions: Any,
                                                          settings: Any) -> None:
-    data = helpers.jpeg_bytes(helpers.PNEUMONIA_IMAGES[2])
+    data = xrays.jpeg_bytes(xrays.PNEUMONIA_IMAGES[2])
     chunks = [data[i * len(data) // 4:(i + 1) * len(data) // 4] for i in range(4)]
     assert b"".join(chunks) == data
     target = inbox / "slow.jpeg"
@@ -147,10 +148,10 @@ def test_slowly_written_file_is_classified_once_complete(inbox: Path, tiny_bundl
 
 def test_restarting_classifies_nothing_twice(inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     names = {"a.jpeg", "b.png", "c.dcm"}
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")  # already there at start
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")  # already there at start
     with running_watcher(inbox, tiny_bundle, sessions, settings) as (_, first):
-        helpers.write_png(helpers.NORMAL_IMAGES[1], inbox / "b.png")
-        helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], inbox / "c.dcm")
+        xrays.write_png(xrays.NORMAL_IMAGES[1], inbox / "b.png")
+        dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], inbox / "c.dcm")
         helpers.wait_for(lambda: first.seen() == names, WAIT, message="first watcher to classify all")
     assert {r.status for r in first.results} == {"done"}
     predictions = _predictions(settings)
@@ -171,7 +172,7 @@ def test_stop_flushes_the_batch_in_hand(inbox: Path, tiny_bundle: Any, sessions:
     from pneumoscan.config import Settings
 
     slow_batches = Settings(**{**settings.model_dump(), "max_batch_wait": 3600.0})
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")
     with running_watcher(inbox, tiny_bundle, sessions, slow_batches) as (_, classify):
         time.sleep(1.0)
         assert classify.results == []  # waiting for company
@@ -187,10 +188,10 @@ def test_embedded_mode_classifies_a_lone_file_without_waiting_for_company(inbox:
     slow_batches = Settings(**{**settings.model_dump(), "max_batch_wait": 3600.0})
     with running_watcher(inbox, tiny_bundle, sessions, slow_batches, quiet_period=0.5,
                          submit_when_idle=True) as (_, classify):
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")
         helpers.wait_for(lambda: "a.jpeg" in _images(settings), WAIT, message="a row for the lone file")
         time.sleep(0.5)
-        helpers.write_png(helpers.NORMAL_IMAGES[1], inbox / "b.png")  # and the next one, just as promptly
+        xrays.write_png(xrays.NORMAL_IMAGES[1], inbox / "b.png")  # and the next one, just as promptly
         helpers.wait_for(lambda: "b.png" in _images(settings), WAIT, message="a row for the second file")
     assert [r.status for r in classify.results] == ["done", "done"]
     assert _predictions(settings) == 2
@@ -198,7 +199,7 @@ def test_embedded_mode_classifies_a_lone_file_without_waiting_for_company(inbox:
 
 def test_a_complete_jpeg_renamed_in_is_classified_well_before_the_quiet_period(
         inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
-    data = helpers.jpeg_bytes(helpers.PNEUMONIA_IMAGES[0])
+    data = xrays.jpeg_bytes(xrays.PNEUMONIA_IMAGES[0])
     staging = inbox / ".incoming"
     staging.mkdir()
     quiet = 60.0  # longer than the test may run: only the rename can mark these files complete
@@ -206,7 +207,7 @@ def test_a_complete_jpeg_renamed_in_is_classified_well_before_the_quiet_period(
                          submit_when_idle=True) as (_, classify):
         (staging / "whole.jpeg").write_bytes(data)
         (staging / "cut.jpeg").write_bytes(data[: len(data) // 2])  # renamed before the writer was done
-        (staging / "scan.dcm").write_bytes(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]))  # no end marker
+        (staging / "scan.dcm").write_bytes(dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0]))  # no end marker
         for name in ("cut.jpeg", "scan.dcm", "whole.jpeg"):
             os.rename(staging / name, inbox / name)
         helpers.wait_for(lambda: "whole.jpeg" in _images(settings), WAIT, message="a row for the renamed-in JPEG")
@@ -235,7 +236,7 @@ def test_a_failing_dispatch_is_retried_without_stopping_the_watch(
     thread.start()
     try:
         assert watcher.started.wait(WAIT)
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")
         helpers.wait_for(lambda: "a.jpeg" in _images(settings), WAIT, message="the retry to classify a.jpeg")
         assert thread.is_alive()
     finally:
@@ -255,7 +256,7 @@ def test_stop_returns_even_when_the_last_flush_fails(inbox: Path, settings: Any,
 
     # max_wait of an hour: the file is only ever sent by the flush on stop.
     watcher = Watcher(inbox, MicroBatcher(InlineDispatcher(broken), 8, 3600.0), 0.0, poll_interval=0.05)
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "a.jpeg")
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")
     thread = threading.Thread(target=watcher.run, name="test-watcher", daemon=True)
     thread.start()
     assert watcher.started.wait(WAIT)
@@ -276,10 +277,10 @@ def test_run_on_a_missing_folder_raises(tmp_path: Path, tiny_bundle: Any, sessio
 
 def test_a_link_dropped_into_the_inbox_is_rejected_and_never_followed(tmp_path: Path, inbox: Path, tiny_bundle: Any,
                                                                       sessions: Any, settings: Any) -> None:
-    outside = helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[2], tmp_path / "elsewhere" / "private.jpeg")
+    outside = xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[2], tmp_path / "elsewhere" / "private.jpeg")
     with running_watcher(inbox, tiny_bundle, sessions, settings):
         (inbox / "link.jpeg").symlink_to(outside)
-        helpers.write_jpeg(helpers.NORMAL_IMAGES[0], inbox / "real.jpeg")
+        xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "real.jpeg")
         helpers.wait_for(lambda: {"link.jpeg", "real.jpeg"} <= set(_images(settings)), WAIT, message="both rows")
     images = _images(settings)
     assert images["real.jpeg"]["status"] == "done"

@@ -15,7 +15,7 @@ from typing import Any
 import helpers
 import pytest
 from cluster import Database, Service, wait_quiet
-from support import dcmtk
+from support import dcmtk, dicoms, xrays
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -53,9 +53,9 @@ def test_a_received_study_is_classified_by_a_worker_completed_and_sent_back(
     assert f"DICOM receiver PNEUMOSCAN on port {port}" in scheduler.log(), scheduler.log()
 
     study_uid = str(generate_uid())
-    files = [helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / "modality" / "j2k.dcm", syntax="j2k-lossless",
+    files = [dicoms.write_dicom(xrays.NORMAL_IMAGES[0], tmp_path / "modality" / "j2k.dcm", syntax="j2k-lossless",
                                  StudyInstanceUID=study_uid),
-             helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], tmp_path / "modality" / "plain.dcm",
+             dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], tmp_path / "modality" / "plain.dcm",
                                  StudyInstanceUID=study_uid, ViewPosition="PA")]
     uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
     sent = dcmtk.storescu(port, files, "MODALITY")

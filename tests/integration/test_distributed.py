@@ -14,6 +14,7 @@ import helpers
 import pytest
 from celery import Celery
 from cluster import READY_TIMEOUT, Database, PrivateRedis, Service, TcpProxy, assert_each_once, settled, wait_quiet
+from support import xrays
 
 from pneumoscan.config import Settings
 from pneumoscan.worker.app import make_app
@@ -58,7 +59,7 @@ def test_300_files_with_two_workers_give_300_images_and_300_predictions(
     watcher = launch(["watch", str(inbox)], cluster_env, "watch")
     watcher.wait_for_log("watching", 30)
 
-    paths = helpers.distinct_pngs(inbox, 300)
+    paths = xrays.distinct_pngs(inbox, 300)
 
     helpers.wait_for(settled(database, 300), WAIT, interval=0.5, message="300 predictions")
     wait_quiet(1.0)  # a late duplicate would show up now
@@ -73,7 +74,7 @@ def test_300_files_with_two_workers_give_300_images_and_300_predictions(
 def test_a_worker_killed_mid_batch_has_its_batch_redelivered(
         tmp_path: Path, tiny_bundle: Any, database: Database, cluster_env: dict[str, str],
         dispatcher: CeleryDispatcher, start_worker: Callable[..., Service]) -> None:
-    paths = helpers.distinct_pngs(tmp_path / "files", 320)
+    paths = xrays.distinct_pngs(tmp_path / "files", 320)
     worker = start_worker(cluster_env, "w1")
     [child] = worker.pool_children()
 
@@ -102,11 +103,11 @@ def test_the_scheduler_loses_no_file_while_redis_is_down(
     worker = start_worker(env, "w1")
     scheduler = launch(["scheduler", str(inbox)], env, "scheduler")  # the watcher and beat, as deployed
     scheduler.wait_for_log("watching", 30)
-    before = helpers.distinct_pngs(inbox, 8, prefix="before")
+    before = xrays.distinct_pngs(inbox, 8, prefix="before")
     helpers.wait_for(settled(database, 8), WAIT, interval=0.3, message="the files before the outage")
 
     private_redis.stop()
-    during = helpers.distinct_pngs(inbox, 20, prefix="during", start=8)
+    during = xrays.distinct_pngs(inbox, 20, prefix="during", start=8)
     scheduler.wait_for_log("dispatch failed", 30)
     wait_quiet(2.0)  # the watcher keeps failing and backing off for a while
     private_redis.start()
@@ -122,7 +123,7 @@ def test_the_scheduler_loses_no_file_while_redis_is_down(
 def test_a_batch_retries_while_postgresql_is_down_and_succeeds_after(
         tmp_path: Path, tiny_bundle: Any, database: Database, broker_url: str, pg_proxy: TcpProxy,
         dispatcher: CeleryDispatcher, start_worker: Callable[..., Service]) -> None:
-    paths = helpers.distinct_pngs(tmp_path / "files", 320)
+    paths = xrays.distinct_pngs(tmp_path / "files", 320)
     env = helpers.pneumoscan_env(tmp_path / "data", tiny_bundle.path, PNEUMOSCAN_BROKER_URL=broker_url,
                                  PNEUMOSCAN_DATABASE_URL=database.via(pg_proxy.port))
     worker = start_worker(env, "w1")
@@ -150,10 +151,10 @@ def test_the_nightly_job_reclassifies_exactly_the_outdated_and_failed_images(
     from pneumoscan.pipeline import classify_paths
 
     files = tmp_path / "files"
-    current = helpers.distinct_pngs(files, 4, prefix="current")
-    outdated = helpers.distinct_pngs(files, 4, prefix="outdated", start=4)
-    unread = helpers.distinct_pngs(files, 2, prefix="unread", start=8)  # could not be read then; can be now
-    undecoded = helpers.distinct_pngs(files, 1, prefix="undecoded", start=10)  # read, decoding failed then
+    current = xrays.distinct_pngs(files, 4, prefix="current")
+    outdated = xrays.distinct_pngs(files, 4, prefix="outdated", start=4)
+    unread = xrays.distinct_pngs(files, 2, prefix="unread", start=8)  # could not be read then; can be now
+    undecoded = xrays.distinct_pngs(files, 1, prefix="undecoded", start=10)  # read, decoding failed then
     corrupt = files / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))
     settings = Settings(data_dir=tmp_path / "data", model=tiny_bundle.path, batch_size=8, patient_salt="test-salt")
@@ -207,7 +208,7 @@ def test_a_whole_worker_killed_has_its_batch_done_by_a_survivor_within_two_minut
     victim = start_worker(cluster_env, "victim")
     scheduler = launch(["scheduler", str(inbox)], cluster_env, "scheduler")
     scheduler.wait_for_log("watching", 30)
-    paths = helpers.distinct_pngs(inbox, 120)
+    paths = xrays.distinct_pngs(inbox, 120)
     # Kill while the victim holds a batch it has claimed and not yet stored, so that only the reaper
     # can bring that batch back (killing between batches would leave nothing to recover).
     holding = "SELECT count(*) FROM queued_files WHERE claimed_at IS NOT NULL"
@@ -251,7 +252,7 @@ def test_files_survive_a_broker_that_loses_its_queue(
                                  PNEUMOSCAN_BROKER_URL=private_redis.url, PNEUMOSCAN_REQUEUE_AFTER="6")
     scheduler = launch(["scheduler", str(inbox)], env, "scheduler")
     scheduler.wait_for_log("watching", 30)
-    paths = helpers.distinct_pngs(inbox, 24)
+    paths = xrays.distinct_pngs(inbox, 24)
     helpers.wait_for(lambda: database.count("SELECT count(*) FROM queued_files") == 24, 30, interval=0.2,
                      message="24 files in the outbox")
     client = redis.Redis.from_url(private_redis.url)
@@ -274,7 +275,7 @@ def test_the_scheduler_re_enqueues_what_a_previous_run_left_unsettled_when_it_st
 
     from pneumoscan.db import open_database, outbox
 
-    paths = helpers.distinct_pngs(tmp_path / "elsewhere", 5)  # not in the watched folder: only the outbox knows
+    paths = xrays.distinct_pngs(tmp_path / "elsewhere", 5)  # not in the watched folder: only the outbox knows
     sessions = open_database(database.url)
     try:
         with sessions.begin() as session:

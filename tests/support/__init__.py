@@ -1,1 +1,1 @@
-"""Helpers shared by the tests and the benchmarks (bench/ puts tests/ on sys.path to import them)."""
+"""Helpers shared by the tests (as ``support``, tests/ is on their path) and bench/ (as ``tests.support``)."""

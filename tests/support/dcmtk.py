@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.process import wait_for
+from .process import wait_for
 
 TOOLS = ("echoscu", "storescu", "storescp")
 RECEIVER_AE = "PNEUMOSCAN"

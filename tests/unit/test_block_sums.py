@@ -10,11 +10,12 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan import imaging
 from pneumoscan.imaging import decode
 
-SOURCE = helpers.PNEUMONIA_IMAGES[0]
+SOURCE = xrays.PNEUMONIA_IMAGES[0]
 MODEL = (224, 224)
 CLIPPING = {"WindowCenter": 1800, "WindowWidth": 2400}  # shows stored 600 to 3000: the rest saturates
 
@@ -48,7 +49,7 @@ def _full(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize(("width", "height"), [(2000, 1700), (2001, 1703)])
 def test_a_large_windowed_file_decodes_from_block_sums_and_shows_the_full_decodes_picture(
         width: int, height: int, taken: list[bool]) -> None:
-    data = helpers.dicom_bytes(SOURCE, stored=_grainy(width, height), **CLIPPING)
+    data = dicoms.dicom_bytes(SOURCE, stored=_grainy(width, height), **CLIPPING)
     image = decode(data, MODEL, helpers.POLICY)
     assert taken == [True] and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
     error = np.abs(image.pixels - _full(data))
@@ -60,7 +61,7 @@ def test_a_large_windowed_file_decodes_from_block_sums_and_shows_the_full_decode
 
 
 @pytest.mark.parametrize("window", [CLIPPING, {**CLIPPING, "VOILUTFunction": "LINEAR_EXACT"},
-                                    helpers.IDENTITY_WINDOW_12])
+                                    dicoms.IDENTITY_WINDOW_12])
 @pytest.mark.parametrize("rescale", [{}, {"RescaleSlope": 0.5, "RescaleIntercept": -1024},
                                      {"RescaleSlope": -2.0, "RescaleIntercept": 6000}])
 def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_step(
@@ -68,7 +69,7 @@ def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_ste
     """The heart of it, before any resize: each 2x2 block's windowed mean against the mean of its windowed pixels."""
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(SOURCE, stored=_grainy(1344, 1344), **window, **rescale)))
+    ds = pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(SOURCE, stored=_grainy(1344, 1344), **window, **rescale)))
     array = ds.pixel_array
     exact_pixels, _ = imaging._grayscale(array, ds)  # first: the block sums clip ``array`` in place
     blocked = imaging._block_sums(ds, array, MODEL)
@@ -89,7 +90,7 @@ def test_each_sum_is_its_whole_block_of_the_clipped_values_at_every_block_size(s
     """Sums of k x k blocks of a 1345 x 1351 frame (neither side a multiple of k), against numpy's own sum."""
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(SOURCE, stored=_grainy(1351, 1345), **CLIPPING)))
+    ds = pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(SOURCE, stored=_grainy(1351, 1345), **CLIPPING)))
     array = ds.pixel_array
     blocked = imaging._block_sums(ds, array, size)
     assert blocked is not None and blocked[2] == k * k
@@ -114,7 +115,7 @@ def test_curves_minmax_small_images_the_setting_and_empty_windows_take_the_full_
     options = {k: v for k, v in options.items() if v is not None}
     if "WindowCenter" not in options:
         options.pop("WindowWidth", None)
-    data = helpers.dicom_bytes(SOURCE, stored=_grainy(2000, 1700), **options)
+    data = dicoms.dicom_bytes(SOURCE, stored=_grainy(2000, 1700), **options)
     size = change.get("size", MODEL)
     image = decode(data, size, helpers.policy(reduced=change.get("reduced", True)))
     assert not any(taken)
@@ -123,10 +124,10 @@ def test_curves_minmax_small_images_the_setting_and_empty_windows_take_the_full_
 
 def test_monochrome1_is_inverted_after_the_means(taken: list[bool]) -> None:
     stored = _grainy(2000, 1700)
-    mono2 = decode(helpers.dicom_bytes(SOURCE, stored=stored, **CLIPPING), MODEL, helpers.POLICY).pixels
-    inverted = helpers.dicom_bytes(SOURCE, stored=4095 - stored, photometric="MONOCHROME1",
+    mono2 = decode(dicoms.dicom_bytes(SOURCE, stored=stored, **CLIPPING), MODEL, helpers.POLICY).pixels
+    inverted = dicoms.dicom_bytes(SOURCE, stored=4095 - stored, photometric="MONOCHROME1",
                                    WindowCenter=4095 - 1800, WindowWidth=2400)
     mono1 = decode(inverted, MODEL, helpers.POLICY).pixels
     assert taken == [True, True]
     np.testing.assert_allclose(mono1, mono2, atol=2 / 2399)  # the window's half-pixel asymmetry, within a step
-    assert np.corrcoef(mono1.ravel(), helpers.gray(SOURCE).ravel())[0, 1] > 0.95  # dark lungs stay dark
+    assert np.corrcoef(mono1.ravel(), xrays.gray(SOURCE).ravel())[0, 1] > 0.95  # dark lungs stay dark

@@ -10,6 +10,7 @@ from typing import Any
 import helpers
 import numpy as np
 import pytest
+from support import xrays
 
 from pneumoscan.imaging import decode
 from pneumoscan.models.bundle import CARD_FILE, MODEL_FILE, BundleError, load_bundle
@@ -23,9 +24,9 @@ def test_load_bundle_reads_the_card(tiny_bundle: Any) -> None:
 
 
 def test_predict_batches(tiny_bundle: Any) -> None:
-    batch = np.stack([decode(p.read_bytes(), (64, 64), helpers.POLICY).pixels for p in helpers.ALL_IMAGES])
+    batch = np.stack([decode(p.read_bytes(), (64, 64), helpers.POLICY).pixels for p in xrays.ALL_IMAGES])
     probabilities = tiny_bundle.predict(batch)
-    assert probabilities.shape == (len(helpers.ALL_IMAGES),)
+    assert probabilities.shape == (len(xrays.ALL_IMAGES),)
     assert probabilities.dtype == np.float32
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     assert len(np.unique(probabilities)) > 1  # it looks at the pixels

@@ -10,6 +10,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+from support import dicoms, xrays
 
 from pneumoscan.models.dataset import DatasetError, Example, list_split, load_images, patient_id, patient_split
 
@@ -78,13 +79,13 @@ def test_patient_split_is_reproducible() -> None:
 
 
 def test_list_split_and_load_images_on_real_files(tmp_path: Path) -> None:
-    for source in helpers.ALL_IMAGES:
+    for source in xrays.ALL_IMAGES:
         dest = tmp_path / "train" / source.parent.name / source.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
     (tmp_path / "train" / "NORMAL" / ".DS_Store").write_bytes(b"junk")
     examples = list_split(tmp_path, "train")
-    assert Counter(e.label for e in examples) == {0: len(helpers.NORMAL_IMAGES), 1: len(helpers.PNEUMONIA_IMAGES)}
+    assert Counter(e.label for e in examples) == {0: len(xrays.NORMAL_IMAGES), 1: len(xrays.PNEUMONIA_IMAGES)}
     assert all(e.path.name != ".DS_Store" for e in examples)
     images = load_images(examples, 32, helpers.POLICY, workers=2)
     assert images.shape == (len(examples), 32, 32) and images.dtype == np.uint8
@@ -96,7 +97,7 @@ def test_list_split_and_load_images_on_real_files(tmp_path: Path) -> None:
 def test_training_data_is_decoded_under_the_configured_policy(tmp_path: Path) -> None:
     from pneumoscan.models.dataset import DatasetError, Example
 
-    ct = helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / "IM-0001-0001.dcm", modality="CT")
+    ct = dicoms.write_dicom(xrays.NORMAL_IMAGES[0], tmp_path / "IM-0001-0001.dcm", modality="CT")
     with pytest.raises(DatasetError, match=r"IM-0001-0001\.dcm cannot be used: modality CT"):
         load_images([Example(ct, 0)], 32, helpers.POLICY)
     widened = helpers.policy(modalities=frozenset({"CR", "DX", "DR", "CT"}))  # as PNEUMOSCAN_ALLOWED_MODALITIES

@@ -10,6 +10,7 @@ from typing import Any
 import helpers
 import pytest
 from sqlalchemy import select
+from support import dicoms, xrays
 
 from pneumoscan import imaging
 from pneumoscan.db.queries import ReclassifySelection
@@ -30,8 +31,8 @@ def _broken_resize(pixels: Any, size: tuple[int, int]) -> Any:
 
 
 @pytest.mark.parametrize(("helper", "bug", "data"), [
-    ("_first_window", _misspelt_window, helpers.dicom_bytes(helpers.PNEUMONIA_IMAGES[0])),
-    ("_resize", _broken_resize, helpers.png_bytes(helpers.PNEUMONIA_IMAGES[0])),
+    ("_first_window", _misspelt_window, dicoms.dicom_bytes(xrays.PNEUMONIA_IMAGES[0])),
+    ("_resize", _broken_resize, xrays.png_bytes(xrays.PNEUMONIA_IMAGES[0])),
 ])
 def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch, helper: str,
                                                                 bug: Any, data: bytes) -> None:
@@ -47,8 +48,8 @@ def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pyt
 def test_a_bug_in_decoding_leaves_the_file_failed_and_the_nightly_job_retries_it(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, settings: Any, sessions: Any,
         tiny_bundle: Any, inbox: Path) -> None:
-    study = str(helpers.write_dicom(helpers.PNEUMONIA_IMAGES[0], inbox / "study.dcm"))
-    other = str(helpers.write_png(helpers.NORMAL_IMAGES[0], inbox / "normal.png"))
+    study = str(dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[0], inbox / "study.dcm"))
+    other = str(xrays.write_png(xrays.NORMAL_IMAGES[0], inbox / "normal.png"))
     classify = {"bundle": tiny_bundle, "sessions": sessions, "settings": settings}
 
     monkeypatch.setattr(imaging, "_first_window", _misspelt_window)

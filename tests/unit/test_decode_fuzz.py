@@ -9,11 +9,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan.imaging import DecodedImage, Rejected, decode
 
-SOURCE = helpers.PNEUMONIA_IMAGES[1]
-SMALL = helpers.gray(SOURCE)[80:144, 80:144]  # 64x64 real pixels keep each example fast
+SOURCE = xrays.PNEUMONIA_IMAGES[1]
+SMALL = xrays.gray(SOURCE)[80:144, 80:144]  # 64x64 real pixels keep each example fast
 
 
 def _seeds() -> list[bytes]:
@@ -29,8 +30,8 @@ def _seeds() -> list[bytes]:
     stored = SMALL.astype(np.uint16) * 16
     for syntax in ("explicit-le", "explicit-be", "deflated", "rle", "jpeg-lossless-sv1", "jpeg-extended",
                    "jpeg-ls-lossless", "j2k-lossless"):
-        seeds.append(helpers.dicom_bytes(SOURCE, stored=stored, syntax=syntax, **helpers.IDENTITY_WINDOW_12))
-    seeds.append(helpers.dicom_bytes(SOURCE, stored=stored, syntax="implicit-le", preamble=False, file_meta=False))
+        seeds.append(dicoms.dicom_bytes(SOURCE, stored=stored, syntax=syntax, **dicoms.IDENTITY_WINDOW_12))
+    seeds.append(dicoms.dicom_bytes(SOURCE, stored=stored, syntax="implicit-le", preamble=False, file_meta=False))
     return seeds
 
 

@@ -13,13 +13,14 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan import imaging
 from pneumoscan.imaging import DICOM, DecodedImage, Rejected, decode
 
-SOURCE = helpers.PNEUMONIA_IMAGES[0]
+SOURCE = xrays.PNEUMONIA_IMAGES[0]
 NATIVE = (224, 224)  # the fixture images' size: decoding at it compares pixel for pixel, no resampling
-STORED = helpers.twelve_bit(SOURCE)
+STORED = xrays.twelve_bit(SOURCE)
 EXPECTED = STORED / 4095.0  # what an identity-windowed 12-bit DICOM of SOURCE shows
 ANY = frozenset[str]()  # an empty allow-list: every modality or body part passes
 
@@ -42,11 +43,11 @@ def _lut(descriptor: list[int], data: list[int], **more: Any) -> Any:
 
 # Each variant stores SOURCE differently, and each must decode to EXPECTED.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "mono2": dict(helpers.IDENTITY_WINDOW_12),
-    "mono1": {"photometric": "MONOCHROME1", **helpers.IDENTITY_WINDOW_12},
+    "mono2": dict(dicoms.IDENTITY_WINDOW_12),
+    "mono1": {"photometric": "MONOCHROME1", **dicoms.IDENTITY_WINDOW_12},
     # Signed stored values v - 2048, brought back by the intercept before the window.
     "signed": {"stored": (STORED.astype(np.int16) - 2048).view(np.uint16), "PixelRepresentation": 1,
-               "RescaleSlope": 1, "RescaleIntercept": 2048, **helpers.IDENTITY_WINDOW_12},
+               "RescaleSlope": 1, "RescaleIntercept": 2048, **dicoms.IDENTITY_WINDOW_12},
     # m = 0.5 v - 1000; the window is in modality units: (m - 23.75) / 2047.5 + 0.5 = v / 4095.
     "rescaled": {"RescaleSlope": 0.5, "RescaleIntercept": -1000, "WindowCenter": 24.25, "WindowWidth": 2048.5},
     # Modality LUT Sequence m = 2 v + 100, then a window in its units: (m - 4195) / 8190 + 0.5 = v / 4095.
@@ -61,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # OpenJPH 0.9's tools (the only HTJ2K encoder here) lose signed samples: even ojph_compress then
 # ojph_expand does not give them back. Not a combination that can be made.
 SKIP = {("signed", "jpeg-extended"), ("signed", "jpeg-ls-near-lossless"), ("signed", "htj2k-lossless")}
-CASES = [(variant, syntax) for variant in VARIANTS for syntax in helpers.TRANSFER_SYNTAXES
+CASES = [(variant, syntax) for variant in VARIANTS for syntax in dicoms.TRANSFER_SYNTAXES
          if syntax != "jpeg-baseline" and (variant, syntax) not in SKIP]
 
 
@@ -71,7 +72,7 @@ def _decode(data: bytes, size: tuple[int, int] = NATIVE, **kwargs: Any) -> Decod
 
 def _close(pixels: np.ndarray, expected: np.ndarray, syntax: str) -> None:
     error = np.abs(pixels.astype(np.float64) - expected)
-    if helpers.TRANSFER_SYNTAXES[syntax]:  # lossless: the exact picture, up to float32 rounding
+    if dicoms.TRANSFER_SYNTAXES[syntax]:  # lossless: the exact picture, up to float32 rounding
         assert error.max() < 1e-6, (syntax, error.max())
     else:
         assert error.max() < LOSSY_MAX[syntax], (syntax, error.max())
@@ -83,7 +84,7 @@ def _close(pixels: np.ndarray, expected: np.ndarray, syntax: str) -> None:
 
 @pytest.mark.parametrize(("variant", "syntax"), CASES, ids=[f"{v}-{s}" for v, s in CASES])
 def test_every_transfer_syntax_and_variant_shows_the_source_picture(variant: str, syntax: str) -> None:
-    data = helpers.dicom_bytes(SOURCE, syntax=syntax, **VARIANTS[variant])
+    data = dicoms.dicom_bytes(SOURCE, syntax=syntax, **VARIANTS[variant])
     image = _decode(data)
     assert image.kind == DICOM and image.notes == ()
     _close(image.pixels, EXPECTED, syntax)
@@ -100,7 +101,7 @@ def test_the_value_table_maps_exactly_as_the_arithmetic_per_pixel(variant: str,
     picture, bit for bit, as computing every pixel (the variant tests above take the table at 224x224)."""
     from pydicom.data import get_testdata_file
 
-    cases = [helpers.dicom_bytes(SOURCE, **VARIANTS[variant])]
+    cases = [dicoms.dicom_bytes(SOURCE, **VARIANTS[variant])]
     if variant == "mono2":  # and the real chest CR: 1841x1955, 15 bits, MONOCHROME1, its own window
         cases.append(Path(str(get_testdata_file("RG1_UNCR.dcm"))).read_bytes())
     for data in cases:
@@ -114,66 +115,66 @@ def test_the_value_table_maps_exactly_as_the_arithmetic_per_pixel(variant: str,
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_jpeg_baseline_8bit(photometric: str) -> None:
-    expected = helpers.gray(SOURCE) / 255.0
-    data = helpers.dicom_bytes(SOURCE, syntax="jpeg-baseline", bits=8, photometric=photometric,
-                               **helpers.IDENTITY_WINDOW_8)
+    expected = xrays.gray(SOURCE) / 255.0
+    data = dicoms.dicom_bytes(SOURCE, syntax="jpeg-baseline", bits=8, photometric=photometric,
+                               **dicoms.IDENTITY_WINDOW_8)
     _close(_decode(data).pixels, expected, "jpeg-baseline")
 
 
-@pytest.mark.parametrize("syntax", [s for s in helpers.TRANSFER_SYNTAXES if s != "jpeg-baseline"])
+@pytest.mark.parametrize("syntax", [s for s in dicoms.TRANSFER_SYNTAXES if s != "jpeg-baseline"])
 def test_without_a_window_a_robust_stretch_gives_the_same_picture_in_every_syntax(syntax: str) -> None:
     # The stretch maps the 0.5th and 99.5th percentiles of the stored values onto 0 and 1.
     low, high = np.percentile(STORED, (0.5, 99.5))
     expected = np.clip((STORED - low) / (high - low), 0.0, 1.0)
-    _close(_decode(helpers.dicom_bytes(SOURCE, syntax=syntax)).pixels, expected, syntax)
+    _close(_decode(dicoms.dicom_bytes(SOURCE, syntax=syntax)).pixels, expected, syntax)
 
 
 def test_window_functions() -> None:
     v = STORED.astype(np.float64)
-    exact = _decode(helpers.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=4096,
+    exact = _decode(dicoms.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=4096,
                                         VOILUTFunction="LINEAR_EXACT")).pixels
     np.testing.assert_allclose(exact, np.clip(v / 4096, 0, 1), atol=1e-6)  # (x - c) / w + 0.5
-    sigmoid = _decode(helpers.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=1000,
+    sigmoid = _decode(dicoms.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=1000,
                                           VOILUTFunction="SIGMOID")).pixels
     np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-4 * (v - 2048) / 1000)), atol=1e-6)
     # Several windows: the first one is used.
-    first = _decode(helpers.dicom_bytes(SOURCE, WindowCenter=[2048, 100], WindowWidth=[4096, 10])).pixels
+    first = _decode(dicoms.dicom_bytes(SOURCE, WindowCenter=[2048, 100], WindowWidth=[4096, 10])).pixels
     np.testing.assert_allclose(first, EXPECTED, atol=1e-6)
 
 
 def test_an_unusable_window_falls_back_to_the_stretch_and_says_so() -> None:
-    stretched = _decode(helpers.dicom_bytes(SOURCE)).pixels
-    blank = _decode(helpers.dicom_bytes(SOURCE, WindowCenter=90000, WindowWidth=10))  # far above every value
+    stretched = _decode(dicoms.dicom_bytes(SOURCE)).pixels
+    blank = _decode(dicoms.dicom_bytes(SOURCE, WindowCenter=90000, WindowWidth=10))  # far above every value
     np.testing.assert_array_equal(blank.pixels, stretched)
     assert blank.notes == ("window ignored: it leaves a blank image",)
-    zero_width = _decode(helpers.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=0))
+    zero_width = _decode(dicoms.dicom_bytes(SOURCE, WindowCenter=2048, WindowWidth=0))
     np.testing.assert_array_equal(zero_width.pixels, stretched)
 
 
 def test_bits_stored_masks_what_lies_above() -> None:
     # Bits 12-15 hold something else (an old-style overlay): only the 12 stored bits count.
     dirty = STORED | 0xF000
-    image = _decode(helpers.dicom_bytes(SOURCE, stored=dirty, **helpers.IDENTITY_WINDOW_12))
+    image = _decode(dicoms.dicom_bytes(SOURCE, stored=dirty, **dicoms.IDENTITY_WINDOW_12))
     _close(image.pixels, EXPECTED, "explicit-le")
 
 
 def test_colour_dicom_becomes_gray() -> None:
-    rgb = np.stack([helpers.gray(SOURCE)] * 3, axis=-1)
-    ds = helpers.dicom_dataset(SOURCE, bits=8, stored=rgb[..., 0], photometric="RGB")
+    rgb = np.stack([xrays.gray(SOURCE)] * 3, axis=-1)
+    ds = dicoms.dicom_dataset(SOURCE, bits=8, stored=rgb[..., 0], photometric="RGB")
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.PixelData = rgb.tobytes()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    _close(_decode(out.getvalue()).pixels, helpers.gray(SOURCE) / 255.0, "explicit-le")
+    _close(_decode(out.getvalue()).pixels, xrays.gray(SOURCE) / 255.0, "explicit-le")
 
 
 def test_multi_frame_uses_the_first_frame_and_says_so() -> None:
     frames = np.stack([STORED, 4095 - STORED, STORED // 2])
-    ds = helpers.dicom_dataset(SOURCE, stored=STORED, **helpers.IDENTITY_WINDOW_12)
+    ds = dicoms.dicom_dataset(SOURCE, stored=STORED, **dicoms.IDENTITY_WINDOW_12)
     ds.NumberOfFrames = 3
     ds.PixelData = frames.astype("<u2").tobytes()
     for syntax in ("explicit-le", "rle", "j2k-lossless"):
-        ds_copy = helpers.encode_dataset(copy.deepcopy(ds), syntax)
+        ds_copy = dicoms.encode_dataset(copy.deepcopy(ds), syntax)
         out = io.BytesIO()
         ds_copy.save_as(out, enforce_file_format=True)
         image = _decode(out.getvalue())
@@ -208,7 +209,7 @@ def test_real_chest_cr_in_every_encoding() -> None:
         ds = pydicom.dcmread(io.BytesIO(_testdata("RG1_UNCR.dcm")))
         assert (ds.BitsStored, ds.PhotometricInterpretation) == (15, "MONOCHROME1")
         out = io.BytesIO()
-        pydicom.dcmwrite(out, helpers.encode_dataset(ds, syntax), enforce_file_format=True)
+        pydicom.dcmwrite(out, dicoms.encode_dataset(ds, syntax), enforce_file_format=True)
         np.testing.assert_array_equal(_decode(out.getvalue(), reduced=False).pixels, reference.pixels, err_msg=syntax)
 
     # MONOCHROME1: high stored values are dark, so the decoded picture runs against the stored one.
@@ -290,7 +291,7 @@ def test_real_files_that_are_not_chest_radiographs_are_rejected(name: str, reaso
 ])
 def test_non_image_sop_classes_are_rejected_whatever_the_modality_rules(sop_class: str, modality: str,
                                                                         reason: str) -> None:
-    ds = helpers.dicom_dataset(SOURCE, modality=modality)
+    ds = dicoms.dicom_dataset(SOURCE, modality=modality)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     if modality == "DOC":
         del ds.PixelData
@@ -303,7 +304,7 @@ def test_non_image_sop_classes_are_rejected_whatever_the_modality_rules(sop_clas
 
 
 def test_an_image_without_pixel_data_is_rejected() -> None:
-    ds = helpers.dicom_dataset(SOURCE)
+    ds = dicoms.dicom_dataset(SOURCE)
     del ds.PixelData
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -312,7 +313,7 @@ def test_an_image_without_pixel_data_is_rejected() -> None:
 
 
 def test_allow_lists_are_configurable() -> None:
-    data = helpers.dicom_bytes(SOURCE, modality="CR", body_part="THORAX")
+    data = dicoms.dicom_bytes(SOURCE, modality="CR", body_part="THORAX")
     with pytest.raises(Rejected, match="body part THORAX"):
         _decode(data)
     assert _decode(data, body_parts=frozenset({"CHEST", "THORAX"})).kind == DICOM
@@ -322,14 +323,14 @@ def test_allow_lists_are_configurable() -> None:
 
 def test_triage_decides_from_the_header_before_touching_the_pixels() -> None:
     # The pixel data of these files is garbage: a decoder would fail. The header alone decides.
-    ct = helpers.dicom_dataset(SOURCE, modality="CT", **helpers.IDENTITY_WINDOW_12)
+    ct = dicoms.dicom_dataset(SOURCE, modality="CT", **dicoms.IDENTITY_WINDOW_12)
     ct.PixelData = ct.PixelData[:100]
     out = io.BytesIO()
     ct.save_as(out, enforce_file_format=True)
     with pytest.raises(Rejected, match="modality CT"):
         _decode(out.getvalue())
 
-    bomb = helpers.dicom_dataset(SOURCE)
+    bomb = dicoms.dicom_dataset(SOURCE)
     bomb.Rows = bomb.Columns = 60_000  # 3.6 gigapixels claimed, a few kilobytes present
     out = io.BytesIO()
     bomb.save_as(out, enforce_file_format=True)
@@ -343,7 +344,7 @@ def test_triage_decides_from_the_header_before_touching_the_pixels() -> None:
 
 @pytest.mark.parametrize("syntax", ["jpeg-lossless-sv1", "j2k-lossless"])
 def test_a_codestream_claiming_more_pixels_than_allowed_is_refused_before_decoding(syntax: str) -> None:
-    data = helpers.dicom_bytes(SOURCE, syntax=syntax)
+    data = dicoms.dicom_bytes(SOURCE, syntax=syntax)
     assert _decode(data, max_pixels=224 * 224).kind == DICOM
     import pydicom
 
@@ -391,7 +392,7 @@ def _voi_lut_without_descriptor(ds: Any) -> None:
     (_voi_lut_without_descriptor, "no usable LUT Descriptor"),
 ])
 def test_damaged_values_are_rejected_as_such(damage: Callable[[Any], None], reason: str) -> None:
-    ds = helpers.dicom_dataset(SOURCE)
+    ds = dicoms.dicom_dataset(SOURCE)
     damage(ds)
     with pytest.raises(Rejected, match=reason):
         _decode(_saved(ds))
@@ -399,7 +400,7 @@ def test_damaged_values_are_rejected_as_such(damage: Callable[[Any], None], reas
 
 def test_a_transfer_syntax_uid_with_a_damaged_vr_still_names_the_syntax() -> None:
     # One flipped VR leaves the Transfer Syntax UID as plain text, which has no UID properties.
-    data = _saved(helpers.dicom_dataset(SOURCE, **helpers.IDENTITY_WINDOW_12))
+    data = _saved(dicoms.dicom_dataset(SOURCE, **dicoms.IDENTITY_WINDOW_12))
     marker = b"\x02\x00\x10\x00UI"
     assert data.count(marker) == 1
     image = _decode(data.replace(marker, b"\x02\x00\x10\x00SH"))

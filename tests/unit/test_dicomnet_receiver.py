@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
+from support import dicoms, xrays
 from support.dcmtk import free_port
 
 from pneumoscan.dicomnet import receiver
@@ -25,7 +25,7 @@ def _leftovers(spool: Path) -> list[str]:
 
 
 def test_an_instance_is_written_whole_under_its_uid_and_nothing_else_is_left(tmp_path: Path) -> None:
-    data = helpers.dicom_bytes(helpers.NORMAL_IMAGES[0])
+    data = dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0])
     assert write_instance(tmp_path, UID, data) is True
     target = tmp_path / f"{UID}.dcm"
     assert target.read_bytes() == data
@@ -34,19 +34,19 @@ def test_an_instance_is_written_whole_under_its_uid_and_nothing_else_is_left(tmp
 
 
 def test_a_resent_instance_leaves_the_first_copy_as_it_is_whatever_its_encoding(tmp_path: Path) -> None:
-    first = helpers.dicom_bytes(helpers.NORMAL_IMAGES[0])
+    first = dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0])
     assert write_instance(tmp_path, UID, first) is True
     target = tmp_path / f"{UID}.dcm"
     stamp = target.stat().st_mtime_ns, target.stat().st_ino
     assert write_instance(tmp_path, UID, first) is False  # the same bytes again
-    assert write_instance(tmp_path, UID, helpers.dicom_bytes(helpers.NORMAL_IMAGES[0], syntax="implicit-le")) is False
+    assert write_instance(tmp_path, UID, dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0], syntax="implicit-le")) is False
     assert target.read_bytes() == first
     assert (target.stat().st_mtime_ns, target.stat().st_ino) == stamp
     assert _leftovers(tmp_path) == []
 
 
 def test_two_associations_storing_one_instance_at_once_leave_one_file(tmp_path: Path) -> None:
-    copies = [helpers.dicom_bytes(helpers.NORMAL_IMAGES[0], syntax=s) for s in ("explicit-le", "implicit-le")] * 4
+    copies = [dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0], syntax=s) for s in ("explicit-le", "implicit-le")] * 4
     start = threading.Barrier(len(copies))
     written: list[bool] = []
 
@@ -70,7 +70,7 @@ def test_a_write_that_fails_leaves_no_file_and_no_temporary(tmp_path: Path, monk
 
     monkeypatch.setattr(receiver.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
-        write_instance(tmp_path, UID, helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]))
+        write_instance(tmp_path, UID, dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0]))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,7 +113,7 @@ def _store(scp: Receiver, ds: Any, calling: str = "MODALITY") -> int | None:
 def _dataset(syntax: str = "explicit-le") -> Any:
     import pydicom
 
-    return pydicom.dcmread(io.BytesIO(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0], syntax=syntax)))
+    return pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0], syntax=syntax)))
 
 
 def test_the_scp_stores_as_received_answers_success_and_refuses_other_aes(running: Receiver) -> None:

@@ -51,12 +51,12 @@ def test_render_overlay_on_the_model_input_and_on_a_larger_display(tiny_bundle: 
 
 def test_render_file_decodes_for_the_model_and_scales_the_display_down(settings: Any, tiny_bundle: Any,
                                                                       tmp_path: Any) -> None:
-    import helpers
+    from support import xrays
 
     from pneumoscan.services.heatmaps import render_file
 
     path = tmp_path / "x.png"
-    helpers.write_png(helpers.NORMAL_IMAGES[0], path)
+    xrays.write_png(xrays.NORMAL_IMAGES[0], path)
     data = path.read_bytes()
     policy = settings.decode_policy
     shown = render_file(tiny_bundle, data, policy, display_side=100)

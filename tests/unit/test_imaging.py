@@ -14,6 +14,7 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan.imaging import (
     DICOM,
@@ -30,7 +31,7 @@ from pneumoscan.imaging import (
     patient_ref,
 )
 
-SOURCE = helpers.PNEUMONIA_IMAGES[0]
+SOURCE = xrays.PNEUMONIA_IMAGES[0]
 SIZE = (64, 64)
 
 
@@ -43,18 +44,18 @@ def _head(path: Path) -> bytes:
 
 
 def test_detect_kind_by_content(tmp_path: Path) -> None:
-    jpeg = helpers.write_jpeg(SOURCE, tmp_path / "a.jpeg")
-    png = helpers.write_png(SOURCE, tmp_path / "a.png")
-    dcm = helpers.write_dicom(SOURCE, tmp_path / "a.dcm")
+    jpeg = xrays.write_jpeg(SOURCE, tmp_path / "a.jpeg")
+    png = xrays.write_png(SOURCE, tmp_path / "a.png")
+    dcm = dicoms.write_dicom(SOURCE, tmp_path / "a.dcm")
     assert detect_kind(_head(jpeg)) == JPEG
     assert detect_kind(_head(png)) == PNG
     assert detect_kind(_head(dcm)) == DICOM
 
 
 def test_detect_kind_ignores_the_file_name(tmp_path: Path) -> None:
-    png_named_jpg = helpers.write_png(SOURCE, tmp_path / "really-a-png.jpg")
-    dicom_named_png = helpers.write_dicom(SOURCE, tmp_path / "really-a-dicom.png")
-    jpeg_without_suffix = helpers.write_jpeg(SOURCE, tmp_path / "IMG0001")
+    png_named_jpg = xrays.write_png(SOURCE, tmp_path / "really-a-png.jpg")
+    dicom_named_png = dicoms.write_dicom(SOURCE, tmp_path / "really-a-dicom.png")
+    jpeg_without_suffix = xrays.write_jpeg(SOURCE, tmp_path / "IMG0001")
     assert detect_kind(_head(png_named_jpg)) == PNG
     assert detect_kind(_head(dicom_named_png)) == DICOM
     assert detect_kind(_head(jpeg_without_suffix)) == JPEG
@@ -82,23 +83,23 @@ def test_detect_kind_unknown(head: bytes) -> None:
 @pytest.mark.parametrize("syntax", ["implicit-le", "explicit-le", "explicit-be"])
 def test_dicom_without_preamble_is_read(syntax: str, file_meta: bool) -> None:
     # No 128-byte preamble and no DICM marker: recognised by the opening element, then read.
-    data = helpers.dicom_bytes(SOURCE, syntax=syntax, preamble=False, file_meta=file_meta)
+    data = dicoms.dicom_bytes(SOURCE, syntax=syntax, preamble=False, file_meta=file_meta)
     assert data[128:132] != b"DICM"
     assert detect_kind(data[:132]) == DICOM
-    reference = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.POLICY)
+    reference = decode(dicoms.dicom_bytes(SOURCE), SIZE, helpers.POLICY)
     image = decode(data, SIZE, helpers.POLICY)
     np.testing.assert_array_equal(image.pixels, reference.pixels)
     assert image.dicom is not None and image.dicom.sop_instance_uid is not None
 
 
 def test_looks_complete() -> None:
-    data = helpers.jpeg_bytes(SOURCE)
-    png = helpers.png_bytes(SOURCE)
+    data = xrays.jpeg_bytes(SOURCE)
+    png = xrays.png_bytes(SOURCE)
     assert looks_complete(JPEG, data[-16:])
     assert not looks_complete(JPEG, data[: len(data) // 2][-16:])
     assert looks_complete(PNG, png[-16:])
     assert not looks_complete(PNG, png[:-1][-16:])
-    assert not looks_complete(DICOM, helpers.dicom_bytes(SOURCE)[-16:])
+    assert not looks_complete(DICOM, dicoms.dicom_bytes(SOURCE)[-16:])
     assert not looks_complete(None, data[-16:])
 
 
@@ -116,37 +117,37 @@ def _check_image(image: DecodedImage, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("size", [(64, 64), (224, 224), (100, 80)])
 def test_decode_jpeg_shape_and_range(size: tuple[int, int]) -> None:
-    image = decode(helpers.jpeg_bytes(SOURCE), size, helpers.POLICY)
+    image = decode(xrays.jpeg_bytes(SOURCE), size, helpers.POLICY)
     _check_image(image, size)
     assert image.kind == JPEG
     assert image.dicom is None
 
 
 def test_decode_jpeg_matches_pillow_at_native_size() -> None:
-    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.jpeg_bytes(SOURCE), reference.shape, helpers.POLICY)
+    reference = xrays.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(xrays.jpeg_bytes(SOURCE), reference.shape, helpers.POLICY)
     # draft("L") takes the JPEG's own luma plane, Pillow's convert("L") recomputes it from RGB.
     assert np.abs(image.pixels - reference).mean() < 0.01
     assert np.abs(image.pixels - reference).max() < 0.05
 
 
 def test_decode_png_8bit_is_exact() -> None:
-    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.png_bytes(SOURCE, "L"), reference.shape, helpers.POLICY)
+    reference = xrays.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(xrays.png_bytes(SOURCE, "L"), reference.shape, helpers.POLICY)
     assert image.kind == PNG
     np.testing.assert_allclose(image.pixels, reference, atol=1e-6)
 
 
 def test_decode_png_rgb_is_gray() -> None:
-    reference = helpers.gray(SOURCE).astype(np.float32) / 255.0
-    image = decode(helpers.png_bytes(SOURCE, "RGB"), reference.shape, helpers.POLICY)
+    reference = xrays.gray(SOURCE).astype(np.float32) / 255.0
+    image = decode(xrays.png_bytes(SOURCE, "RGB"), reference.shape, helpers.POLICY)
     np.testing.assert_allclose(image.pixels, reference, atol=1.5 / 255)
 
 
 def test_decode_png_16bit_is_min_max_normalized() -> None:
-    values = helpers.gray(SOURCE).astype(np.float64) * 257
+    values = xrays.gray(SOURCE).astype(np.float64) * 257
     expected = (values - values.min()) / (values.max() - values.min())
-    image = decode(helpers.png_bytes(SOURCE, "I;16"), values.shape, helpers.POLICY)
+    image = decode(xrays.png_bytes(SOURCE, "I;16"), values.shape, helpers.POLICY)
     assert image.kind == PNG
     np.testing.assert_allclose(image.pixels, expected, atol=1e-5)
 
@@ -167,7 +168,7 @@ def test_decode_resizes_without_transposing() -> None:
 
 
 def test_decode_dicom_shape_range_and_metadata() -> None:
-    ds = helpers.dicom_dataset(SOURCE)
+    ds = dicoms.dicom_dataset(SOURCE)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     image = decode(out.getvalue(), SIZE, helpers.policy(salt=b"pepper"))
@@ -181,42 +182,42 @@ def test_decode_dicom_shape_range_and_metadata() -> None:
     assert (meta.modality, meta.body_part, meta.view_position, meta.study_date) == ("DX", "CHEST", "AP", "20240315")
     assert meta.patient_ref is not None and len(meta.patient_ref) == 64
     int(meta.patient_ref, 16)  # hex
-    assert helpers.PATIENT_ID not in meta.patient_ref
+    assert dicoms.PATIENT_ID not in meta.patient_ref
     # Nothing identifying is carried at all: no field holds the name, ID or birth date.
     values = [str(getattr(meta, f.name)) for f in fields(DicomMeta)]
-    for secret in (helpers.PATIENT_ID, helpers.PATIENT_NAME, "Doe", helpers.PATIENT_BIRTH_DATE):
+    for secret in (dicoms.PATIENT_ID, dicoms.PATIENT_NAME, "Doe", dicoms.PATIENT_BIRTH_DATE):
         assert not any(secret in v for v in values)
 
 
 def test_patient_ref_is_salted_and_stable() -> None:
-    a = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"one")).dicom
-    b = decode(helpers.dicom_bytes(helpers.NORMAL_IMAGES[0]), SIZE, helpers.policy(salt=b"one")).dicom
-    c = decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"two")).dicom
-    d = decode(helpers.dicom_bytes(SOURCE, patient_id="OTHER9"), SIZE, helpers.policy(salt=b"one")).dicom
+    a = decode(dicoms.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"one")).dicom
+    b = decode(dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0]), SIZE, helpers.policy(salt=b"one")).dicom
+    c = decode(dicoms.dicom_bytes(SOURCE), SIZE, helpers.policy(salt=b"two")).dicom
+    d = decode(dicoms.dicom_bytes(SOURCE, patient_id="OTHER9"), SIZE, helpers.policy(salt=b"one")).dicom
     assert a is not None and b is not None and c is not None and d is not None
     assert a.patient_ref == b.patient_ref  # same patient, different studies: linkable
     assert a.patient_ref != c.patient_ref  # another salt: not linkable across installs
     assert a.patient_ref != d.patient_ref  # another patient
-    assert a.patient_ref == patient_ref(helpers.PATIENT_ID, b"one")
+    assert a.patient_ref == patient_ref(dicoms.PATIENT_ID, b"one")
 
 
 def test_decode_dicom_follows_the_picture() -> None:
     # The DICOM was made from the JPEG: decoded, they must show the same picture.
     size = (224, 224)
-    from_jpeg = decode(helpers.jpeg_bytes(SOURCE), size, helpers.POLICY).pixels
-    from_dicom = decode(helpers.dicom_bytes(SOURCE), size, helpers.POLICY).pixels
+    from_jpeg = decode(xrays.jpeg_bytes(SOURCE), size, helpers.POLICY).pixels
+    from_dicom = decode(dicoms.dicom_bytes(SOURCE), size, helpers.POLICY).pixels
     assert np.corrcoef(from_jpeg.ravel(), from_dicom.ravel())[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("size", [(224, 224), (64, 64)])
 def test_monochrome1_is_inverted(size: tuple[int, int]) -> None:
-    mono2 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME2"), size, helpers.POLICY).pixels
-    mono1 = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1"), size, helpers.POLICY).pixels
+    mono2 = decode(dicoms.dicom_bytes(SOURCE, photometric="MONOCHROME2"), size, helpers.POLICY).pixels
+    mono1 = decode(dicoms.dicom_bytes(SOURCE, photometric="MONOCHROME1"), size, helpers.POLICY).pixels
     # Stored values are inverted (4095 - v) and the decoder inverts them back: same picture.
     np.testing.assert_allclose(mono1, mono2, atol=1e-4)
     # Read the other way round: the same stored values labelled MONOCHROME1 give ~1 - x.
-    stored = helpers.twelve_bit(SOURCE)
-    relabelled = decode(helpers.dicom_bytes(SOURCE, photometric="MONOCHROME1", stored=stored), size,
+    stored = xrays.twelve_bit(SOURCE)
+    relabelled = decode(dicoms.dicom_bytes(SOURCE, photometric="MONOCHROME1", stored=stored), size,
                         helpers.POLICY).pixels
     np.testing.assert_allclose(relabelled, 1.0 - mono2, atol=1e-4)
 
@@ -224,7 +225,7 @@ def test_monochrome1_is_inverted(size: tuple[int, int]) -> None:
 def test_rescale_slope_and_intercept_feed_the_window() -> None:
     # Stored v in 0..4095; modality values m = 2 v - 1000. The window is given in modality units,
     # so it only lands where intended when the rescale is applied first.
-    v = helpers.twelve_bit(SOURCE).astype(np.float64)
+    v = xrays.twelve_bit(SOURCE).astype(np.float64)
     slope, intercept, center, width = 2.0, -1000.0, 3000.0, 4000.0
     m = slope * v + intercept
     # DICOM PS3.3 C.11.2.1.2.1 linear window, then the decoder's min-max stretch.
@@ -232,7 +233,7 @@ def test_rescale_slope_and_intercept_feed_the_window() -> None:
     expected = (expected - expected.min()) / (expected.max() - expected.min())
     assert 0.01 < (expected == 0).mean() < 0.9 and 0.01 < (expected == 1).mean() < 0.9  # both ends clip
 
-    data = helpers.dicom_bytes(SOURCE, RescaleSlope=slope, RescaleIntercept=intercept,
+    data = dicoms.dicom_bytes(SOURCE, RescaleSlope=slope, RescaleIntercept=intercept,
                                WindowCenter=center, WindowWidth=width)
     pixels = decode(data, v.shape, helpers.POLICY).pixels
     np.testing.assert_allclose(pixels, expected, atol=1e-3)
@@ -244,8 +245,8 @@ def test_rescale_slope_and_intercept_feed_the_window() -> None:
 
 
 def test_rescale_without_window_keeps_the_picture() -> None:
-    plain = decode(helpers.dicom_bytes(SOURCE), (224, 224), helpers.POLICY).pixels
-    rescaled = decode(helpers.dicom_bytes(SOURCE, RescaleSlope=0.5, RescaleIntercept=-1024.0), (224, 224),
+    plain = decode(dicoms.dicom_bytes(SOURCE), (224, 224), helpers.POLICY).pixels
+    rescaled = decode(dicoms.dicom_bytes(SOURCE, RescaleSlope=0.5, RescaleIntercept=-1024.0), (224, 224),
                       helpers.POLICY).pixels
     np.testing.assert_allclose(rescaled, plain, atol=1e-4)
 
@@ -264,9 +265,9 @@ def test_real_pydicom_ct_file_is_rejected_by_modality() -> None:
 
 def test_dicom_body_part_rules() -> None:
     with pytest.raises(Rejected, match="body part HAND"):
-        decode(helpers.dicom_bytes(SOURCE, body_part="HAND"), SIZE, helpers.POLICY)
+        decode(dicoms.dicom_bytes(SOURCE, body_part="HAND"), SIZE, helpers.POLICY)
     # An absent BodyPartExamined is accepted.
-    assert decode(helpers.dicom_bytes(SOURCE, body_part=None), SIZE, helpers.POLICY).kind == DICOM
+    assert decode(dicoms.dicom_bytes(SOURCE, body_part=None), SIZE, helpers.POLICY).kind == DICOM
 
 
 # --- decode: rejections --------------------------------------------------------------------------
@@ -290,20 +291,20 @@ def test_rejects_jpeg_magic_followed_by_garbage() -> None:
 
 @pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
 def test_rejects_truncated_jpeg(fraction: float) -> None:
-    data = helpers.jpeg_bytes(SOURCE)
+    data = xrays.jpeg_bytes(SOURCE)
     with pytest.raises(Rejected, match="truncated JPEG"):
         decode(data[: int(len(data) * fraction)], SIZE, helpers.POLICY)
 
 
 def test_rejects_truncated_png() -> None:
-    data = helpers.png_bytes(SOURCE)
+    data = xrays.png_bytes(SOURCE)
     with pytest.raises(Rejected, match="truncated PNG"):
         decode(data[: len(data) // 2], SIZE, helpers.POLICY)
 
 
 @pytest.mark.parametrize("cut", [200, 2000, -5000])
 def test_rejects_truncated_dicom(cut: int) -> None:
-    data = helpers.dicom_bytes(SOURCE)
+    data = dicoms.dicom_bytes(SOURCE)
     with pytest.raises(Rejected, match="DICOM"):
         decode(data[:cut], SIZE, helpers.POLICY)
 
@@ -311,15 +312,15 @@ def test_rejects_truncated_dicom(cut: int) -> None:
 def test_rejects_blank_dicom() -> None:
     flat = np.full((64, 64), 1000, np.uint16)
     with pytest.raises(Rejected, match="blank"):
-        decode(helpers.dicom_bytes(SOURCE, stored=flat), SIZE, helpers.POLICY)
+        decode(dicoms.dicom_bytes(SOURCE, stored=flat), SIZE, helpers.POLICY)
 
 
 def test_rejects_too_many_pixels() -> None:
     with pytest.raises(Rejected, match="too large"):
-        decode(helpers.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
+        decode(xrays.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
     with pytest.raises(Rejected, match="too large"):
-        decode(helpers.dicom_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
-    assert decode(helpers.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224)).kind == JPEG
+        decode(dicoms.dicom_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224 - 1))
+    assert decode(xrays.jpeg_bytes(SOURCE), SIZE, helpers.policy(max_pixels=224 * 224)).kind == JPEG
 
 
 # --- decode: more raster formats and bad input --------------------------------------------------
@@ -331,7 +332,7 @@ def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     return out.getvalue()
 
 
-GRAY = helpers.gray(SOURCE)
+GRAY = xrays.gray(SOURCE)
 RGB = Image.fromarray(np.stack([GRAY] * 3, axis=-1), mode="RGB")
 
 
@@ -377,7 +378,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def _jpeg_claiming(width: int, height: int) -> bytes:
-    data = bytearray(helpers.jpeg_bytes(SOURCE))
+    data = bytearray(xrays.jpeg_bytes(SOURCE))
     sof = data.find(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -397,6 +398,7 @@ _BUFFERS = """
 import ctypes, resource, sys
 sys.path.insert(0, {tests!r})
 import helpers
+from support import dicoms, xrays
 import numpy as np
 from pneumoscan.imaging import decode, keep_large_buffers
 
@@ -413,9 +415,9 @@ for _ in range(3):
     block = np.ones(48 << 20, np.uint8)
     mapped.append(libc.mallinfo2().hblkhd >= 48 << 20)
     del block
-stored = np.tile(helpers.twelve_bit(helpers.PNEUMONIA_IMAGES[0]), (8, 9))[:1700, :2000]
-data = helpers.dicom_bytes(helpers.PNEUMONIA_IMAGES[0], stored=np.ascontiguousarray(stored),
-                           **helpers.IDENTITY_WINDOW_12)
+stored = np.tile(xrays.twelve_bit(xrays.PNEUMONIA_IMAGES[0]), (8, 9))[:1700, :2000]
+data = dicoms.dicom_bytes(xrays.PNEUMONIA_IMAGES[0], stored=np.ascontiguousarray(stored),
+                           **dicoms.IDENTITY_WINDOW_12)
 decode(data, (224, 224), helpers.POLICY)  # the first decode maps the buffers in either way
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):

@@ -11,11 +11,12 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from support import dicoms, xrays
 
 from pneumoscan import imaging
 from pneumoscan.imaging import DICOM, Rejected, decode
 
-SOURCE = helpers.PNEUMONIA_IMAGES[0]
+SOURCE = xrays.PNEUMONIA_IMAGES[0]
 MODEL = (224, 224)
 ANY = frozenset[str]()
 
@@ -32,8 +33,8 @@ def _upscaled(source: Path, width: int, height: int, bits: int = 12) -> np.ndarr
 @pytest.fixture(scope="module")
 def large() -> bytes:
     """2000x1700, 16 bits allocated and 12 stored, JPEG 2000 lossless, identity window."""
-    return helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=_upscaled(SOURCE, 2000, 1700),
-                               **helpers.IDENTITY_WINDOW_12)
+    return dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=_upscaled(SOURCE, 2000, 1700),
+                               **dicoms.IDENTITY_WINDOW_12)
 
 
 class _Calls:
@@ -95,8 +96,8 @@ def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
 def test_the_reduced_decode_is_given_the_full_decodes_blur(syntax: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The wavelet's low-pass (5/3 lossless: a little sharp; 9/7 lossy: a little smooth) is evened out
     by a 3-tap filter of the computed weight: closer to the full decode than without it."""
-    data = helpers.dicom_bytes(SOURCE, syntax=syntax, stored=_upscaled(SOURCE, 2000, 1700),
-                               **helpers.IDENTITY_WINDOW_12)
+    data = dicoms.dicom_bytes(SOURCE, syntax=syntax, stored=_upscaled(SOURCE, 2000, 1700),
+                               **dicoms.IDENTITY_WINDOW_12)
     header = imaging._j2k_header(_frame(data)[1])
     assert header is not None and header.reversible == (syntax == "j2k-lossless")
     weight = imaging._spread_weight(header, 2)
@@ -112,7 +113,7 @@ def test_the_reduced_decode_is_given_the_full_decodes_blur(syntax: str, monkeypa
 def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls]) -> None:
     """HTJ2K (OpenJPH's encoder; Pillow's OpenJPEG decodes it) takes the same reduced path, losslessly stored."""
     stored = _upscaled(SOURCE, 2000, 1700)
-    data = helpers.dicom_bytes(SOURCE, syntax="htj2k-lossless", stored=stored, **helpers.IDENTITY_WINDOW_12)
+    data = dicoms.dicom_bytes(SOURCE, syntax="htj2k-lossless", stored=stored, **dicoms.IDENTITY_WINDOW_12)
     ds, frame = _frame(data)
     assert str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.201"  # HTJ2K lossless
     header = imaging._j2k_header(frame)
@@ -141,13 +142,13 @@ def test_the_size_limits_still_hold(large: bytes) -> None:
 
 # Each variant stores the same picture differently; all must show it, reduced as in full.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "mono2": dict(helpers.IDENTITY_WINDOW_12),
-    "mono1": {"photometric": "MONOCHROME1", **helpers.IDENTITY_WINDOW_12},
+    "mono2": dict(dicoms.IDENTITY_WINDOW_12),
+    "mono1": {"photometric": "MONOCHROME1", **dicoms.IDENTITY_WINDOW_12},
     # m = 0.5 v - 1000, and a window in modality units that gives v / 4095 (as in test_dicom).
     "rescaled": {"RescaleSlope": 0.5, "RescaleIntercept": -1000, "WindowCenter": 24.25, "WindowWidth": 2048.5},
     # Signed stored values v - 2048, brought back by the intercept.
     "signed": {"signed": True, "PixelRepresentation": 1, "RescaleSlope": 1, "RescaleIntercept": 2048,
-               **helpers.IDENTITY_WINDOW_12},
+               **dicoms.IDENTITY_WINDOW_12},
     "stretched": {},  # no window: the robust stretch
 }
 
@@ -159,7 +160,7 @@ def _variant(name: str) -> bytes:
         stored = (stored.astype(np.int16) - 2048).view(np.uint16)
     elif options.get("photometric") == "MONOCHROME1":
         stored = 4095 - stored
-    return helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=stored, **options)
+    return dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless", stored=stored, **options)
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +180,12 @@ def test_monochrome1_rescale_window_and_sign_apply_as_before(
     error = np.abs(image.astype(np.float64) - _full(variants[name], MODEL))
     assert error.mean() < 0.005, error.mean()  # measured 0.0012 (0.0019 stretched)
     # Dark lungs stay dark: MONOCHROME1 was inverted, not shown as a negative.
-    assert np.corrcoef(image.ravel(), helpers.gray(SOURCE).ravel())[0, 1] > 0.95
+    assert np.corrcoef(image.ravel(), xrays.gray(SOURCE).ravel())[0, 1] > 0.95
 
 
 def test_eight_bit(calls: type[_Calls]) -> None:
-    data = helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8, stored=_upscaled(SOURCE, 896, 1000, bits=8),
-                               **helpers.IDENTITY_WINDOW_8)
+    data = dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8, stored=_upscaled(SOURCE, 896, 1000, bits=8),
+                               **dicoms.IDENTITY_WINDOW_8)
     image = decode(data, MODEL, helpers.POLICY).pixels
     assert calls.full == 0, "the reduced path was not taken"
     error = np.abs(image.astype(np.float64) - _full(data, MODEL))
@@ -213,7 +214,7 @@ def test_the_stored_values_are_pydicoms(name: str, large: bytes, variants: dict[
         data = Path(str(get_testdata_file(name))).read_bytes()
     else:
         data = {"large": large, "signed": variants["signed"],
-                "8-bit": helpers.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8)}[name]
+                "8-bit": dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8)}[name]
     ds, frame = _frame(data)
     header = imaging._j2k_header(frame)
     assert header is not None
@@ -263,16 +264,16 @@ def test_any_failure_of_the_reduced_path_falls_back_to_the_full_decode(
 
 def test_small_images_and_other_syntaxes_take_the_full_decode(calls: type[_Calls]) -> None:
     # 224x224 for the model: no resolution level to drop.
-    decode(helpers.dicom_bytes(SOURCE, syntax="j2k-lossless"), MODEL, helpers.POLICY)
+    decode(dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless"), MODEL, helpers.POLICY)
     assert calls.full == 1
-    decode(helpers.dicom_bytes(SOURCE, syntax="jpeg-ls-lossless"), (112, 112), helpers.POLICY)
+    decode(dicoms.dicom_bytes(SOURCE, syntax="jpeg-ls-lossless"), (112, 112), helpers.POLICY)
     assert calls.full == 2
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_jpeg_baseline_decodes_with_dct_scaling_close_to_the_full_decode(
         photometric: str, calls: type[_Calls]) -> None:
-    data = helpers.dicom_bytes(SOURCE, syntax="jpeg-baseline", bits=8, photometric=photometric,
+    data = dicoms.dicom_bytes(SOURCE, syntax="jpeg-baseline", bits=8, photometric=photometric,
                                stored=_upscaled(SOURCE, 2000, 1700, bits=8))
     image = decode(data, MODEL, helpers.POLICY)
     assert calls.full == 0, "the DCT-scaled path was not taken"

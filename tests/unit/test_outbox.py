@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import helpers
+from support import xrays
 
 from pneumoscan.db import outbox
 from pneumoscan.db.schema import QueuedFile
@@ -41,7 +41,7 @@ def test_sending_again_counts_an_attempt_and_restarts_the_clock(sessions: Any) -
 
 def test_the_pipeline_settles_handed_over_files_in_the_transaction_that_stores_them(
         tmp_path: Path, sessions: Any, settings: Any, tiny_bundle: Any) -> None:
-    good = helpers.distinct_pngs(tmp_path / "in", 3)
+    good = xrays.distinct_pngs(tmp_path / "in", 3)
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     waiting = tmp_path / "in" / "not-yet.png"

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-import helpers
 import pytest
+from support import dicoms, xrays
 
 from pneumoscan.scheduler.watcher import ReadinessTracker, ScanEvent, is_ignored, iter_files
 
@@ -91,7 +91,7 @@ def _append(path: Path, data: bytes) -> None:
 
 
 def test_unchanged_file_is_ready_after_the_quiet_period(tmp_path: Path, clock: FakeClock) -> None:
-    path = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
+    path = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
     tracker = ReadinessTracker(1.0, clock=clock)
     tracker.observe(ScanEvent(str(path)))
     assert len(tracker) == 1
@@ -138,7 +138,7 @@ def test_a_change_seen_only_by_polling_restarts_the_quiet_period(tmp_path: Path,
 
 
 def test_a_file_at_rest_at_start_up_is_ready_at_once(tmp_path: Path, clock: FakeClock) -> None:
-    path = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / "old.jpeg")
+    path = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / "old.jpeg")
     an_hour_ago = time.time_ns() - 3600 * 10**9
     os.utime(path, ns=(an_hour_ago, an_hour_ago))
     tracker = ReadinessTracker(5.0, clock=clock)
@@ -147,14 +147,14 @@ def test_a_file_at_rest_at_start_up_is_ready_at_once(tmp_path: Path, clock: Fake
 
 
 def test_close_write_of_a_complete_jpeg_is_ready_at_once(tmp_path: Path, clock: FakeClock) -> None:
-    path = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
+    path = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
     tracker = ReadinessTracker(60.0, clock=clock)
     tracker.observe(ScanEvent(str(path), closed=True))
     assert tracker.ready() == [str(path)]
 
 
 def test_close_write_of_a_partial_jpeg_waits_for_the_quiet_period(tmp_path: Path, clock: FakeClock) -> None:
-    data = helpers.jpeg_bytes(helpers.NORMAL_IMAGES[0])
+    data = xrays.jpeg_bytes(xrays.NORMAL_IMAGES[0])
     path = tmp_path / "a.jpeg"
     path.write_bytes(data[: len(data) // 2])  # the writer closed between chunks
     tracker = ReadinessTracker(1.0, clock=clock)
@@ -170,7 +170,7 @@ def test_close_write_of_a_partial_jpeg_waits_for_the_quiet_period(tmp_path: Path
 
 def test_close_write_of_a_dicom_still_waits(tmp_path: Path, clock: FakeClock) -> None:
     # DICOM has no end marker, so a close event alone proves nothing.
-    path = helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / "a.dcm")
+    path = dicoms.write_dicom(xrays.NORMAL_IMAGES[0], tmp_path / "a.dcm")
     tracker = ReadinessTracker(1.0, clock=clock)
     tracker.observe(ScanEvent(str(path), closed=True))
     assert tracker.ready() == []
@@ -179,7 +179,7 @@ def test_close_write_of_a_dicom_still_waits(tmp_path: Path, clock: FakeClock) ->
 
 
 def test_a_vanished_file_is_dropped(tmp_path: Path, clock: FakeClock) -> None:
-    path = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
+    path = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
     tracker = ReadinessTracker(1.0, clock=clock)
     tracker.observe(ScanEvent(str(path)))
     path.unlink()
@@ -191,7 +191,7 @@ def test_a_vanished_file_is_dropped(tmp_path: Path, clock: FakeClock) -> None:
 
 
 def test_a_file_rewritten_after_hand_over_is_handed_over_again(tmp_path: Path, clock: FakeClock) -> None:
-    path = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
+    path = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / "a.jpeg")
     tracker = ReadinessTracker(1.0, clock=clock)
     tracker.observe(ScanEvent(str(path)))
     clock.now = 1.0
@@ -200,7 +200,7 @@ def test_a_file_rewritten_after_hand_over_is_handed_over_again(tmp_path: Path, c
     tracker.observe(ScanEvent(str(path)))
     assert len(tracker) == 0
     # ... but new content is.
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[1], path)
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[1], path)
     clock.now = 2.0
     tracker.observe(ScanEvent(str(path)))
     assert tracker.ready() == []
@@ -236,7 +236,7 @@ def test_a_rename_into_place_counts_as_the_writer_being_done(tmp_path: Path) -> 
 
 
 def test_a_complete_jpeg_renamed_in_with_a_fresh_mtime_is_ready_at_once(tmp_path: Path, clock: FakeClock) -> None:
-    staged = helpers.write_jpeg(helpers.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.jpeg")
+    staged = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.jpeg")
     path = tmp_path / "a.jpeg"
     os.rename(staged, path)
     tracker = ReadinessTracker(60.0, clock=clock)
@@ -245,7 +245,7 @@ def test_a_complete_jpeg_renamed_in_with_a_fresh_mtime_is_ready_at_once(tmp_path
 
 
 def test_a_truncated_jpeg_renamed_in_waits_for_the_quiet_period(tmp_path: Path, clock: FakeClock) -> None:
-    data = helpers.jpeg_bytes(helpers.NORMAL_IMAGES[0])
+    data = xrays.jpeg_bytes(xrays.NORMAL_IMAGES[0])
     staged = tmp_path / ".incoming" / "a.jpeg"
     staged.parent.mkdir()
     staged.write_bytes(data[: len(data) * 2 // 3])  # renamed before the writer finished
@@ -261,7 +261,7 @@ def test_a_truncated_jpeg_renamed_in_waits_for_the_quiet_period(tmp_path: Path, 
 
 
 def test_a_dicom_renamed_in_still_waits(tmp_path: Path, clock: FakeClock) -> None:
-    staged = helpers.write_dicom(helpers.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.dcm")
+    staged = dicoms.write_dicom(xrays.NORMAL_IMAGES[0], tmp_path / ".incoming" / "a.dcm")
     path = tmp_path / "a.dcm"
     os.rename(staged, path)
     tracker = ReadinessTracker(1.0, clock=clock)

@@ -12,9 +12,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import helpers
 import pytest
 from sqlalchemy import select, text
+from support import dicoms, xrays
 from web_support import PASSWORD, Site, build_site, csrf_of, login
 
 from pneumoscan.db.schema import ApiToken, Review, User
@@ -458,7 +458,7 @@ def test_image_and_heatmap_render_by_id_and_a_second_view_comes_from_the_cache(s
 def test_a_file_gone_or_changed_on_disk_gives_a_clear_404_never_another_picture(site: Site, reviewer: Any) -> None:
     gone, changed = site.ids["n0.png"], site.ids["p0.png"]
     site.paths["n0.png"].unlink()
-    helpers.write_png(helpers.NORMAL_IMAGES[3], site.paths["p0.png"])  # other content, same path
+    xrays.write_png(xrays.NORMAL_IMAGES[3], site.paths["p0.png"])  # other content, same path
     for image_id in (gone, changed):
         response = reviewer.get(f"/api/images/{image_id}/image.png")
         assert response.status_code == 404
@@ -472,7 +472,7 @@ def test_a_copy_elsewhere_is_shown_when_the_stored_path_is_gone(site: Site, revi
     from pneumoscan.pipeline import classify_paths
 
     copy = tmp_path / "copy" / "n1-again.jpeg"
-    helpers.write_jpeg(helpers.NORMAL_IMAGES[1], copy)
+    xrays.write_jpeg(xrays.NORMAL_IMAGES[1], copy)
     bundle = site.app.state.renderer.bundle()
     classify_paths([str(copy)], bundle=bundle, sessions=site.db, settings=site.settings)
     site.paths["n1.jpeg"].unlink()
@@ -484,8 +484,8 @@ def test_the_image_page_shows_what_the_database_holds_and_no_patient_identity(si
     page = reviewer.get(f"/images/{image_id}").text
     detail = reviewer.get(f"/api/images/{image_id}").json()
     for text_ in (page, str(detail)):
-        assert helpers.PATIENT_NAME not in text_ and "Doe" not in text_ and helpers.PATIENT_BIRTH_DATE not in text_
-        assert helpers.PATIENT_ID not in text_.replace(detail["dicom"]["patient_ref"], "")
+        assert dicoms.PATIENT_NAME not in text_ and "Doe" not in text_ and dicoms.PATIENT_BIRTH_DATE not in text_
+        assert dicoms.PATIENT_ID not in text_.replace(detail["dicom"]["patient_ref"], "")
     assert detail["dicom"]["modality"] and detail["dicom"]["patient_ref"] and len(detail["dicom"]["patient_ref"]) == 64
     assert detail["dicom"]["sop_instance_uid"] in page and detail["sha256"] in page
     assert [p["path"] for p in detail["paths"]] == [str(site.paths["d0.dcm"].resolve())]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import helpers
+from support import dicoms, xrays
 
 PASSWORD = "a-long-enough-password"
 
@@ -59,11 +59,11 @@ def build_site(settings: Any, sessions: Any, bundle: Any, folder: Path) -> Site:
     from pneumoscan.web.app import create_app
 
     files = {
-        "n0.png": helpers.write_png(helpers.NORMAL_IMAGES[0], folder / "n0.png"),
-        "n1.jpeg": helpers.write_jpeg(helpers.NORMAL_IMAGES[1], folder / "n1.jpeg"),
-        "p0.png": helpers.write_png(helpers.PNEUMONIA_IMAGES[0], folder / "p0.png"),
-        "p1.jpeg": helpers.write_jpeg(helpers.PNEUMONIA_IMAGES[1], folder / "p1.jpeg"),
-        "d0.dcm": helpers.write_dicom(helpers.PNEUMONIA_IMAGES[2], folder / "d0.dcm"),
+        "n0.png": xrays.write_png(xrays.NORMAL_IMAGES[0], folder / "n0.png"),
+        "n1.jpeg": xrays.write_jpeg(xrays.NORMAL_IMAGES[1], folder / "n1.jpeg"),
+        "p0.png": xrays.write_png(xrays.PNEUMONIA_IMAGES[0], folder / "p0.png"),
+        "p1.jpeg": xrays.write_jpeg(xrays.PNEUMONIA_IMAGES[1], folder / "p1.jpeg"),
+        "d0.dcm": dicoms.write_dicom(xrays.PNEUMONIA_IMAGES[2], folder / "d0.dcm"),
         "bad.png": folder / "bad.png",
     }
     files["bad.png"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)

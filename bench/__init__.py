@@ -1,0 +1,1 @@
+"""pneumoscan's benchmarks, not tests: run each from the repository root as ``python -m bench.NAME``."""
