@@ -24,7 +24,8 @@ from bench.common import DATASET, RESULTS_DIR, decode_policy
 from pneumoscan.models import metrics
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
 from pneumoscan.models.dataset import labels_of, list_split, load_images, train_validation
-from pneumoscan.models.train import TrainConfig, train
+from pneumoscan.models.recipe import TrainConfig
+from pneumoscan.models.train import train
 
 RECIPES = {
     "baseline": {},

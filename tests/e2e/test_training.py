@@ -84,7 +84,8 @@ def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Pa
 
 
 def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path: Path) -> None:
-    from pneumoscan.models.train import TrainConfig, train
+    from pneumoscan.models.recipe import TrainConfig
+    from pneumoscan.models.train import train
 
     config = TrainConfig("tiny", input_size=64, epochs=3, batch_size=8, val_fraction=0.3, version="resumed")
     out = tmp_path / "bundle"
@@ -203,7 +204,8 @@ def test_fine_tuning_starts_from_the_init_bundle_weights(trained: Path, data_dir
     import keras
 
     import pneumoscan.models.layers  # noqa: F401  (registers the custom layers for loading)
-    from pneumoscan.models.train import TrainConfig, _initial_model
+    from pneumoscan.models.recipe import TrainConfig
+    from pneumoscan.models.train import _initial_model
 
     start = keras.models.load_model(trained / "model.keras", compile=False)
     config = TrainConfig("tiny", input_size=64, init=str(trained))
@@ -225,7 +227,8 @@ def test_fine_tuning_from_a_mismatched_bundle_is_a_clear_error(trained: Path, da
 @pytest.fixture(scope="module")
 def members(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two more tiny bundles on the same validation split: one at the fixture's 64 px, one at 48 px."""
-    from pneumoscan.models.train import TrainConfig, train
+    from pneumoscan.models.recipe import TrainConfig
+    from pneumoscan.models.train import train
 
     root = tmp_path_factory.mktemp("members")
     out = {}
@@ -291,7 +294,8 @@ def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
 
 def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Path, data_dir: Path,
                                                                     tmp_path: Path) -> None:
-    from pneumoscan.models.train import TrainConfig, train
+    from pneumoscan.models.recipe import TrainConfig
+    from pneumoscan.models.train import train
 
     other = train(data_dir, tmp_path / "other", TrainConfig("tiny", input_size=64, epochs=1, batch_size=8,
                                                              val_fraction=0.3, seed=1), helpers.POLICY).path
