@@ -7,12 +7,15 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+# argon2 parameters of new password hashes, by argon2-cffi profile (db.users maps each to its parameters).
+PasswordHashing = Literal["rfc9106-low-memory", "rfc9106-high-memory", "cheapest"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class Settings(BaseSettings):
                                    "unset: random per install, kept in data_dir.")
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Web sessions expire this many "
                                  "hours after sign-in.")
+    password_hashing: PasswordHashing = Field(
+        default="rfc9106-low-memory", description="argon2 parameters of new password hashes, by argon2-cffi "
+        "profile: RFC 9106's low-memory or high-memory choice, or cheapest (for tests only: no protection).")
     secure_cookies: bool = Field(default=False, description="Send the session cookie over HTTPS only; set it "
                                  "when the app is served behind a TLS reverse proxy.")
     dicom_port: int | None = Field(default=None, ge=1, le=65535, description="Port of the DICOM receiver (C-STORE "

@@ -118,10 +118,12 @@ def _password(prompt: bool) -> str:
 @_friendly
 def users_add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
     """Add a user (passwords are kept only as argon2 hashes)."""
-    from pneumoscan.db.users import add_user
+    from pneumoscan.db.users import add_user, use_password_hashing
 
     password = _password(password_stdin)
-    with _database(_settings(ctx)).begin() as session:
+    settings = _settings(ctx)
+    use_password_hashing(settings.password_hashing)
+    with _database(settings).begin() as session:
         account = add_user(session, name, role, password)
     click.echo(f"added {account.role} {account.name}")
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from pneumoscan.config import PasswordHashing
 from pneumoscan.db.schema import ApiToken, User, utcnow
 from pneumoscan.domain import ROLES
 
@@ -23,9 +25,38 @@ MIN_PASSWORD = 10
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TOKEN_PREFIX = "psk_"
 
-_hasher = PasswordHasher()
-# Verified against when the name is unknown, so that a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+# Settings.password_hashing -> argon2-cffi's parameters. A hash records its own parameters, so any hash
+# verifies under any profile, and a sign-in rehashes one made under another.
+PROFILES = {"rfc9106-low-memory": profiles.RFC_9106_LOW_MEMORY, "rfc9106-high-memory": profiles.RFC_9106_HIGH_MEMORY,
+            "cheapest": profiles.CHEAPEST}
+_profile: PasswordHashing = "rfc9106-low-memory"
+
+
+def use_password_hashing(profile: PasswordHashing) -> PasswordHashing:
+    """Hash passwords in this process with ``profile`` (``Settings.password_hashing``) from now on; the previous one."""
+    global _profile
+    if profile not in PROFILES:
+        raise ValueError(f"unknown password hashing profile {profile!r}")
+    previous, _profile = _profile, profile
+    return previous
+
+
+@functools.cache
+def _hasher_for(profile: PasswordHashing) -> PasswordHasher:
+    return PasswordHasher.from_parameters(PROFILES[profile])
+
+
+def _hasher() -> PasswordHasher:
+    return _hasher_for(_profile)
+
+
+@functools.cache
+def _dummy_hash(profile: PasswordHashing) -> str:
+    """Verified against when the name is unknown, so that a wrong name costs as long as a wrong password.
+
+    Made on first use (not at import: it costs as much as a sign-in), once per profile.
+    """
+    return _hasher_for(profile).hash(secrets.token_hex(16))
 
 
 class UserError(ValueError):
@@ -64,7 +95,7 @@ def add_user(session: Session, name: str, role: str, password: str) -> Account:
     _check_password(password)
     if session.scalar(select(User.id).where(User.name == name)) is not None:
         raise UserError(f"user {name} already exists")
-    user = User(name=name, role=role, password_hash=_hasher.hash(password))
+    user = User(name=name, role=role, password_hash=_hasher().hash(password))
     session.add(user)
     session.flush()
     return _account(user)
@@ -91,14 +122,6 @@ def set_disabled(session: Session, name: str, disabled: bool) -> None:
         user.failed_logins, user.locked_until = 0, None
 
 
-def set_password(session: Session, name: str, password: str) -> None:
-    """A new password, which signs the user out everywhere."""
-    _check_password(password)
-    user = _named(session, name)
-    user.password_hash = _hasher.hash(password)
-    user.session_epoch += 1
-
-
 @dataclass(frozen=True)
 class LoginResult:
     account: Account | None
@@ -110,7 +133,7 @@ def authenticate(session: Session, name: str, password: str, now: datetime | Non
     now = now or utcnow()
     user = session.scalars(select(User).where(User.name == name).with_for_update()).first()
     if user is None:
-        _verify(_DUMMY_HASH, password)
+        _verify(_dummy_hash(_profile), password)
         return LoginResult(None, "wrong name or password")
     locked_until = user.locked_until
     if locked_until is not None and locked_until.tzinfo is None:  # SQLite hands back naive datetimes
@@ -125,15 +148,15 @@ def authenticate(session: Session, name: str, password: str, now: datetime | Non
         return LoginResult(None, "wrong name or password")
     if user.disabled:
         return LoginResult(None, "this account is disabled")
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
     user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
     return LoginResult(_account(user))
 
 
 def _verify(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

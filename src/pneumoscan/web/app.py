@@ -21,6 +21,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, open_database
+from pneumoscan.db.users import use_password_hashing
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.web.render import NotRenderable, Renderer
 from pneumoscan.web.security import Forbidden, GuardMiddleware, LoginRequired, LoginThrottle, csrf_token
@@ -43,6 +44,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
                               "cookie of the web app, or send `Authorization: Bearer TOKEN` "
                               "(`pneumoscan users token NAME`).")
     app.state.settings = settings
+    use_password_hashing(settings.password_hashing)
     app.state.db = db or open_database(settings.sqlalchemy_url)
     app.state.model_version = load_bundle(settings.model_path).version
     app.state.renderer = Renderer(settings, app.state.db)
