@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import helpers
@@ -12,8 +11,8 @@ import pytest
 from PIL import Image
 from support import dicoms, xrays
 
-from pneumoscan import imaging
 from pneumoscan.imaging import decode
+from pneumoscan.imaging.dicom import pixels, reduced
 
 SOURCE = xrays.PNEUMONIA_IMAGES[0]
 MODEL = (224, 224)
@@ -28,18 +27,21 @@ def _grainy(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.rint(noisy), 0, 4095).astype(np.uint16)
 
 
-@pytest.fixture
-def taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
-    """Whether each decode took the block means (one entry per call of ``_block_sums``)."""
-    original, seen = imaging._block_sums, []
+class _Spy(reduced.BlockSums):
+    """The block sums as the one way to decode smaller, noting whether each decode took them."""
 
-    def spy(*args: Any) -> Any:
-        result = original(*args)
-        seen.append(result is not None)
+    def __init__(self) -> None:
+        self.taken: list[bool] = []
+
+    def __call__(self, frame: reduced.Frame, size: tuple[int, int]) -> reduced.Reduced | None:
+        result = super().__call__(frame, size)
+        self.taken.append(result is not None)
         return result
 
-    monkeypatch.setattr(imaging, "_block_sums", spy)
-    yield seen
+
+@pytest.fixture
+def spy() -> _Spy:
+    return _Spy()
 
 
 def _full(data: bytes) -> np.ndarray:
@@ -48,10 +50,10 @@ def _full(data: bytes) -> np.ndarray:
 
 @pytest.mark.parametrize(("width", "height"), [(2000, 1700), (2001, 1703)])
 def test_a_large_windowed_file_decodes_from_block_sums_and_shows_the_full_decodes_picture(
-        width: int, height: int, taken: list[bool]) -> None:
+        width: int, height: int, spy: _Spy) -> None:
     data = dicoms.dicom_bytes(SOURCE, stored=_grainy(width, height), **CLIPPING)
-    image = decode(data, MODEL, helpers.POLICY)
-    assert taken == [True] and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
+    image = decode(data, MODEL, helpers.POLICY, strategies=[spy])
+    assert spy.taken == [True] and image.pixels.shape == MODEL and image.pixels.dtype == np.float32
     error = np.abs(image.pixels - _full(data))
     # Measured: mean 0.0009, max 0.011 (2000x1700); the odd size takes the box and padding of the
     # reduced decodes. Without the clip before the means, grain at the window's edges averaged what
@@ -71,12 +73,12 @@ def test_the_window_of_the_means_is_the_mean_of_the_window_within_one_stored_ste
 
     ds = pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(SOURCE, stored=_grainy(1344, 1344), **window, **rescale)))
     array = ds.pixel_array
-    exact_pixels, _ = imaging._grayscale(array, ds)  # first: the block sums clip ``array`` in place
-    blocked = imaging._block_sums(ds, array, MODEL)
-    assert blocked is not None and blocked[1] is None and blocked[2] == 4  # k = 2 divides both sides: no box
-    sums = blocked[0]
+    exact_pixels, _ = pixels.apply_voi(array, ds)  # first: the block sums clip ``array`` in place
+    blocked = reduced.block_sums(ds, array, MODEL)
+    assert blocked is not None and blocked.box is None and blocked.summed == 4  # k = 2 divides both sides: no box
+    sums = blocked.values
     assert sums.shape == (672, 672) and sums.dtype.kind in "iu"  # integers: the window still goes through a table
-    approx, _ = imaging._grayscale(sums, ds, 4)
+    approx, _ = pixels.apply_voi(sums, ds, 4)
     exact = exact_pixels.astype(np.float64).reshape(672, 2, 672, 2).mean(axis=(1, 3))
     slope = abs(float(rescale.get("RescaleSlope", 1.0)))
     step = slope / (float(window["WindowWidth"]) - (0.0 if window.get("VOILUTFunction") == "LINEAR_EXACT" else 1.0))
@@ -92,9 +94,9 @@ def test_each_sum_is_its_whole_block_of_the_clipped_values_at_every_block_size(s
 
     ds = pydicom.dcmread(io.BytesIO(dicoms.dicom_bytes(SOURCE, stored=_grainy(1351, 1345), **CLIPPING)))
     array = ds.pixel_array
-    blocked = imaging._block_sums(ds, array, size)
-    assert blocked is not None and blocked[2] == k * k
-    sums, box, _ = blocked
+    blocked = reduced.block_sums(ds, array, size)
+    assert blocked is not None and blocked.summed == k * k
+    sums, box = blocked.values, blocked.box
     assert array.min() >= 599 and array.max() <= 3001  # clipped in place, one stored value beyond the window
     rows, cols = 1345 // k, 1351 // k
     expected = array[:rows * k, :cols * k].astype(np.int64).reshape(rows, k, cols, k).sum(axis=(1, 3))
@@ -110,24 +112,25 @@ def test_each_sum_is_its_whole_block_of_the_clipped_values_at_every_block_size(s
     {"WindowCenter": 9000, "WindowWidth": 100},  # the window shows nothing of the image
 ])
 def test_curves_minmax_small_images_the_setting_and_empty_windows_take_the_full_decode(
-        change: dict[str, Any], taken: list[bool]) -> None:
+        change: dict[str, Any], spy: _Spy) -> None:
     options = {**CLIPPING, **{k: v for k, v in change.items() if k not in ("size", "reduced")}}
     options = {k: v for k, v in options.items() if v is not None}
     if "WindowCenter" not in options:
         options.pop("WindowWidth", None)
     data = dicoms.dicom_bytes(SOURCE, stored=_grainy(2000, 1700), **options)
     size = change.get("size", MODEL)
-    image = decode(data, size, helpers.policy(reduced=change.get("reduced", True)))
-    assert not any(taken)
+    image = decode(data, size, helpers.policy(reduced=change.get("reduced", True)), strategies=[spy])
+    assert not any(spy.taken)
     np.testing.assert_array_equal(image.pixels, decode(data, size, helpers.policy(reduced=False)).pixels)
 
 
-def test_monochrome1_is_inverted_after_the_means(taken: list[bool]) -> None:
+def test_monochrome1_is_inverted_after_the_means(spy: _Spy) -> None:
     stored = _grainy(2000, 1700)
-    mono2 = decode(dicoms.dicom_bytes(SOURCE, stored=stored, **CLIPPING), MODEL, helpers.POLICY).pixels
+    data = dicoms.dicom_bytes(SOURCE, stored=stored, **CLIPPING)
+    mono2 = decode(data, MODEL, helpers.POLICY, strategies=[spy]).pixels
     inverted = dicoms.dicom_bytes(SOURCE, stored=4095 - stored, photometric="MONOCHROME1",
                                    WindowCenter=4095 - 1800, WindowWidth=2400)
-    mono1 = decode(inverted, MODEL, helpers.POLICY).pixels
-    assert taken == [True, True]
+    mono1 = decode(inverted, MODEL, helpers.POLICY, strategies=[spy]).pixels
+    assert spy.taken == [True, True]
     np.testing.assert_allclose(mono1, mono2, atol=2 / 2399)  # the window's half-pixel asymmetry, within a step
     assert np.corrcoef(mono1.ravel(), xrays.gray(SOURCE).ravel())[0, 1] > 0.95  # dark lungs stay dark

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select
 from support import dicoms, xrays
 
-from pneumoscan import imaging
-from pneumoscan.db.queries import ReclassifySelection
 from pneumoscan.db.schema import Image
-from pneumoscan.imaging import InternalError, Rejected, decode
+from pneumoscan.db.selection import ReclassifySelection
+from pneumoscan.imaging import InternalError, Rejected, decode, raster
+from pneumoscan.imaging.dicom import pixels
 from pneumoscan.pipeline import classify_paths
-from pneumoscan.scheduler.reclassify import reclassify
+from pneumoscan.services.reclassify import reclassify
 
 
 def _misspelt_window(ds: Any) -> Any:
@@ -30,14 +30,14 @@ def _broken_resize(pixels: Any, size: tuple[int, int]) -> Any:
     return pixels.resized(size)
 
 
-@pytest.mark.parametrize(("helper", "bug", "data"), [
-    ("_first_window", _misspelt_window, dicoms.dicom_bytes(xrays.PNEUMONIA_IMAGES[0])),
-    ("_resize", _broken_resize, xrays.png_bytes(xrays.PNEUMONIA_IMAGES[0])),
+@pytest.mark.parametrize(("module", "helper", "bug", "data"), [
+    (pixels, "first_window", _misspelt_window, dicoms.dicom_bytes(xrays.PNEUMONIA_IMAGES[0])),
+    (raster, "resize", _broken_resize, xrays.png_bytes(xrays.PNEUMONIA_IMAGES[0])),
 ])
-def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch, helper: str,
-                                                                bug: Any, data: bytes) -> None:
+def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch, module: Any,
+                                                                helper: str, bug: Any, data: bytes) -> None:
     decode(data, (64, 64), helpers.POLICY)  # a good file
-    monkeypatch.setattr(imaging, helper, bug)
+    monkeypatch.setattr(module, helper, bug)
     with pytest.raises(InternalError) as info:
         decode(data, (64, 64), helpers.POLICY)
     assert not isinstance(info.value, Rejected)
@@ -52,7 +52,7 @@ def test_a_bug_in_decoding_leaves_the_file_failed_and_the_nightly_job_retries_it
     other = str(xrays.write_png(xrays.NORMAL_IMAGES[0], inbox / "normal.png"))
     classify = {"bundle": tiny_bundle, "sessions": sessions, "settings": settings}
 
-    monkeypatch.setattr(imaging, "_first_window", _misspelt_window)
+    monkeypatch.setattr(pixels, "first_window", _misspelt_window)
     with caplog.at_level(logging.WARNING, logger="pneumoscan.pipeline"):
         first = classify_paths([study, other], **classify)
     assert [r.status for r in first] == ["failed", "done"]  # the rest of the batch goes on

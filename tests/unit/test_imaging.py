@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from support import dicoms, xrays
 
+from pneumoscan.domain import DicomMeta
 from pneumoscan.imaging import (
     DICOM,
     GIF,
@@ -23,7 +24,6 @@ from pneumoscan.imaging import (
     PNG,
     TIFF,
     DecodedImage,
-    DicomMeta,
     Rejected,
     decode,
     detect_kind,

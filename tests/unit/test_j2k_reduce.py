@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from support import dicoms, xrays
 
-from pneumoscan import imaging
 from pneumoscan.imaging import DICOM, Rejected, decode
+from pneumoscan.imaging.dicom import reduced
+from pneumoscan.imaging.dicom.triage import check_codestream
 
 SOURCE = xrays.PNEUMONIA_IMAGES[0]
 MODEL = (224, 224)
@@ -66,16 +67,16 @@ def _frame(data: bytes) -> tuple[Any, bytes]:
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(data))
-    frame = imaging._check_codestream(ds, 10**9)
+    frame = check_codestream(ds, 10**9)
     assert frame is not None
     return ds, frame
 
 
 def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
         large: bytes, calls: type[_Calls]) -> None:
-    header = imaging._j2k_header(_frame(large)[1])
+    header = reduced.j2k_header(_frame(large)[1])
     assert header is not None and (header.width, header.height, header.precision) == (2000, 1700, 12)
-    assert imaging._j2k_reduction(header, MODEL) == 2  # 500x425 covers 224x224; 250x213 would not
+    assert reduced.j2k_reduction(header, MODEL) == 2  # 500x425 covers 224x224; 250x213 would not
 
     image = decode(large, MODEL, helpers.POLICY)
     assert calls.full == 0, "the reduced path was not taken"
@@ -93,20 +94,19 @@ def test_a_large_file_decodes_reduced_and_shows_the_full_decodes_picture(
 
 
 @pytest.mark.parametrize("syntax", ["j2k-lossless", "j2k"])
-def test_the_reduced_decode_is_given_the_full_decodes_blur(syntax: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_reduced_decode_is_given_the_full_decodes_blur(syntax: str) -> None:
     """The wavelet's low-pass (5/3 lossless: a little sharp; 9/7 lossy: a little smooth) is evened out
     by a 3-tap filter of the computed weight: closer to the full decode than without it."""
     data = dicoms.dicom_bytes(SOURCE, syntax=syntax, stored=_upscaled(SOURCE, 2000, 1700),
                                **dicoms.IDENTITY_WINDOW_12)
-    header = imaging._j2k_header(_frame(data)[1])
+    header = reduced.j2k_header(_frame(data)[1])
     assert header is not None and header.reversible == (syntax == "j2k-lossless")
-    weight = imaging._spread_weight(header, 2)
+    weight = reduced.spread_weight(header, 2)
     assert (weight > 0) if header.reversible else (weight < 0)  # 0.078 and -0.072 at two levels
     full = _full(data, MODEL)
     evened = np.abs(decode(data, MODEL, helpers.POLICY).pixels - full).mean()
-    with monkeypatch.context() as patch:
-        patch.setattr(imaging, "_spread_weight", lambda *_: 0.0)
-        plain = np.abs(decode(data, MODEL, helpers.POLICY).pixels - full).mean()
+    plain_way = [reduced.JPEG2000Levels(even_blur=False)]
+    plain = np.abs(decode(data, MODEL, helpers.POLICY, strategies=plain_way).pixels - full).mean()
     assert evened < 0.8 * plain, (evened, plain)
 
 
@@ -116,8 +116,8 @@ def test_high_throughput_jpeg_2000_decodes_reduced_too(calls: type[_Calls]) -> N
     data = dicoms.dicom_bytes(SOURCE, syntax="htj2k-lossless", stored=stored, **dicoms.IDENTITY_WINDOW_12)
     ds, frame = _frame(data)
     assert str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.201"  # HTJ2K lossless
-    header = imaging._j2k_header(frame)
-    assert header is not None and imaging._j2k_reduction(header, MODEL) == 2
+    header = reduced.j2k_header(frame)
+    assert header is not None and reduced.j2k_reduction(header, MODEL) == 2
 
     image = decode(data, MODEL, helpers.POLICY)
     assert calls.full == 0, "the reduced path was not taken"
@@ -216,10 +216,10 @@ def test_the_stored_values_are_pydicoms(name: str, large: bytes, variants: dict[
         data = {"large": large, "signed": variants["signed"],
                 "8-bit": dicoms.dicom_bytes(SOURCE, syntax="j2k-lossless", bits=8)}[name]
     ds, frame = _frame(data)
-    header = imaging._j2k_header(frame)
+    header = reduced.j2k_header(frame)
     assert header is not None
     expected = ds.pixel_array
-    values = imaging._j2k_decode(frame, header, 0, expected.dtype)
+    values = reduced.j2k_decode(frame, header, 0, expected.dtype)
     assert values.dtype == expected.dtype
     np.testing.assert_array_equal(values, expected)
 
@@ -250,15 +250,16 @@ def test_a_codestream_without_its_header_is_rejected(large: bytes) -> None:
 
 
 def test_any_failure_of_the_reduced_path_falls_back_to_the_full_decode(
-        variants: dict[str, bytes], calls: type[_Calls], monkeypatch: pytest.MonkeyPatch) -> None:
+        variants: dict[str, bytes], calls: type[_Calls]) -> None:
     expected = _full(variants["mono1"], MODEL)
     calls.full = 0
 
-    def broken(*args: Any) -> np.ndarray:
-        raise TypeError("a bug, or a Pillow that reads this codestream otherwise")
+    class Broken(reduced.JPEG2000Levels):
+        def decode(self, *args: Any) -> np.ndarray:
+            raise TypeError("a bug, or a Pillow that reads this codestream otherwise")
 
-    monkeypatch.setattr(imaging, "_j2k_decode", broken)
-    np.testing.assert_array_equal(decode(variants["mono1"], MODEL, helpers.POLICY).pixels, expected)
+    ways = [Broken(), reduced.JPEGScaled(), reduced.BlockSums()]
+    np.testing.assert_array_equal(decode(variants["mono1"], MODEL, helpers.POLICY, strategies=ways).pixels, expected)
     assert calls.full == 1
 
 
@@ -285,5 +286,5 @@ def test_jpeg_baseline_decodes_with_dct_scaling_close_to_the_full_decode(
     assert error.mean() < 0.01, error.mean()
     assert error.max() < 0.1, error.max()
     # Damage in the scan data still ends as a rejection, never an internal error.
-    with pytest.raises(imaging.Rejected):
+    with pytest.raises(Rejected):
         decode(data[: len(data) // 3], MODEL, helpers.POLICY)
