@@ -296,7 +296,7 @@ def _ids(client: Any, query: str) -> list[int]:
 
 
 def test_each_results_filter_of_the_api(site: Site, reviewer: Any) -> None:
-    from pneumoscan.db.queries import ResultFilter, query_results
+    from pneumoscan.db.results import ResultFilter, query_results
 
     everything = reviewer.get("/api/results?limit=500").json()
     rows = everything["results"]
@@ -592,7 +592,7 @@ def test_the_dashboard_calibrate_button_refuses_with_too_few_reviews_and_fits_wi
         site: Site, admin: Any) -> None:
     from pneumoscan.db.reviews import active_point
     from pneumoscan.db.schema import Image, Prediction
-    from pneumoscan.web import pages
+    from pneumoscan.services import calibration
 
     token = csrf_of(admin.get("/dashboard").text)
     refused = admin.post("/dashboard/calibrate", data={"csrf_token": token})
@@ -601,7 +601,7 @@ def test_the_dashboard_calibrate_button_refuses_with_too_few_reviews_and_fits_wi
     # Enough reviews of each class (as many as the button asks for), on predictions of the current model.
     version = site.app.state.model_version
     with site.db.begin() as session:
-        for i in range(2 * pages.MIN_REVIEWS):
+        for i in range(2 * calibration.MIN_REVIEWS):
             sick = i % 2 == 1
             image = Image(sha256=f"{i + 1000:064x}", path=f"/cal/{i}.png", status="done")
             session.add(image)
@@ -617,4 +617,5 @@ def test_the_dashboard_calibrate_button_refuses_with_too_few_reviews_and_fits_wi
         point = active_point(session, version)
     assert point is not None and 0.3 < point.threshold <= 0.75
     expected = json.loads(point.figures)["expected_sensitivity"]
-    assert expected >= pages.TARGET_SENSITIVITY and f"sensitivity {expected:.3f} to expect on new cases" in fitted.text
+    assert expected >= calibration.TARGET_SENSITIVITY
+    assert f"sensitivity {expected:.3f} to expect on new cases" in fitted.text

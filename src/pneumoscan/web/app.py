@@ -1,18 +1,17 @@
 """The review web app: FastAPI with server-rendered pages, a JSON API beside them, and /metrics.
 
-``create_app`` is the composition root; routes live in ``pages`` and ``api`` and stay thin.
+``create_app`` is the composition root; the routes live in ``routes`` (one module per resource) and stay thin.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,7 +22,9 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, open_database
 from pneumoscan.db.users import use_password_hashing
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.web.deps import error_response, is_api
 from pneumoscan.web.render import NotRenderable, Renderer
+from pneumoscan.web.routes import ROUTERS
 from pneumoscan.web.security import Forbidden, GuardMiddleware, LoginRequired, LoginThrottle, csrf_token
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,8 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "pneumoscan_session"
 
 
-def _is_api(request: Request) -> bool:
-    return request.url.path.startswith(("/api/", "/metrics", "/openapi.json"))
-
-
 def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     """The app for ``settings``; ``db`` defaults to the configured database (migrated on open)."""
-    from pneumoscan.web import api, pages
-
     app = FastAPI(title="pneumoscan", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Chest X-ray screening results and their reviews. Sign in with the session "
                               "cookie of the web app, or send `Authorization: Bearer TOKEN` "
@@ -58,12 +53,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
                        https_only=settings.secure_cookies)
     app.add_middleware(GuardMiddleware)  # outermost: its headers go on every response, errors included
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(api.router)
-    app.include_router(pages.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, _exc: LoginRequired) -> Response:
-        if _is_api(request):
+        if is_api(request):
             return JSONResponse({"detail": "sign in first: a session cookie or Authorization: Bearer TOKEN"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -93,17 +88,3 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     return app
 
-
-def error_response(request: Request, status: int, reason: str) -> Response:
-    """The error as JSON for the API, as a page for people."""
-    if _is_api(request):
-        return JSONResponse({"detail": reason}, status_code=status)
-    templates: Jinja2Templates = request.app.state.templates
-    context: dict[str, Any] = {"status": status, "reason": reason, "account": getattr(request.state, "account", None)}
-    return templates.TemplateResponse(request, "error.html", context, status_code=status)
-
-
-def page(request: Request, template: str, **context: Any) -> HTMLResponse:
-    templates: Jinja2Templates = request.app.state.templates
-    context.setdefault("account", getattr(request.state, "account", None))
-    return templates.TemplateResponse(request, template, context)

@@ -14,9 +14,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pneumoscan.broker import BrokerUnavailable, queue_depth
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, outbox
-from pneumoscan.db.queries import activity, prediction_counts, status_counts
-from pneumoscan.db.reviews import agreement, review_counts
+from pneumoscan.db.reviews import agreement
 from pneumoscan.db.schema import utcnow
+from pneumoscan.db.stats import activity, prediction_counts, review_counts, status_counts
 from pneumoscan.domain import LABELS, STATUSES
 
 log = logging.getLogger(__name__)

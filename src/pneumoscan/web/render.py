@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database
-from pneumoscan.db.schema import Image, Sighting
+from pneumoscan.db.images import content_hash, picture_paths
+from pneumoscan.db.reviews import UnknownImage
 from pneumoscan.imaging import ImagingError, InternalError, decode, read_content
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.services.heatmaps import DISPLAY_SIDE, fit_within, heatmap_png, png_bytes, render_file
@@ -76,26 +76,24 @@ class Renderer:
         return self._cached(key, render)
 
     def _sha256(self, image_id: int) -> str:
-        with self.db() as session:
-            sha256 = session.scalar(select(Image.sha256).where(Image.id == image_id))
-            exists = sha256 is not None or session.get(Image, image_id) is not None
-        if not exists:
-            raise NotRenderable(404, f"no image with id {image_id}")
+        try:
+            with self.db() as session:
+                sha256 = content_hash(session, image_id)
+        except UnknownImage as exc:
+            raise NotRenderable(404, str(exc)) from None
         if sha256 is None:
             raise NotRenderable(404, "this file could never be read, so there is no picture of it")
-        return str(sha256)
+        return sha256
 
     def _source(self, image_id: int, sha256: str) -> _Source:
         """The bytes of the image, from the first of its known paths that still holds its content."""
         with self.db() as session:
-            stored = session.scalar(select(Image.path).where(Image.id == image_id))
-            seen = session.scalars(select(Sighting.path).where(Sighting.image_id == image_id)
-                                   .order_by(Sighting.last_seen_at.desc())).all()
-        found = read_content([p for p in dict.fromkeys([stored, *seen]) if p], sha256)  # the stored path first
+            paths = picture_paths(session, image_id)
+        found = read_content(paths, sha256)  # the stored path first
         if found is not None:
             return _Source(sha256, found[1])
         raise NotRenderable(404, "the file is no longer on disk with the content that was classified "
-                                 f"(last stored at {stored})")
+                                 f"(last stored at {paths[0] if paths else None})")
 
     def _decode(self, source: _Source, size: tuple[int, int] | None) -> np.ndarray:
         try:

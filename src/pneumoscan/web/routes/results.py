@@ -1,0 +1,63 @@
+"""Results: GET /api/results (filtered as `pneumoscan results` filters) and the worklist page."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from pneumoscan.db import Database
+from pneumoscan.db.results import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter, model_versions
+from pneumoscan.db.results import results_page as query_page
+from pneumoscan.domain import LABELS, REVIEW_STATES, STATUSES, ReviewState, Sort
+from pneumoscan.web.deps import ALL, MAX_PAGE, Db, Filters, Signed, page
+from pneumoscan.web.schemas import SIGNED_IN, ResultsPage
+
+router = APIRouter()
+WORKLIST_PAGE = 50
+
+
+def _page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, Any]], int]:
+    with db() as session:
+        return query_page(session, filters)
+
+
+@router.get("/api/results", tags=["results"], response_model=ResultsPage, responses=SIGNED_IN,
+            summary="Stored results, filtered as `pneumoscan results` filters")
+def api_results(db: Db, _account: Signed, filters: Filters) -> ResultsPage:
+    rows, total = _page(db, filters)
+    return ResultsPage.model_validate({"total": total, "total_is_lower_bound": total >= COUNT_AT_MOST,
+                                       "offset": filters.offset, "limit": filters.limit, "fields": list(RESULT_FIELDS),
+                                       "results": rows})
+
+
+def worklist_filter(request: Request, filters: Filters) -> ResultFilter:
+    """The worklist's defaults: unreviewed cases of the current model, most suspicious first, 50 a page."""
+    params = request.query_params
+    return ResultFilter(**{**filters.__dict__,
+                           "review": filters.review if "review" in params else ReviewState.UNREVIEWED,
+                           "sort": filters.sort if "sort" in params else Sort.PROBABILITY,
+                           "limit": filters.limit if "limit" in params else WORKLIST_PAGE,
+                           # A study's instances are all shown, reviewed or not.
+                           **({"review": filters.review} if "study" in params and "review" not in params else {})})
+
+
+@router.get("/worklist", response_class=HTMLResponse, include_in_schema=False)
+def worklist(request: Request, db: Db, account: Signed,
+             filters: Annotated[ResultFilter, Depends(worklist_filter)]) -> HTMLResponse:
+    rows, total = _page(db, filters)
+    params = {k: v for k, v in request.query_params.items() if k != "offset"}
+    limit = filters.limit or WORKLIST_PAGE
+
+    def link(offset: int) -> str:
+        return "/worklist?" + urlencode({**params, "offset": offset})
+
+    with db() as session:
+        versions = model_versions(session)
+    return page(request, "worklist.html", rows=rows, total=total, filters=filters, labels=LABELS, statuses=STATUSES,
+                review_states=(*REVIEW_STATES, ALL), versions=versions,
+                review=request.query_params.get("review", ReviewState.UNREVIEWED.value),
+                previous=link(max(0, filters.offset - limit)) if filters.offset else None,
+                next=link(filters.offset + limit) if filters.offset + limit < total else None, max_page=MAX_PAGE)

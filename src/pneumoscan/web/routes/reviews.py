@@ -1,0 +1,67 @@
+"""Reviews: GET and POST /api/images/{id}/reviews, and the viewer's review form (append-only: a correction is new)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from pneumoscan.db import Database
+from pneumoscan.db.images import ReviewRow, image_reviews, next_case, review_row
+from pneumoscan.db.reviews import UnknownImage, add_review
+from pneumoscan.db.users import Account
+from pneumoscan.domain import Label
+from pneumoscan.web.deps import ApiWriter, Csrf, Db, ModelVersion, Signed, error_response
+from pneumoscan.web.schemas import SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
+from pneumoscan.web.security import check_csrf
+
+router = APIRouter()
+NEXT = "next"  # the review form's `then`: go on to the next case
+
+
+def _unknown(image_id: int) -> HTTPException:
+    return HTTPException(404, f"no image with id {image_id}")
+
+
+def _save(db: Database, image_id: int, account: Account, label: Label, comment: str | None) -> ReviewRow:
+    with db.begin() as session:
+        return review_row(add_review(session, image_id, account.name, label.value, (comment or "").strip() or None))
+
+
+@router.get("/api/images/{image_id}/reviews", tags=["reviews"], response_model=list[ReviewOut],
+            responses={**SIGNED_IN, **UNKNOWN_IMAGE}, summary="Every review of an image, oldest first")
+def api_reviews(db: Db, image_id: int, _account: Signed) -> list[ReviewOut]:
+    with db() as session:
+        reviews = image_reviews(session, image_id)
+    if reviews is None:
+        raise _unknown(image_id)
+    return [ReviewOut.model_validate(r) for r in reviews]
+
+
+@router.post("/api/images/{image_id}/reviews", tags=["reviews"], status_code=201, response_model=ReviewOut,
+             responses={**SIGNED_IN, **UNKNOWN_IMAGE,
+                        403: {"model": Problem, "description": "A session cookie without the X-CSRF-Token header."}},
+             summary="Add a review (append-only: a correction is a new review)")
+def api_add_review(db: Db, image_id: int, body: ReviewIn, account: ApiWriter) -> ReviewOut:
+    try:
+        review = _save(db, image_id, account, body.label, body.comment)
+    except UnknownImage:
+        raise _unknown(image_id) from None
+    return ReviewOut.model_validate(review)
+
+
+@router.post("/images/{image_id}/reviews", include_in_schema=False)
+def review_form(request: Request, db: Db, model_version: ModelVersion, image_id: int, account: Signed, csrf: Csrf,
+                label: Annotated[Label, Form()], comment: Annotated[str | None, Form(max_length=2000)] = None,
+                then: Annotated[str | None, Form(max_length=16)] = None) -> Response:
+    check_csrf(request, csrf)
+    try:
+        _save(db, image_id, account, label, comment)
+    except UnknownImage:
+        return error_response(request, 404, f"no image with id {image_id}")
+    following = None
+    if then == NEXT:
+        with db() as session:
+            following = next_case(session, model_version, image_id)
+    return RedirectResponse(f"/images/{following or image_id}", status_code=303)

@@ -1,0 +1,30 @@
+"""Studies: GET /api/studies and the studies page (the worklist grouped by DICOM study)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from pneumoscan.db.studies import list_studies
+from pneumoscan.web.deps import MAX_PAGE, Db, Signed, page
+from pneumoscan.web.schemas import SIGNED_IN, StudyOut
+
+router = APIRouter()
+STUDIES_PAGE = 200
+
+
+@router.get("/api/studies", tags=["studies"], response_model=list[StudyOut], responses=SIGNED_IN,
+            summary="DICOM studies and their results, newest first")
+def api_studies(db: Db, _account: Signed, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> list[StudyOut]:
+    with db() as session:
+        return [StudyOut.model_validate(row) for row in list_studies(session, limit)]
+
+
+@router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
+def studies_page(request: Request, db: Db, account: Signed) -> HTMLResponse:
+    """One row per study, linking to its instances."""
+    with db() as session:
+        rows = list_studies(session, STUDIES_PAGE)
+    return page(request, "studies.html", rows=rows)
