@@ -15,11 +15,11 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
+from pneumoscan.scheduler.reclassify import reclassify
 from support import dicoms, xrays
 
-from pneumoscan.db.queries import ReclassifySelection
+from pneumoscan.db.selection import ReclassifySelection
 from pneumoscan.pipeline import classify_paths
-from pneumoscan.scheduler.reclassify import reclassify
 from pneumoscan.scheduler.watcher import iter_files
 
 pytestmark = pytest.mark.timeout(180)

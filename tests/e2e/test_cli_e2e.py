@@ -232,8 +232,8 @@ def results_env(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Any) -> t
     from sqlalchemy import update
 
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import save_results
     from pneumoscan.db.schema import Image
+    from pneumoscan.db.writes import save_results
     from pneumoscan.domain import DicomMeta, Result
 
     data = tmp_path_factory.mktemp("results") / "data"
@@ -326,7 +326,7 @@ def test_results_all_versions(results_env: tuple[dict[str, str], Path], pneumosc
 
 def test_results_json_and_csv_carry_every_field(results_env: tuple[dict[str, str], Path],
                                                 pneumoscan_exe: Path) -> None:
-    from pneumoscan.db.queries import RESULT_FIELDS
+    from pneumoscan.db.results import RESULT_FIELDS
 
     env, folder = results_env
     as_json = _parse("json", _ok(_run(pneumoscan_exe, ["results", "--format", "json"], env)).stdout)

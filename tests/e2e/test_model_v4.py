@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from support import dicoms, xrays
 
-from pneumoscan.db.queries import save_results
 from pneumoscan.db.reviews import add_review
 from pneumoscan.db.schema import OperatingPoint, Prediction
+from pneumoscan.db.writes import save_results
 from pneumoscan.domain import Result
 from pneumoscan.models.bundle import MODEL_FILE, ModelCard, load_bundle, write_bundle
 from pneumoscan.models.pretrained import read_torch_legacy, weights_file

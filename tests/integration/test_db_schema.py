@@ -9,7 +9,8 @@ import pytest
 from cluster import Database
 
 from pneumoscan.db import make_engine, refresh_statistics, upgrade
-from pneumoscan.db.queries import ResultFilter, plan_results, query_results, results_statement, save_results
+from pneumoscan.db.results import ResultFilter, plan_results, query_results, results_statement
+from pneumoscan.db.writes import save_results
 from pneumoscan.domain import Result
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

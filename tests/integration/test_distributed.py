@@ -146,7 +146,7 @@ def test_the_nightly_job_reclassifies_exactly_the_outdated_and_failed_images(
         tmp_path: Path, tiny_bundle: Any, database: Database, cluster_env: dict[str, str],
         app: Celery, start_worker: Callable[..., Service]) -> None:
     from pneumoscan.db import open_database
-    from pneumoscan.db.queries import save_results
+    from pneumoscan.db.writes import save_results
     from pneumoscan.domain import Result
     from pneumoscan.pipeline import classify_paths
 

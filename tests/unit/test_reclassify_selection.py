@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from pneumoscan.db.queries import (
+from pneumoscan.db.schema import Image
+from pneumoscan.db.selection import (
     ReclassifySelection,
     count_for_reclassification,
     image_locations,
     iter_reclassification,
-    save_results,
 )
-from pneumoscan.db.schema import Image
+from pneumoscan.db.writes import save_results
 from pneumoscan.domain import Result
 
 CURRENT, OLD = "v2", "v1"

@@ -14,13 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from support import legacy
 
 from pneumoscan.db import make_engine, open_database, refresh_statistics, upgrade
-from pneumoscan.db.queries import (
-    ResultFilter,
-    plan_results,
-    query_results,
-    results_statement,
-    save_results,
-)
+from pneumoscan.db.results import ResultFilter, plan_results, query_results, results_statement
+from pneumoscan.db.writes import save_results
 from pneumoscan.domain import Result
 
 CURRENT, OLD = "v2", "v1"
@@ -142,7 +137,7 @@ def test_a_narrow_filter_is_served_by_ids_and_a_common_one_by_walking(engine: En
 
 
 def test_model_versions_are_listed_in_order_of_their_first_prediction(sessions: Any) -> None:
-    from pneumoscan.db.queries import model_versions
+    from pneumoscan.db.results import model_versions
     from pneumoscan.db.schema import Image, Prediction
 
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event
 
 from pneumoscan.db import open_database
-from pneumoscan.db.queries import save_results
+from pneumoscan.db.writes import save_results
 from pneumoscan.domain import Result
 
 

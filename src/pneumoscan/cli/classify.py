@@ -32,7 +32,7 @@ from pneumoscan.cli._common import (
 )
 from pneumoscan.cli.dicom import receiver_beside
 from pneumoscan.config import Settings
-from pneumoscan.db.queries import RESULT_FIELDS, ResultFilter, query_results
+from pneumoscan.db.results import RESULT_FIELDS, ResultFilter, query_results
 from pneumoscan.domain import (
     LABELS,
     REVIEW_STATES,
@@ -213,8 +213,9 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     Old predictions stay; `results --all-versions` shows them. With PNEUMOSCAN_BROKER_URL set the
     batches are enqueued for the workers, otherwise they are classified here.
     """
-    from pneumoscan.db.queries import ReclassifySelection, count_for_reclassification
     from pneumoscan.scheduler.reclassify import reclassify as run_reclassification
+
+    from pneumoscan.db.selection import ReclassifySelection, count_for_reclassification
 
     settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
@@ -277,7 +278,7 @@ def results(ctx: click.Context, status: str | None, label: str | None, min_proba
             all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None,
             review: str | None, by: str) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
-    from pneumoscan.db.queries import COUNT_AT_MOST, count_results, model_versions
+    from pneumoscan.db.results import COUNT_AT_MOST, count_results, model_versions
 
     settings = _settings(ctx)
     if by == "study":

@@ -211,8 +211,8 @@ def evaluate(ctx: click.Context, bundle_dir: Path, data_dir: Path, split: str, o
 @_friendly
 def explain(ctx: click.Context, target: str, out: Path) -> None:
     """Write TARGET (an image id from `results`, or a file) with the model's Grad-CAM heatmap over it."""
-    from pneumoscan.db.queries import image_locations
     from pneumoscan.db.reviews import active_point
+    from pneumoscan.db.selection import image_locations
     from pneumoscan.domain import label_at
     from pneumoscan.imaging import ImagingError, decode, open_input
     from pneumoscan.models.explain import write_overlay

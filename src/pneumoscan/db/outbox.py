@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from pneumoscan.db.queries import dialect_insert
 from pneumoscan.db.schema import QueuedFile, utcnow
+from pneumoscan.db.writes import dialect_insert
 from pneumoscan.domain import display_path
 
 

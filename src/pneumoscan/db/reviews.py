@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from pneumoscan.db.results import latest_reviews
 from pneumoscan.db.schema import Image, OperatingPoint, Prediction, Review, utcnow
 from pneumoscan.domain import LABELS, Label
 
@@ -41,8 +42,7 @@ class ReviewedCase:
 
 def reviewed_cases(session: Session, model_version: str) -> list[ReviewedCase]:
     """The latest review of every image that ``model_version`` has a prediction for."""
-    latest = (select(Review.image_id, func.max(Review.id).label("review_id"))
-              .group_by(Review.image_id).subquery())
+    latest = latest_reviews()
     rows = session.execute(
         select(latest.c.review_id, Review.image_id, Review.label, Prediction.probability)
         .join(Review, Review.id == latest.c.review_id)
@@ -133,8 +133,7 @@ def reviews_of(session: Session, image_id: int) -> list[Review]:
 
 def agreement(session: Session, model_version: str) -> dict[str, dict[str, int]]:
     """The model's labels against the latest review of each image it predicted: counts[reviewer][model]."""
-    latest = (select(Review.image_id, func.max(Review.id).label("review_id"))
-              .group_by(Review.image_id).subquery())
+    latest = latest_reviews()
     rows = session.execute(
         select(Review.label, Prediction.label, func.count())
         .select_from(latest).join(Review, Review.id == latest.c.review_id)
@@ -144,9 +143,3 @@ def agreement(session: Session, model_version: str) -> dict[str, dict[str, int]]
     for truth, predicted, n in rows:
         counts[truth][predicted] = int(n)
     return counts
-
-
-def review_counts(session: Session) -> dict[str, int]:
-    """Reviews stored, by the label the reviewer gave."""
-    return {str(label): int(n) for label, n in
-            session.execute(select(Review.label, func.count()).group_by(Review.label))}

@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, DatabaseError, open_database, outbox
-from pneumoscan.db.queries import image_locations
+from pneumoscan.db.selection import image_locations
 from pneumoscan.domain import Outcome
 from pneumoscan.imaging import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
@@ -185,8 +185,9 @@ def nightly_reclassify(self: PneumoscanTask) -> int:
     The same selection as ``pneumoscan reclassify`` with no options: no prediction from the current
     model version, or failed.
     """
-    from pneumoscan.db.queries import ReclassifySelection
     from pneumoscan.scheduler.reclassify import reclassify
+
+    from pneumoscan.db.selection import ReclassifySelection
 
     dispatcher = CeleryDispatcher(self.app, self.db)
     return reclassify(self.db, self.bundle.version, ReclassifySelection(), dispatcher.submit_images,
