@@ -18,7 +18,8 @@ from pneumoscan.db import Database, outbox
 from pneumoscan.db.reviews import active_point
 from pneumoscan.db.writes import save_results, settled_hashes
 from pneumoscan.domain import Outcome, Result, SkipReason, display_path, label_at
-from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind, open_input
+from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind
+from pneumoscan.inputs import open_input
 from pneumoscan.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from support.dcmtk import free_port
 
 from pneumoscan.dicomnet import receiver
 from pneumoscan.dicomnet.receiver import OUT_OF_RESOURCES, SUCCESS, Receiver, write_instance
+from pneumoscan.inputs import is_ignored
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -31,6 +32,22 @@ def test_an_instance_is_written_whole_under_its_uid_and_nothing_else_is_left(tmp
     assert target.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
     assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_an_instance_being_written_is_ignored_by_the_watcher_until_it_is_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    placed: list[tuple[Path, Path]] = []
+    replace = receiver.os.replace
+
+    def spy(source: Any, target: Any) -> None:
+        placed.append((Path(source), Path(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(receiver.os, "replace", spy)
+    assert write_instance(tmp_path, UID, dicoms.dicom_bytes(xrays.NORMAL_IMAGES[0])) is True
+    [(temporary, target)] = placed
+    assert is_ignored(temporary, tmp_path) and not is_ignored(target, tmp_path)
+    assert target == tmp_path / f"{UID}.dcm"
 
 
 def test_a_resent_instance_leaves_the_first_copy_as_it_is_whatever_its_encoding(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from support import dicoms, xrays
 
-from pneumoscan.scheduler.watcher import ReadinessTracker, ScanEvent, is_ignored, iter_files
+from pneumoscan.inputs import is_ignored, iter_files
+from pneumoscan.scheduler.watcher import ReadinessTracker, ScanEvent
 
 ROOT = Path("/inbox")
 

@@ -1,7 +1,7 @@
 """The DICOM receiver: a C-ECHO and C-STORE SCP that writes each instance, as received, into a watched folder.
 
-Each instance becomes ``SOPInstanceUID.dcm``, written to a hidden temporary name (which the watcher
-ignores), flushed to disk and renamed into place, so the watcher never sees half a file and its
+Each instance becomes ``SOPInstanceUID.dcm``, written to a temporary name that the ignore rule skips
+(``inputs.staging_name``), flushed to disk and renamed into place, so the watcher never sees half a file and its
 readiness and dedupe rules apply as to any dropped file. Success is answered only once the file is
 on disk; a failure to write it answers "out of resources", so the sender keeps the instance and
 retries. A re-sent instance leaves the file as it is, whatever transfer syntax it comes in this time:
@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import threading
 from pathlib import Path
 from typing import Any
+
+from pneumoscan.inputs import staging_name
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def write_instance(spool: Path, uid: str, data: bytes) -> bool:
     target = spool / f"{uid}.dcm"
     if target.exists():
         return False
-    temporary = spool / f".{uid}.{secrets.token_hex(4)}.tmp"
+    temporary = spool / staging_name(target.name)
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         with os.fdopen(fd, "wb") as fh:

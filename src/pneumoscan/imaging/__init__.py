@@ -5,12 +5,10 @@ from __future__ import annotations
 from pneumoscan.imaging.decoder import decode
 from pneumoscan.imaging.dicom.read import patient_ref
 from pneumoscan.imaging.errors import ImagingError, InternalError, Rejected, Unavailable, clean_text
-from pneumoscan.imaging.files import open_input, read_content
 from pneumoscan.imaging.image import DecodedImage, keep_large_buffers
 from pneumoscan.imaging.kinds import DICOM, GIF, JPEG, PNG, TIFF, detect_kind, looks_complete
 
 __all__ = [
     "DICOM", "GIF", "JPEG", "PNG", "TIFF", "DecodedImage", "ImagingError", "InternalError", "Rejected",
-    "Unavailable", "clean_text", "decode", "detect_kind", "keep_large_buffers", "looks_complete", "open_input",
-    "patient_ref", "read_content",
+    "Unavailable", "clean_text", "decode", "detect_kind", "keep_large_buffers", "looks_complete", "patient_ref",
 ]

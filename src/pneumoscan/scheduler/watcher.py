@@ -9,47 +9,20 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from pneumoscan.imaging import detect_kind, looks_complete, open_input
+from pneumoscan.imaging import detect_kind, looks_complete
+from pneumoscan.inputs import is_ignored, iter_files, open_input
 from pneumoscan.scheduler.batcher import MicroBatcher
 
 log = logging.getLogger(__name__)
 
 _DISPATCHED_MEMORY = 50_000
-IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp")
-
-
-def is_ignored(path: Path, root: Path) -> bool:
-    """The ignore rule: hidden files or folders, partial-download suffixes, and editor backups (``~``)."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return True
-    if not parts or any(part.startswith(".") for part in parts):
-        return True
-    name = parts[-1].lower()
-    return name.endswith("~") or name.endswith(IGNORED_SUFFIXES)
-
-
-def iter_files(root: Path) -> Iterator[Path]:
-    """Every not ignored file under ``root``, never following a symbolic link.
-
-    A link (to a file or a folder, inside the inbox or out) is yielded as it is, unresolved, so that
-    the pipeline can reject it with its reason rather than it vanishing without a trace.
-    """
-    for folder, dirs, files in os.walk(root):
-        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
-        for name in sorted(files + links):
-            path = Path(folder) / name
-            if not is_ignored(path, root):
-                yield path
 
 
 @dataclass(frozen=True)

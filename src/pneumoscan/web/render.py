@@ -20,7 +20,8 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database
 from pneumoscan.db.images import content_hash, picture_paths
 from pneumoscan.db.reviews import UnknownImage
-from pneumoscan.imaging import ImagingError, InternalError, decode, read_content
+from pneumoscan.imaging import ImagingError, InternalError, decode
+from pneumoscan.inputs import read_content
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.services.heatmaps import DISPLAY_SIDE, fit_within, heatmap_png, png_bytes, render_file
 
