@@ -400,7 +400,8 @@ sys.path.insert(0, {tests!r})
 import helpers
 from support import dicoms, xrays
 import numpy as np
-from pneumoscan.imaging import decode, keep_large_buffers
+from pneumoscan.imaging import decode
+from pneumoscan.memory import keep_large_buffers
 
 class Info(ctypes.Structure):  # glibc's struct mallinfo2: hblkhd is the bytes held in mapped blocks
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",

@@ -24,7 +24,7 @@ def main(ctx: click.Context, verbose: int) -> None:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "setup plugin ..." on every start otherwise
-    from pneumoscan.imaging import keep_large_buffers
+    from pneumoscan.memory import keep_large_buffers
 
     keep_large_buffers()
     try:
