@@ -376,18 +376,15 @@ def scratch_postgres(pg_admin: str) -> Iterator[ScratchPostgres]:
 
 
 def _write_path() -> tuple[Any, Any, Any]:
-    """Result, save_results and settled_hashes from where this tree keeps them.
+    """Result, save_results and settled_hashes from where the measured tree keeps them.
 
-    bench/compare_commits.sh runs this harness on older commits too, which kept all three in db/queries.py.
+    bench.compare_commits runs this harness on older commits too, which kept all three in db/queries.py.
     """
     try:
-        from pneumoscan.domain import Result
+        from pneumoscan.db.queries import Result, save_results, settled_hashes  # type: ignore[attr-defined]
     except ImportError:
-        from pneumoscan.db.queries import Result  # type: ignore[attr-defined,no-redef]
-    try:
         from pneumoscan.db.writes import save_results, settled_hashes
-    except ImportError:
-        from pneumoscan.db.queries import save_results, settled_hashes  # type: ignore[no-redef]
+        from pneumoscan.domain import Result
     return Result, save_results, settled_hashes
 
 

@@ -49,11 +49,15 @@ REDUCED_KINDS = ("dicom-j2k", "dicom-htj2k", "dicom-jpeg")
 
 
 def _keep_large_buffers() -> None:
-    """The allocator setting `pneumoscan` makes; older commits (bench/compare_commits.sh) kept it in imaging."""
+    """The allocator setting `pneumoscan` makes, from where the measured tree keeps it.
+
+    Older commits (bench.compare_commits) kept it in imaging; they are asked first, because pneumoscan is
+    a namespace package, so a module only this checkout has would be found here for an older tree too.
+    """
     try:
-        from pneumoscan.memory import keep_large_buffers
+        from pneumoscan.imaging import keep_large_buffers  # type: ignore[attr-defined]
     except ImportError:
-        from pneumoscan.imaging import keep_large_buffers  # type: ignore[attr-defined,no-redef]
+        from pneumoscan.memory import keep_large_buffers
     keep_large_buffers()
 
 
