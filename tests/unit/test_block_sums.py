@@ -39,6 +39,16 @@ class _Spy(reduced.BlockSums):
         return result
 
 
+def _presentation_lut(p_values: np.ndarray) -> Any:
+    """A Presentation LUT Sequence item of 16-bit P-values for ``p_values`` on [0, 1]."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [len(p_values), 0, 16])
+    item.add_new("LUTData", "US", [int(v) for v in np.rint(p_values * 65535)])
+    return item
+
+
 @pytest.fixture
 def spy() -> _Spy:
     return _Spy()
@@ -110,11 +120,14 @@ def test_each_sum_is_its_whole_block_of_the_clipped_values_at_every_block_size(s
     {"size": (600, 600)},  # 1700 is less than 3 x 600 (no block of 2 leaves three times the input)
     {"reduced": False},  # PNEUMOSCAN_REDUCED_DECODE=false
     {"WindowCenter": 9000, "WindowWidth": 100},  # the window shows nothing of the image
+    {"PresentationLUTSequence": "sqrt"},  # a curve after the window, as the SIGMOID is one
 ])
 def test_curves_minmax_small_images_the_setting_and_empty_windows_take_the_full_decode(
         change: dict[str, Any], spy: _Spy) -> None:
     options = {**CLIPPING, **{k: v for k, v in change.items() if k not in ("size", "reduced")}}
     options = {k: v for k, v in options.items() if v is not None}
+    if options.get("PresentationLUTSequence") == "sqrt":
+        options["PresentationLUTSequence"] = [_presentation_lut(np.sqrt(np.linspace(0.0, 1.0, 4096)))]
     if "WindowCenter" not in options:
         options.pop("WindowWidth", None)
     data = dicoms.dicom_bytes(SOURCE, stored=_grainy(2000, 1700), **options)

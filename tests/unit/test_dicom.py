@@ -45,6 +45,8 @@ def _lut(descriptor: list[int], data: list[int], **more: Any) -> Any:
 VARIANTS: dict[str, dict[str, Any]] = {
     "mono2": dict(dicoms.IDENTITY_WINDOW_12),
     "mono1": {"photometric": "MONOCHROME1", **dicoms.IDENTITY_WINDOW_12},
+    # As a DX image says MONOCHROME1 again (PS3.3 C.7.6.1): the same one inversion, not two.
+    "mono1-inverse": {"photometric": "MONOCHROME1", "PresentationLUTShape": "INVERSE", **dicoms.IDENTITY_WINDOW_12},
     # Signed stored values v - 2048, brought back by the intercept before the window.
     "signed": {"stored": (STORED.astype(np.int16) - 2048).view(np.uint16), "PixelRepresentation": 1,
                "RescaleSlope": 1, "RescaleIntercept": 2048, **dicoms.IDENTITY_WINDOW_12},
@@ -380,11 +382,22 @@ def _voi_lut_without_descriptor(ds: Any) -> None:
     ds.VOILUTSequence = [item]
 
 
+def _presentation_lut_without_descriptor(ds: Any) -> None:
+    ds.PresentationLUTSequence = _gamma()
+    del ds.PresentationLUTSequence[0].LUTDescriptor
+
+
+def _presentation_lut_too_short(ds: Any) -> None:
+    ds.PresentationLUTSequence = [_lut([4096, 0, 16], list(range(100)))]
+
+
 @pytest.mark.parametrize(("damage", "reason"), [
     (_two_columns, "Columns is not a single whole number"),  # int() of several values: TypeError
     (_empty_pixel_data, "no pixel data"),
     (_voi_lut_without_data, "corrupt or truncated DICOM: KeyError"),  # how pydicom reports a missing LUT Data
     (_voi_lut_without_descriptor, "no usable LUT Descriptor"),
+    (_presentation_lut_without_descriptor, "the Presentation LUT has no usable LUT Descriptor"),
+    (_presentation_lut_too_short, "corrupt or truncated DICOM: IndexError"),
 ])
 def test_damaged_values_are_rejected_as_such(damage: Callable[[Any], None], reason: str) -> None:
     ds = dicoms.dicom_dataset(SOURCE)
@@ -401,3 +414,85 @@ def test_a_transfer_syntax_uid_with_a_damaged_vr_still_names_the_syntax() -> Non
     image = _decode(data.replace(marker, b"\x02\x00\x10\x00SH"))
     assert image.kind == DICOM
     _close(image.pixels, EXPECTED, "explicit-le")
+
+
+# --- the Presentation LUT (PS3.3 C.7.6.1, C.11.4) ----------------------------------------------------
+
+
+def _gamma(entries: int = 4096, bits: int = 16, *, decreasing: bool = False) -> list[Any]:
+    """A Presentation LUT Sequence of P-values sqrt(x), or sqrt(1 - x) decreasing, x the VOI output on [0, 1]."""
+    x = np.linspace(0.0, 1.0, entries)
+    p_values = np.rint(np.sqrt(1.0 - x if decreasing else x) * (2**bits - 1))
+    return [_lut([entries, 0, bits], [int(v) for v in p_values])]
+
+
+@pytest.mark.parametrize(("photometric", "shape"), [("MONOCHROME2", "IDENTITY"), ("MONOCHROME1", "INVERSE")])
+def test_a_presentation_lut_shape_that_agrees_with_the_photometric_interpretation_changes_nothing(
+        photometric: str, shape: str) -> None:
+    options = {"photometric": photometric, **dicoms.IDENTITY_WINDOW_12}
+    plain = _decode(dicoms.dicom_bytes(SOURCE, **options)).pixels
+    shaped = _decode(dicoms.dicom_bytes(SOURCE, PresentationLUTShape=shape, **options)).pixels
+    np.testing.assert_array_equal(shaped, plain)
+    _close(shaped, EXPECTED, "explicit-le")
+
+
+@pytest.mark.parametrize(("photometric", "shape"), [("MONOCHROME2", "INVERSE"), ("MONOCHROME1", "IDENTITY")])
+def test_a_presentation_lut_shape_that_contradicts_the_photometric_interpretation_is_rejected(
+        photometric: str, shape: str) -> None:
+    """C.7.6.1: IDENTITY goes with MONOCHROME2, INVERSE with MONOCHROME1. A file that says both cannot say which
+    end is white (a viewer that follows the shape shows the other one a negative): never classify a negative."""
+    data = dicoms.dicom_bytes(SOURCE, photometric=photometric, PresentationLUTShape=shape, **dicoms.IDENTITY_WINDOW_12)
+    with pytest.raises(Rejected, match=f"Presentation LUT Shape {shape} contradicts the Photometric Interpretation "
+                                       f"{photometric}: which end is white is unknown"):
+        _decode(data)
+
+
+def test_a_presentation_lut_shape_for_printers_is_unsupported() -> None:
+    data = dicoms.dicom_bytes(SOURCE, PresentationLUTShape="LIN OD", **dicoms.IDENTITY_WINDOW_12)
+    with pytest.raises(Rejected, match=r"unsupported DICOM: .*LIN OD"):
+        _decode(data)
+
+
+def test_a_presentation_lut_sequence_maps_the_picture_to_its_p_values() -> None:
+    data = dicoms.dicom_bytes(SOURCE, PresentationLUTSequence=_gamma(), **dicoms.IDENTITY_WINDOW_12)
+    image = _decode(data)
+    assert image.notes == ()
+    np.testing.assert_allclose(image.pixels, np.sqrt(EXPECTED), atol=1e-4)  # the table's rounding: 0.5 / 65535
+
+
+def test_a_decreasing_presentation_lut_on_monochrome1_is_its_one_inversion() -> None:
+    """MONOCHROME1 stores 4095 - v: the decreasing LUT sqrt(1 - x) shows sqrt(v / 4095), as MONOCHROME2 does."""
+    mono1 = dicoms.dicom_bytes(SOURCE, photometric="MONOCHROME1", PresentationLUTSequence=_gamma(decreasing=True),
+                               **dicoms.IDENTITY_WINDOW_12)
+    mono2 = dicoms.dicom_bytes(SOURCE, PresentationLUTSequence=_gamma(), **dicoms.IDENTITY_WINDOW_12)
+    np.testing.assert_allclose(_decode(mono1).pixels, _decode(mono2).pixels, atol=1e-4)
+    np.testing.assert_allclose(_decode(mono1).pixels, np.sqrt(EXPECTED), atol=1e-4)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_presentation_lut_sequence_that_runs_against_the_photometric_interpretation_is_rejected(
+        photometric: str) -> None:
+    lut = _gamma(decreasing=photometric == "MONOCHROME2")
+    data = dicoms.dicom_bytes(SOURCE, photometric=photometric, PresentationLUTSequence=lut, **dicoms.IDENTITY_WINDOW_12)
+    with pytest.raises(Rejected, match="the Presentation LUT Sequence contradicts the Photometric Interpretation"):
+        _decode(data)
+
+
+def test_a_flat_presentation_lut_is_a_blank_image() -> None:
+    lut = [_lut([4096, 0, 16], [30000] * 4096)]
+    data = dicoms.dicom_bytes(SOURCE, PresentationLUTSequence=lut, **dicoms.IDENTITY_WINDOW_12)
+    with pytest.raises(Rejected, match="blank image: the Presentation LUT maps every value to one"):
+        _decode(data)
+
+
+@pytest.mark.parametrize(("shape", "accepted"), [("IDENTITY", True), ("INVERSE", False)])
+def test_a_colour_image_takes_only_the_identity_presentation_lut(shape: str, accepted: bool) -> None:
+    rgb = np.stack([xrays.gray(SOURCE)] * 3, axis=-1)
+    ds = dicoms.dicom_dataset(SOURCE, bits=8, stored=rgb[..., 0], photometric="RGB", PresentationLUTShape=shape)
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = rgb.tobytes()
+    if accepted:
+        _close(_decode(_saved(ds)).pixels, xrays.gray(SOURCE) / 255.0, "explicit-le")
+    else:
+        with pytest.raises(Rejected, match="Presentation LUT Shape INVERSE on a colour image"):
+            _decode(_saved(ds))

@@ -69,13 +69,13 @@ def _decode_dataset(
     if kind == "PALETTE COLOR":
         array = pixels.apply_palette(array, ds)
     if array.ndim == 3:  # colour
-        image = pixels.apply_luma(array, ds)
+        image = pixels.apply_presentation_lut(pixels.apply_luma(array, ds), ds, colour=True)
     elif kind not in pixels.GRAYSCALE:
         raise Rejected(f"unsupported photometric interpretation {kind or '(none)'}")
     else:
         image, note = pixels.apply_voi(array, ds, 1 if smaller is None else smaller.summed)
         notes += note
-        image = pixels.apply_polarity(image, ds)
+        image = pixels.apply_presentation_lut(image, ds)
     if smaller is not None and smaller.box is not None:  # one more row and column, so that its box lies inside
         spread = reduced.spread(image, smaller.weight) if smaller.weight else image
         image = np.pad(spread, ((0, 1), (0, 1)), mode="edge")

@@ -1,7 +1,8 @@
 """DICOM pixel transforms, one standard step per function, pydicom-style ``(arr, ds)``: stored values to [0, 1].
 
 The grayscale pipeline of PS3.4 N.2.1: the Modality LUT (PS3.3 C.11.1), the VOI LUT (C.11.2), then the
-polarity of the Photometric Interpretation (C.7.6.3.1.2); colour images go to luma instead (C.7.6.3.1.2, C.7.9).
+Presentation LUT with the polarity of the Photometric Interpretation (C.11.4, C.7.6.1, C.7.6.3.1.2); colour
+images go to luma instead (C.7.6.3.1.2, C.7.9).
 """
 
 from __future__ import annotations
@@ -160,9 +161,73 @@ def apply_voi(arr: np.ndarray, ds: Any, summed: int = 1, *, tabled: bool = True)
     return voi
 
 
-def apply_polarity(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """The VOI output on [0, 1] shown 0 black, 1 white: MONOCHROME1 shows its minimum white (PS3.3 C.7.6.3.1.2)."""
-    return 1.0 - arr if photometric(ds) == "MONOCHROME1" else arr
+class PresentationLUT(NamedTuple):
+    """A Presentation LUT as P-values on [0, 1] for inputs spread evenly over [0, 1], and what it is."""
+
+    table: np.ndarray
+    name: str  # "Presentation LUT Shape INVERSE", or "the Presentation LUT Sequence"
+    shape: bool  # a Presentation LUT Shape: straight, so the polarity alone
+
+
+def presentation_lut(ds: Any) -> PresentationLUT | None:
+    """The data set's Presentation LUT, None when it has none.
+
+    A Presentation LUT Sequence (2050,0010), its LUT Data read by pydicom (PS3.3 C.11.4, C.11.4.1); else a
+    Presentation LUT Shape (2050,0020): IDENTITY [0, 1], INVERSE [1, 0], and anything else (LIN OD is
+    for printers) refused by pydicom as unsupported.
+    """
+    from pydicom.pixels import apply_presentation_lut as pydicom_presentation_lut
+
+    if sequence := ds.get("PresentationLUTSequence"):
+        try:
+            descriptor = sequence[0].get("LUTDescriptor")
+            entries, bits = int(descriptor[0]) or 65536, int(descriptor[2])
+        except (TypeError, IndexError, ValueError, AttributeError):  # absent, too short, not a sequence
+            raise Rejected("corrupt DICOM: the Presentation LUT has no usable LUT Descriptor") from None
+        if entries < 2 or not 1 <= bits <= 16:
+            raise Rejected(f"corrupt DICOM: a Presentation LUT of {entries} entries of {bits} bits")
+        # pydicom spreads its input's range over the entries: a ramp of the indexes reads the table as it is.
+        with codec(DICOM, PYDICOM_DAMAGED):
+            table = np.asarray(pydicom_presentation_lut(np.arange(entries, dtype=np.float64), ds), np.float64)
+        if table.shape != (entries,):
+            raise Rejected("corrupt DICOM: the Presentation LUT Data do not fill its LUT Descriptor")
+        return PresentationLUT(table / ((1 << bits) - 1), "the Presentation LUT Sequence", False)
+    shape = ds.get("PresentationLUTShape")
+    if not str(shape or "").strip():
+        return None
+    with codec(DICOM, PYDICOM_DAMAGED):
+        table = np.asarray(pydicom_presentation_lut(np.array([0.0, 1.0]), ds), np.float64)
+    return PresentationLUT(table, f"Presentation LUT Shape {str(shape).strip().upper()}", True)
+
+
+def apply_presentation_lut(arr: np.ndarray, ds: Any, *, colour: bool = False) -> np.ndarray:
+    """The VOI output on [0, 1] to P-values on [0, 1], 0 black and 1 white: polarity and Presentation LUT.
+
+    The Photometric Interpretation (PS3.3 C.7.6.3.1.2) sets the polarity: MONOCHROME1 shows its minimum
+    white. A Presentation LUT Shape of the General Image Module (C.7.6.1) says it again: IDENTITY for
+    MONOCHROME2 and colour, INVERSE for MONOCHROME1. A Presentation LUT Sequence (C.11.4) maps through
+    its table of P-values, which must run the same way as the polarity. A Presentation LUT that
+    contradicts the Photometric Interpretation is refused: which end is white is then unknown (files
+    with a wrong shape are known), and a negative must never be read as a radiograph. ``colour``
+    images (luma) take no Presentation LUT but IDENTITY (N.2.1.4 of PS3.4: grayscale only).
+    """
+    lut = presentation_lut(ds)
+    inverse = not colour and photometric(ds) == "MONOCHROME1"
+    if lut is None:
+        return 1.0 - arr if inverse else arr
+    table, name, shape = lut
+    if float(table.max()) <= float(table.min()):
+        raise Rejected("blank image: the Presentation LUT maps every value to one")
+    decreasing = bool(table[-1] < table[0])
+    if colour and (decreasing or not shape):
+        raise Rejected(f"{name} on a colour image ({photometric(ds) or 'no photometric interpretation'}): "
+                       "only IDENTITY applies to colour")
+    if decreasing != inverse:
+        raise Rejected(f"{name} contradicts the Photometric Interpretation {photometric(ds) or '(none)'}: "
+                       "which end is white is unknown")
+    if shape:
+        return 1.0 - arr if inverse else arr
+    return np.interp(arr, np.linspace(0.0, 1.0, table.size), table).astype(np.float32)
 
 
 def apply_palette(arr: np.ndarray, ds: Any) -> np.ndarray:

@@ -307,7 +307,8 @@ def block_sums(ds: Any, array: np.ndarray, size: tuple[int, int]) -> Reduced | N
     """A large grayscale frame as the sums of its k x k blocks: the LUT and the resize see k**2 fewer pixels.
 
     Only where the window can be taken through the blocks' means: a rescale (no Modality LUT
-    Sequence) and a LINEAR or LINEAR_EXACT window are one straight line between the two stored values
+    Sequence), a LINEAR or LINEAR_EXACT window and no Presentation LUT Sequence (a curve, applied after
+    the window) are one straight line between the two stored values
     where the window saturates. The stored values are first clipped to those two, so that a block the
     window clips in part averages what the window shows, not what it hides: such a block's value
     differs from the mean of the exact decode's by at most one stored value's step of the window
@@ -320,7 +321,7 @@ def block_sums(ds: Any, array: np.ndarray, size: tuple[int, int]) -> Reduced | N
     from pydicom.pixels import apply_modality_lut
 
     if array.ndim != 2 or array.dtype.kind not in "iu" or photometric(ds) not in GRAYSCALE \
-            or "ModalityLUTSequence" in ds or ds.get("VOILUTSequence"):
+            or "ModalityLUTSequence" in ds or ds.get("VOILUTSequence") or ds.get("PresentationLUTSequence"):
         return None
     window = first_window(ds)
     height, width = array.shape
