@@ -99,6 +99,20 @@ def test_a_spool_that_is_not_a_folder_fails_the_write(tmp_path: Path) -> None:
     assert raised.value.errno == errno.ENOTDIR
 
 
+def test_the_transfer_syntaxes_offered_are_those_pydicom_decodes_here() -> None:
+    from pydicom import uid
+    from pydicom.pixels import get_decoder
+
+    offered = receiver.transfer_syntaxes()
+    assert len(offered) == len(set(offered))
+    assert all(get_decoder(syntax).is_available for syntax in offered)
+    # Uncompressed, deflated and RLE need no plugin; the tests' encoders make these compressed ones.
+    assert {uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVRBigEndian,
+            uid.DeflatedExplicitVRLittleEndian, uid.RLELossless, uid.JPEGBaseline8Bit, uid.JPEGLSLossless,
+            uid.JPEG2000Lossless} <= set(offered)
+    assert uid.JPEG2000MC not in offered  # no decoder in pydicom: a sender must transcode it first
+
+
 # --- the SCP, over a real association from pynetdicom ----------------------------------------------
 
 

@@ -29,15 +29,24 @@ _PLACING = threading.Lock()  # two associations storing the same instance at onc
 
 
 def transfer_syntaxes() -> list[str]:
-    """Every transfer syntax pneumoscan's decoder reads: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000
-    and High-Throughput JPEG 2000 (pylibjpeg-openjpeg decodes it)."""
-    from pydicom import uid
+    """Every transfer syntax whose pixel data pydicom can decode here: what pneumoscan's decoder reads.
 
-    names = ["ImplicitVRLittleEndian", "ExplicitVRLittleEndian", "ExplicitVRBigEndian",
-             "DeflatedExplicitVRLittleEndian", "RLELossless", "JPEGBaseline8Bit", "JPEGExtended12Bit",
-             "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless", "JPEGLSNearLossless", "JPEG2000Lossless",
-             "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K"]
-    return [str(getattr(uid, name)) for name in names]
+    As pydicom's decoders report it (``get_decoder(uid).is_available``): the uncompressed and deflated
+    syntaxes always, the compressed ones where a plugin for them is installed (pylibjpeg, pyjpegls...).
+    A sender offered nothing else transcodes to one of these, or keeps the instance.
+    """
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import AllTransferSyntaxes
+
+    available = []
+    for syntax in AllTransferSyntaxes:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:  # no decoder at all in pydicom (video, audio, JPEG XL...)
+            continue
+        if decoder.is_available:
+            available.append(str(syntax))
+    return available
 
 
 def _without_network_tracebacks(record: logging.LogRecord) -> bool:
