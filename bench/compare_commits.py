@@ -128,7 +128,7 @@ def table(rows: list[dict[str, Any]], rounds: int) -> str:
     lines = [f"| figure (median of {rounds} rounds each) | base | current | current / base | base range "
              "| current range |", "|---|---|---|---|---|---|"]
     for r in rows:
-        digits = 2 if r["better"] == "lower" or "/" in r["figure"] else 1
+        digits = 1 if r["figure"].endswith(("images/s", ", ms")) else 2
         lines.append(f"| {r['figure']} ({r['better']} is better) | {r['base']:.{digits}f} | {r['current']:.{digits}f} "
                      f"| **{r['ratio']:.2f}** | {r['base_range'][0]:.{digits}f} to {r['base_range'][1]:.{digits}f} "
                      f"| {r['current_range'][0]:.{digits}f} to {r['current_range'][1]:.{digits}f} |")

@@ -29,7 +29,7 @@ def _machine(record: dict[str, Any]) -> str:
     if others:
         line += "; other processes used " + ", ".join(f"{p['name']} {p['cores']} cores" for p in others)
     bundle = record.get("bundle")
-    if bundle:
+    if isinstance(bundle, dict):
         line += f"; model {bundle['version']} ({bundle['input_size']} px)"
     return f"_{record['finished_at']}: {line}._"
 
@@ -136,8 +136,17 @@ def db_writes(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def compare_commits(r: dict[str, Any]) -> list[str]:
+    from bench.compare_commits import table
+
+    current = r["current"]["commit"][:10] + (" + uncommitted src/ changes" if r["current"]["uncommitted_src_changes"]
+                                             else "")
+    return [f"base {r['base']['commit'][:10]}, current {current}; bundle {Path(r['bundle']).name}; "
+            f"{r['rounds']} rounds per side, alternating; {r['minutes']} min in all", "", table(r["rows"], r["rounds"])]
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "db_writes": db_writes,
+    "db_writes": db_writes, "compare_commits": compare_commits,
     "throughput": throughput, "decode": decode, "latency": latency, "memory": memory, "database": database,
     "distributed": distributed, "profile-jpeg": profile, "profile-dicom": profile,
 }
