@@ -1,4 +1,9 @@
-"""The `pneumoscan` command as a user runs it: real subprocesses, environment settings, real files."""
+"""The `pneumoscan` command as a user runs it: real subprocesses, environment settings, real files.
+
+Checks of options and output formats run the same command in this process through click's CliRunner
+(``_invoke``), which saves an interpreter start each; exit codes, signals and "no traceback" are checked
+on real subprocesses (``_run``).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,16 @@ _env = helpers.pneumoscan_env
 def _run(exe: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
                           stdin=subprocess.DEVNULL)
+
+
+def _invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``pneumoscan ARGS`` under ``env`` in this process (click's CliRunner), as ``_run`` reports it."""
+    from click.testing import CliRunner
+
+    from pneumoscan.cli import main
+
+    result = CliRunner().invoke(main, args, env=env, prog_name="pneumoscan", catch_exceptions=False)
+    return subprocess.CompletedProcess(["pneumoscan", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -111,9 +126,9 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
     assert {r["model_version"]: r["n"] for r in versions} == {"tiny-old-0": 3, tiny_bundle.version: 3}
     assert "0 images" in _ok(_run(pneumoscan_exe, ["reclassify"], env)).stdout  # nothing left to do
     assert "0 images" in _ok(_run(pneumoscan_exe, ["reclassify", "--since", "2999-01-01"], env)).stdout
-    shown = json.loads(_ok(_run(pneumoscan_exe, ["results", "--format", "json"], env)).stdout)
+    shown = json.loads(_ok(_invoke(["results", "--format", "json"], env)).stdout)
     assert {r["model_version"] for r in shown} == {tiny_bundle.version, None}  # current by default
-    history = json.loads(_ok(_run(pneumoscan_exe, ["results", "--all-versions", "--format", "json"], env)).stdout)
+    history = json.loads(_ok(_invoke(["results", "--all-versions", "--format", "json"], env)).stdout)
     assert len(history) == 3 * 2 + 1
 
 
@@ -303,17 +318,17 @@ RESULTS_CASES = [
 
 @pytest.mark.parametrize(("args", "expected", "fmt"), RESULTS_CASES,
                          ids=[" ".join([*a, "--format", f]) for a, _, f in RESULTS_CASES])
-def test_results_filters(results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path, args: list[str],
-                         expected: list[tuple[Any, ...]], fmt: str) -> None:
+def test_results_filters(results_env: tuple[dict[str, str], Path], args: list[str], expected: list[tuple[Any, ...]],
+                         fmt: str) -> None:
     env, _ = results_env
-    proc = _ok(_run(pneumoscan_exe, ["results", *args, "--format", fmt], env))
+    proc = _ok(_invoke(["results", *args, "--format", fmt], env))
     rows = _parse(fmt, proc.stdout)
     assert [_key(r) for r in rows] == expected
 
 
-def test_results_all_versions(results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path) -> None:
+def test_results_all_versions(results_env: tuple[dict[str, str], Path]) -> None:
     env, _ = results_env
-    proc = _ok(_run(pneumoscan_exe, ["results", "--all-versions", "--format", "json"], env))
+    proc = _ok(_invoke(["results", "--all-versions", "--format", "json"], env))
     expected = set()
     for name in KNOWN:
         predictions = KNOWN[name][2]
@@ -324,13 +339,12 @@ def test_results_all_versions(results_env: tuple[dict[str, str], Path], pneumosc
     assert set(rows) == expected
 
 
-def test_results_json_and_csv_carry_every_field(results_env: tuple[dict[str, str], Path],
-                                                pneumoscan_exe: Path) -> None:
+def test_results_json_and_csv_carry_every_field(results_env: tuple[dict[str, str], Path]) -> None:
     from pneumoscan.db.results import RESULT_FIELDS
 
     env, folder = results_env
-    as_json = _parse("json", _ok(_run(pneumoscan_exe, ["results", "--format", "json"], env)).stdout)
-    as_csv = _parse("csv", _ok(_run(pneumoscan_exe, ["results", "--format", "csv"], env)).stdout)
+    as_json = _parse("json", _ok(_invoke(["results", "--format", "json"], env)).stdout)
+    as_csv = _parse("csv", _ok(_invoke(["results", "--format", "csv"], env)).stdout)
     assert [list(r) for r in as_json] == [list(RESULT_FIELDS)] * len(KNOWN)
     assert [list(r) for r in as_csv] == [list(RESULT_FIELDS)] * len(KNOWN)
     by_name = {Path(r["path"]).name: r for r in as_json}
@@ -357,14 +371,14 @@ def test_results_since_is_local_time(results_env: tuple[dict[str, str], Path], p
     assert [_key(r) for r in json.loads(proc.stdout)] == _expected(["g.jpeg", "e.jpeg", "d.dcm"])
 
 
-def test_results_table(results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path) -> None:
+def test_results_table(results_env: tuple[dict[str, str], Path]) -> None:
     env, _ = results_env
-    proc = _ok(_run(pneumoscan_exe, ["results", "--status", "failed"], env))
+    proc = _ok(_invoke(["results", "--status", "failed"], env))
     assert "g.jpeg" in proc.stdout and "permission denied" in proc.stdout
     assert "a.jpeg" not in proc.stdout
     assert "1 of 1 rows" in proc.stderr
     # Piped (not a terminal): a header and one tab-separated line per row, however long the path.
-    lines = _ok(_run(pneumoscan_exe, ["results"], env)).stdout.splitlines()
+    lines = _ok(_invoke(["results"], env)).stdout.splitlines()
     assert lines[0].split("\t")[:4] == ["id", "path", "paths", "status"]
     assert len(lines) == 1 + len(KNOWN) and all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines)
 
@@ -378,9 +392,9 @@ def test_results_names_an_unknown_model_version_and_the_known_ones(results_env: 
 
 
 def test_results_sorts_by_probability_and_says_when_the_limit_cut_the_list(
-        results_env: tuple[dict[str, str], Path], pneumoscan_exe: Path) -> None:
+        results_env: tuple[dict[str, str], Path]) -> None:
     env, _ = results_env
-    proc = _ok(_run(pneumoscan_exe, ["results", "--sort", "probability", "--limit", "3", "--format", "json"], env))
+    proc = _ok(_invoke(["results", "--sort", "probability", "--limit", "3", "--format", "json"], env))
     assert [_key(r) for r in json.loads(proc.stdout)] == _expected(["d.dcm", "c.png", "b.jpeg"])
     assert f"3 of {len(KNOWN)} rows" in proc.stderr and "--limit 0" in proc.stderr
 
@@ -495,8 +509,8 @@ COMMANDS = ("scan", "watch", "results", "db", "worker", "scheduler", "reclassify
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in COMMANDS else None,
 )
-def test_help(tmp_path: Path, pneumoscan_exe: Path, args: list[str], words: list[str]) -> None:
-    proc = _ok(_run(pneumoscan_exe, [*args, "--help"], _env(tmp_path / "data", "/nonexistent")))
+def test_help(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    proc = _ok(_invoke([*args, "--help"], _env(tmp_path / "data", "/nonexistent")))
     assert proc.stdout.startswith("Usage: pneumoscan")
     text = " ".join(proc.stdout.split())  # help is wrapped to the terminal width
     for word in words:
