@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import partial, wraps
+from functools import cache, partial, wraps
 from typing import Any, TypeVar
 
 import click
@@ -21,15 +21,36 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@cache
+def _expected() -> tuple[type[Exception], ...]:
+    """The errors a user causes and can fix, each with a message that says what to change.
+
+    Imported when an error happens, so that no command's start pays for the modules that raise them.
+    """
+    from pneumoscan.db.reviews import UnknownImage
+    from pneumoscan.db.users import UserError
+    from pneumoscan.models.dataset import DatasetError
+    from pneumoscan.models.recipe import RecipeError
+
+    return (BundleError, DatabaseError, DatasetError, RecipeError, UnknownImage, UserError, WeightsError,
+            NotADirectoryError)
+
+
 def _friendly(func: F) -> F:
-    """Turn the project's expected errors into one-line messages instead of tracebacks."""
+    """Turn the project's expected errors into one-line messages; anything else is a bug and keeps its traceback.
+
+    Expected: the project's own error types for bad input, settings, data or bundles, and an OSError on a
+    path the user gave (it names the file). A ValueError or an OSError without a file is not caught.
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (BundleError, DatabaseError, NotADirectoryError, ValueError, WeightsError) as exc:  # UserError too
-            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            if isinstance(exc, _expected()) or (isinstance(exc, OSError) and exc.filename is not None):
+                raise click.ClickException(str(exc)) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 

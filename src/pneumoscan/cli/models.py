@@ -120,7 +120,6 @@ def train(ctx: click.Context, data_dir: Path, out: Path, restart: bool, **option
     Validation is carved from train by patient; the test split is never read. An interrupted run
     resumes when rerun with the same --out; a finished one is left as it is unless --restart.
     """
-    from pneumoscan.models.dataset import DatasetError
     from pneumoscan.models.train import AlreadyTrained
     from pneumoscan.models.train import train as run_training
 
@@ -135,8 +134,6 @@ def train(ctx: click.Context, data_dir: Path, out: Path, restart: bool, **option
     except AlreadyTrained as exc:
         click.echo(str(exc))
         return
-    except (DatasetError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     for warning in bundle.card.warnings or ():
         err.print(f"[bold red]WARNING[/]: {warning}")
     v = bundle.card.validation_metrics or {}
@@ -167,14 +164,10 @@ def _combining(func: F) -> F:
 def _combine(ctx: click.Context, how: str, bundles: tuple[Path, ...], data_dir: Path, out: Path,
              min_sensitivity: float | None, version: str | None) -> None:
     from pneumoscan.models import ensemble as combining
-    from pneumoscan.models.dataset import DatasetError
 
     members = [load_bundle(path, verify=True) for path in bundles]
-    try:
-        bundle = getattr(combining, how)(members, data_dir, out, _settings(ctx).decode_policy, version=version,
-                                         min_sensitivity=min_sensitivity)
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
+    bundle = getattr(combining, how)(members, data_dir, out, _settings(ctx).decode_policy, version=version,
+                                     min_sensitivity=min_sensitivity)
     for warning in bundle.card.warnings or ():
         err.print(f"[bold red]WARNING[/]: {warning}")
     v = bundle.card.validation_metrics or {}
@@ -209,20 +202,16 @@ def soup(ctx: click.Context, **options: Any) -> None:
 def evaluate(ctx: click.Context, bundle_dir: Path, data_dir: Path, split: str, out: Path | None,
              update_card: bool) -> None:
     """Measure BUNDLE_DIR on DATA_DIR/SPLIT at the bundle's own threshold, decoding as the worker does."""
-    from pneumoscan.models.dataset import DatasetError, list_split
+    from pneumoscan.models.dataset import list_split
     from pneumoscan.models.evaluate import evaluate as run_evaluation
     from pneumoscan.models.evaluate import store_test_metrics
 
     bundle = load_bundle(bundle_dir, verify=True)
-    try:
-        total = len(list_split(data_dir, split))
-        with _progress(f"evaluating {split}") as progress:
-            task = progress.add_task(split, total=total)
-            report = run_evaluation(bundle, data_dir, split, out or bundle_dir / f"eval-{split}",
-                                    _settings(ctx).decode_policy,
-                                    on_batch=lambda n: progress.advance(task, n))
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
+    total = len(list_split(data_dir, split))
+    with _progress(f"evaluating {split}") as progress:
+        task = progress.add_task(split, total=total)
+        report = run_evaluation(bundle, data_dir, split, out or bundle_dir / f"eval-{split}",
+                                _settings(ctx).decode_policy, on_batch=lambda n: progress.advance(task, n))
     if update_card:
         store_test_metrics(bundle, report)
     matrix = report["confusion_matrix"]["rows_true_cols_predicted"]

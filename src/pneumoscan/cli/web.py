@@ -20,6 +20,10 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from pneumoscan.web.app import create_app
 
     settings = _settings(ctx)
+    try:  # the one ValueError here is the user's to fix: an empty secret file left in the data folder
+        settings.web_secret()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     app = create_app(settings, _database(settings))
     err.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)", style="dim")
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True, server_header=False)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class RecipeError(ValueError):
+    """A training recipe that cannot run as asked on this data or from this bundle; the message says what to change."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; stored in the model card."""

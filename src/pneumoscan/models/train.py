@@ -20,7 +20,7 @@ from pneumoscan.models import calibrate, metrics
 from pneumoscan.models.bundle import ModelBundle, configure_devices, write_bundle
 from pneumoscan.models.card import Calibration, ModelCard, threshold_rule
 from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
-from pneumoscan.models.recipe import TrainConfig
+from pneumoscan.models.recipe import RecipeError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def train(
 
     minimum = MIN_INPUT_SIZE.get(config.architecture, 32)
     if config.input_size < minimum:
-        raise ValueError(f"{config.architecture} needs --input-size of at least {minimum} px")
+        raise RecipeError(f"{config.architecture} needs --input-size of at least {minimum} px")
     _check_finished(out, restart)
     configure_devices()
     import keras
@@ -234,7 +234,7 @@ def train(
     keras.utils.set_random_seed(config.rng_seed)
     train_set, val_set = train_validation(data_dir, config.val_fraction, config.seed)
     if not val_set or len({e.label for e in val_set}) < 2:
-        raise ValueError("validation split needs both classes: add images or raise --val-fraction")
+        raise RecipeError("validation split needs both classes: add images or raise --val-fraction")
     log.info("train %d images, validation %d images (%d patients)", len(train_set), len(val_set),
              len({e.patient for e in val_set}))
     x_train, y_train = load_images(train_set, config.input_size, policy), labels_of(train_set)
@@ -334,7 +334,7 @@ def recalibrate(bundle_dir: Path, data_dir: Path, policy: DecodePolicy) -> Model
     bundle = load_bundle(bundle_dir, verify=True)
     data, val_fraction, seed = bundle.card.validation_split
     if data != data_dir.name or val_fraction is None:
-        raise ValueError(f"{bundle_dir} was trained on {data!r}, not on {data_dir.name!r}, "
+        raise RecipeError(f"{bundle_dir} was trained on {data!r}, not on {data_dir.name!r}, "
                          "or its card does not record the validation split")
     _, val_set = train_validation(data_dir, val_fraction, 0 if seed is None else seed)
     rule = bundle.card.min_sensitivity
@@ -397,13 +397,13 @@ def _initial_model(config: TrainConfig) -> Any:
 
     start = load_bundle(Path(config.init), verify=True)
     if (start.card.architecture, start.input_size) != (config.architecture, config.input_size):
-        raise ValueError(f"--init bundle {config.init} is {start.card.architecture} at "
+        raise RecipeError(f"--init bundle {config.init} is {start.card.architecture} at "
                          f"{start.input_size} px, not {config.architecture} at {config.input_size} px")
     log.info("starting from the weights of %s (%s)", start.version, config.init)
     model = keras.models.load_model(start.path / MODEL_FILE, compile=False)
     has = any(layer.name == "equalize" for layer in model.layers)
     if has != config.equalize:
-        raise ValueError(f"--init bundle {config.init} {'equalizes' if has else 'does not equalize'} its input: "
+        raise RecipeError(f"--init bundle {config.init} {'equalizes' if has else 'does not equalize'} its input: "
                          f"{'add' if has else 'drop'} --equalize to match it")
     return model
 
