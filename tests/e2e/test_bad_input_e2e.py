@@ -15,12 +15,12 @@ import helpers
 import numpy as np
 import pytest
 from PIL import Image
-from pneumoscan.scheduler.reclassify import reclassify
 from support import dicoms, xrays
 
 from pneumoscan.db.selection import ReclassifySelection
+from pneumoscan.inputs import iter_files
 from pneumoscan.pipeline import classify_paths
-from pneumoscan.scheduler.watcher import iter_files
+from pneumoscan.services.reclassify import reclassify
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -213,22 +213,20 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     Old predictions stay; `results --all-versions` shows them. With PNEUMOSCAN_BROKER_URL set the
     batches are enqueued for the workers, otherwise they are classified here.
     """
-    from pneumoscan.scheduler.reclassify import reclassify as run_reclassification
-
-    from pneumoscan.db.selection import ReclassifySelection, count_for_reclassification
+    from pneumoscan.db.selection import ReclassifySelection
+    from pneumoscan.services import reclassify as service
 
     settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
-    selection = ReclassifySelection(everything, _utc(since), status)
-    with sessions() as session:
-        total = count_for_reclassification(session, selection, bundle.version)
+    selection = ReclassifySelection(everything, _utc(since), Status(status) if status else None)
+    total = service.count(sessions, bundle.version, selection)
     outcomes: Counter[str] = Counter()
     dispatcher = _dispatcher(settings, lambda results: outcomes.update(_outcome(r) for r in results))
     with _progress("reclassifying" if settings.embedded else "enqueuing") as progress:
         task = progress.add_task("reclassify", total=total)
-        sent = run_reclassification(sessions, bundle.version, selection,
-                                    lambda ids, paths: dispatcher.submit_images(ids, paths, everything),
-                                    batch_size=settings.batch_size, on_batch=lambda n: progress.advance(task, n))
+        sent = service.reclassify(sessions, bundle.version, selection,
+                                  lambda ids, paths: dispatcher.submit_images(ids, paths, everything),
+                                  batch_size=settings.batch_size, on_batch=lambda n: progress.advance(task, n))
     if not settings.embedded:
         click.echo(f"{sent} images enqueued for model {bundle.version}")
         return

@@ -10,6 +10,7 @@ import click
 
 from pneumoscan.cli._common import _bundle, _database, _friendly, _settings
 from pneumoscan.domain import LABELS, ROLES
+from pneumoscan.services import calibration as site_calibration
 
 
 @click.command()
@@ -38,9 +39,10 @@ def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment
 @click.option("--validation", "validation_data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Instead: refit the model bundle's own temperature and threshold on the validation split "
                    "of this DATA_DIR that it was trained with (for bundles made before calibration).")
-@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=0.95, show_default=True,
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1), default=site_calibration.TARGET_SENSITIVITY,
+              show_default=True,
               help="The share of new pneumonias to expect above the threshold, estimated from the reviewed ones.")
-@click.option("--min-reviews", type=click.IntRange(1), default=50, show_default=True,
+@click.option("--min-reviews", type=click.IntRange(1), default=site_calibration.MIN_REVIEWS, show_default=True,
               help="Reviewed cases of each class needed before fitting.")
 @click.option("--undo", is_flag=True, help="Withdraw the operating point in force; the one before it applies again.")
 @click.option("--history", "show_history", is_flag=True, help="List every operating point of the current model.")
@@ -66,28 +68,24 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
         return
     if not from_reviews:
         raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
-    from pneumoscan.db import reviews
-    from pneumoscan.models.calibrate import TooFewReviews
-
     settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
-    with sessions.begin() as session:
-        if show_history:
-            for p in reviews.history(session, bundle.version):
-                state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
-                click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
-                           f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
-            return
+    if show_history:
+        for p in site_calibration.history(sessions, bundle.version):
+            state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
+            click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
+                       f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
+        return
+    try:
         if undo:
-            point, threshold, changed = reviews.undo_point(session, bundle.version, bundle.threshold)
-            click.echo(f"withdrew operating point {point.id}; threshold is {threshold:.4f} again, "
-                       f"{changed} labels changed")
+            undone = site_calibration.undo(sessions, bundle)
+            click.echo(f"withdrew operating point {undone.point.id}; threshold is {undone.threshold:.4f} again, "
+                       f"{undone.relabelled} labels changed")
             return
-        try:
-            point, figures, n = reviews.fit_point(session, bundle.version, bundle.threshold, target_sensitivity,
-                                                  min_reviews)
-        except TooFewReviews as exc:
-            raise click.ClickException(str(exc)) from None
+        fitted = site_calibration.fit(sessions, bundle, target_sensitivity=target_sensitivity, min_reviews=min_reviews)
+    except (site_calibration.TooFewReviews, site_calibration.NothingToUndo) as exc:
+        raise click.ClickException(str(exc)) from None
+    point, figures, n = fitted.point, fitted.figures, fitted.reviewed
     click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
                f"{point.threshold:.4f} from {n} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
                f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; sensitivity to "

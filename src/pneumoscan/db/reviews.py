@@ -107,25 +107,6 @@ def history(session: Session, model_version: str) -> list[OperatingPoint]:
                                 .order_by(OperatingPoint.id)))
 
 
-def fit_point(session: Session, model_version: str, card_threshold: float, target_sensitivity: float,
-              min_reviews: int) -> tuple[OperatingPoint, dict[str, Any], int]:
-    """Fit and put in force the operating point that this site's reviews of ``model_version`` give.
-
-    Returns (the point, its figures on the reviewed cases, how many reviewed cases it was fitted on).
-    Raises ``models.calibrate.TooFewReviews`` when a class has fewer than ``min_reviews`` reviews.
-    """
-    import numpy as np
-
-    from pneumoscan.models.calibrate import site_threshold  # numpy and scikit-learn, no TensorFlow
-
-    cases = reviewed_cases(session, model_version)
-    labels = np.array([c.label for c in cases], dtype=int)
-    threshold, figures = site_threshold(labels, np.array([c.probability for c in cases]), target_sensitivity,
-                                        min_reviews)
-    point = record_point(session, model_version, threshold, card_threshold, target_sensitivity, cases, figures)
-    return point, figures, len(cases)
-
-
 def reviews_of(session: Session, image_id: int) -> list[Review]:
     """Every review of an image, oldest first: who said what, and when."""
     return list(session.scalars(select(Review).where(Review.image_id == image_id).order_by(Review.id)))
