@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,33 @@ def test_predict_batches(tiny_bundle: Any) -> None:
     np.testing.assert_allclose(one_by_one, probabilities, atol=1e-5)
     np.testing.assert_allclose(load_bundle(tiny_bundle.path).predict(batch), probabilities, atol=1e-6)
     assert tiny_bundle.predict(np.zeros((0, 64, 64), np.float32)).shape == (0,)
+
+
+_PREDICT_ALONE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import pneumoscan.models
+from pneumoscan.models.bundle import ModelBundle, read_card
+
+folder = Path(pneumoscan.models.__file__).parent / "default"  # the shipped bundle (temperature 1.41)
+card = read_card(folder)
+assert card.temperature != 1.0
+network = {"predictor": lambda batch: np.full(len(batch), 0.9, np.float32)}  # stands in for TensorFlow
+p = ModelBundle(folder, card, network).predict(np.zeros((2, 8, 8), np.float32))
+assert p.shape == (2,) and 0.8 < p[0] < 0.9, p  # softened by the temperature
+print(sorted({name.split(".")[0] for name in sys.modules} & {"sklearn", "scipy", "tensorflow", "keras"}))
+"""
+
+
+def test_a_calibrated_prediction_loads_neither_scikit_learn_nor_scipy() -> None:
+    """The temperature is three lines of numpy: a worker's path to a probability imports no scikit-learn
+    or SciPy (0.8 s of imports); TensorFlow comes only with the network itself."""
+    done = subprocess.run([sys.executable, "-c", _PREDICT_ALONE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_missing_bundle(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.models import calibrate
+from pneumoscan.models.temperature import apply_temperature
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +21,7 @@ def test_temperature_scaling_lowers_the_nll_of_an_overconfident_model() -> None:
     labels, scores = _overconfident()
     temperature = calibrate.fit_temperature(labels, scores)
     assert temperature == pytest.approx(4.0, rel=0.15)
-    calibrated = calibrate.apply_temperature(scores, temperature)
+    calibrated = apply_temperature(scores, temperature)
     assert calibrate.nll(labels, calibrated) < calibrate.nll(labels, scores) - 0.1
     assert calibrate.expected_calibration_error(labels, calibrated) < calibrate.expected_calibration_error(
         labels, scores) / 2

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.models.card import BundleError, ModelCard
+from pneumoscan.models.temperature import apply_temperature
 
 __all__ = ["CARD_FILE", "MODEL_FILE", "BundleError", "ModelBundle", "ModelCard", "configure_devices", "file_sha256",
            "load_bundle", "read_card", "write_bundle", "write_card"]
@@ -118,8 +119,6 @@ class ModelBundle:
 
         They are temperature-scaled as the card says unless ``calibrated`` is False (the network's own).
         """
-        from pneumoscan.models.calibrate import apply_temperature
-
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[..., None]

@@ -8,21 +8,10 @@ import numpy as np
 
 from pneumoscan.models import metrics
 from pneumoscan.models.card import Calibration
+from pneumoscan.models.temperature import apply_temperature, logit
 
 _EPS = 1e-7
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)), with p clipped away from 0 and 1."""
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """sigmoid(logit(p) / T): T > 1 softens overconfident probabilities, and no label order changes."""
-    if temperature == 1.0:
-        return np.asarray(probabilities, dtype=np.float32)
-    return (1.0 / (1.0 + np.exp(-logit(probabilities) / temperature))).astype(np.float32)
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def nll(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -33,10 +22,13 @@ def nll(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The temperature in [0.05, 20] that minimizes the NLL of ``labels`` (golden-section search on log T).
+    """The temperature in ``TEMPERATURE_BOUNDS`` that minimizes the NLL of ``labels`` (bounded Brent on log T).
 
-    The NLL of a temperature-scaled logistic model is unimodal in log T, so the search finds its minimum.
+    The NLL of a temperature-scaled logistic model is unimodal in log T, so SciPy's bounded scalar
+    minimizer finds its minimum.
     """
+    from scipy.optimize import minimize_scalar
+
     z = logit(probabilities)
     y = np.asarray(labels, dtype=np.float64)
 
@@ -44,20 +36,9 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
         s = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0.0, s) - y * s))  # cross-entropy on logits, stable at large |s|
 
-    lo, hi = np.log(0.05), np.log(20.0)
-    ratio = (np.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    for _ in range(80):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = loss(b)
-    return float(np.exp((lo + hi) / 2))
+    bounds = (float(np.log(TEMPERATURE_BOUNDS[0])), float(np.log(TEMPERATURE_BOUNDS[1])))
+    result = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-9})
+    return float(np.exp(result.x))
 
 
 def brier(labels: np.ndarray, probabilities: np.ndarray) -> float:

