@@ -10,6 +10,7 @@ from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, Prediction
+from pneumoscan.domain import Status
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,11 @@ class ReclassifySelection:
 
     everything: bool = False
     since: datetime | None = None
-    status: str | None = None
+    status: Status | None = None  # also taken as text, as the CLI passes it
+
+    def __post_init__(self) -> None:
+        if self.status is not None:
+            object.__setattr__(self, "status", Status(self.status))
 
 
 def reclassify_statement(selection: ReclassifySelection, model_version: str) -> Select:
@@ -32,9 +37,9 @@ def reclassify_statement(selection: ReclassifySelection, model_version: str) -> 
     statement = select(Image.id, Image.path)
     if not selection.everything:
         current = exists().where(Prediction.image_id == Image.id, Prediction.model_version == model_version)
-        statement = statement.where(or_(~current, Image.status == "failed"))
+        statement = statement.where(or_(~current, Image.status == Status.FAILED))
         if selection.status is None:
-            statement = statement.where(Image.status != "rejected")
+            statement = statement.where(Image.status != Status.REJECTED)
     if selection.status is not None:
         statement = statement.where(Image.status == selection.status)
     if selection.since is not None:

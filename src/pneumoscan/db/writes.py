@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, Prediction, Sighting, Study, utcnow
-from pneumoscan.domain import DICOM_COLUMNS, Result
+from pneumoscan.domain import DICOM_COLUMNS, Outcome, Result, Status, StudyStatus
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -35,8 +35,8 @@ def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) 
         return set()
     predicted = (select(Image.sha256).join(Prediction)
                  .where(Image.sha256.in_(wanted), Prediction.model_version == model_version,
-                        Image.status != "failed"))
-    rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status == "rejected")
+                        Image.status != Status.FAILED))
+    rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status == Status.REJECTED)
     return {h for (h,) in session.execute(predicted.union(rejected)) if h is not None}
 
 
@@ -56,7 +56,7 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
     written: dict[str, Result] = {}  # sha256 -> the last result with that content that is written out
     moved: dict[str, Result] = {}  # sha256 -> the last skipped result with that content
     for result in results:
-        if result.status == "skipped":
+        if result.status == Outcome.SKIPPED:
             if result.sha256:
                 moved[result.sha256] = result
         elif result.sha256 is None:  # unreadable: its image if known, else a row keyed by path
@@ -69,7 +69,7 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
     ids = _upsert_images(session, [written[sha] for sha in sorted(written)], now)
     predictions: dict[tuple[str, str | None], dict[str, Any]] = {}  # the first per (content, model version)
     for r in sorted(results, key=lambda r: r.sha256 or ""):  # stable: the first per key stays first
-        if r.status == "done" and r.sha256:
+        if r.status == Outcome.DONE and r.sha256:
             predictions.setdefault((r.sha256, r.model_version), {
                 "image_id": ids[r.sha256], "model_version": r.model_version, "probability": r.probability,
                 "label": r.label, "threshold": r.threshold, "created_at": now})
@@ -91,12 +91,12 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
 
 def _touch_studies(session: Session, study_uids: set[str], now: datetime) -> None:
     """An instance of each study was stored just now: open the study (again), to be settled once it is quiet."""
-    rows = [{"study_uid": uid, "status": "open", "last_instance_at": now, "revision": 0, "instance_count": 0,
+    rows = [{"study_uid": uid, "status": StudyStatus.OPEN, "last_instance_at": now, "revision": 0, "instance_count": 0,
              "assessed_count": 0, "send_attempts": 0} for uid in sorted(study_uids)]
     for chunk in _chunks(rows):
         statement = dialect_insert(session, Study).values(chunk)
         session.execute(statement.on_conflict_do_update(
-            index_elements=["study_uid"], set_={"status": "open", "last_instance_at": now}))
+            index_elements=["study_uid"], set_={"status": StudyStatus.OPEN, "last_instance_at": now}))
 
 
 def _record_sightings(session: Session, results: list[Result], ids: dict[str, int], now: datetime) -> None:
@@ -164,7 +164,7 @@ def _supersede(session: Session, result: Result, image_id: int | None, now: date
     current = select(Prediction.id).where(Prediction.image_id == result.image_id,
                                           Prediction.model_version == result.model_version)
     session.execute(update(Image).where(Image.id == result.image_id, ~current.exists()).values(
-        status="rejected", updated_at=now,
+        status=Status.REJECTED, updated_at=now,
         reason="file replaced by other content before it could be reclassified (stored as its own image)"))
 
 
