@@ -137,9 +137,10 @@ def _study_monitor(settings: Settings) -> Iterator[None]:
     if not settings.embedded:
         yield
         return
-    from pneumoscan.dicomnet.sender import StudyMonitor
+    from pneumoscan.dicomnet.sender import StoreSCU
+    from pneumoscan.services.studies import StudyMonitor
 
-    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path)):
+    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path), StoreSCU.for_results(settings)):
         yield
 
 

@@ -7,7 +7,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from celery import Task, shared_task
@@ -17,9 +17,11 @@ from sqlalchemy import exc as sa_exc
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.selection import image_locations
+from pneumoscan.dicomnet.sender import StoreSCU
 from pneumoscan.domain import Outcome
-from pneumoscan.imaging import keep_large_buffers
+from pneumoscan.memory import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
+from pneumoscan.services import reclassify, studies
 from pneumoscan.worker.client import (
     CLASSIFY_BATCH,
     NIGHTLY_RECLASSIFY,
@@ -172,10 +174,8 @@ def requeue_stale(self: PneumoscanTask) -> int:
 @shared_task(bind=True, base=PneumoscanTask, name=SETTLE_STUDIES, max_retries=0)  # beat sends the next one soon
 def settle_studies(self: PneumoscanTask) -> dict[str, int]:
     """Complete the studies that went quiet and send the study results that are due (Celery beat, every few s)."""
-    from pneumoscan.dicomnet.sender import settle_and_send
-
-    done = settle_and_send(self.db, self.settings, self.bundle)
-    return {"settled": done.settled, "sent": done.sent, "failed": done.failed}
+    done = studies.settle_and_send(self.db, self.settings, self.bundle, StoreSCU.for_results(self.settings))
+    return asdict(done)  # settled, sent, failed
 
 
 @shared_task(bind=True, base=PneumoscanTask, name=NIGHTLY_RECLASSIFY, **{**RETRY_POLICY, "max_retries": 10})
@@ -185,10 +185,6 @@ def nightly_reclassify(self: PneumoscanTask) -> int:
     The same selection as ``pneumoscan reclassify`` with no options: no prediction from the current
     model version, or failed.
     """
-    from pneumoscan.scheduler.reclassify import reclassify
-
-    from pneumoscan.db.selection import ReclassifySelection
-
     dispatcher = CeleryDispatcher(self.app, self.db)
-    return reclassify(self.db, self.bundle.version, ReclassifySelection(), dispatcher.submit_images,
-                      batch_size=self.settings.batch_size)
+    return reclassify.nightly(self.db, self.bundle.version, dispatcher.submit_images,
+                              batch_size=self.settings.batch_size)
