@@ -234,14 +234,12 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     """Write TARGET (an image id from `results`, or a file) with the model's Grad-CAM heatmap over it."""
     from pneumoscan.db.reviews import active_point
     from pneumoscan.db.selection import image_locations
-    from pneumoscan.domain import label_at
-    from pneumoscan.imaging import ImagingError, decode
+    from pneumoscan.imaging import ImagingError
     from pneumoscan.inputs import open_input
-    from pneumoscan.models.explain import write_overlay
+    from pneumoscan.services import heatmaps
 
     settings = _settings(ctx)
-    path = target
-    bundle = _bundle(settings)
+    path, bundle = target, _bundle(settings)
     with _database(settings)() as session:
         if target.isdigit():
             found = image_locations(session, [int(target)])
@@ -252,12 +250,11 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     threshold = point.threshold if point else bundle.threshold
     try:
         with open_input(path) as fh:
-            image = decode(fh.read(), (bundle.input_size, bundle.input_size), settings.decode_policy)
+            data = fh.read()
+        heatmap = heatmaps.render_file(bundle, data, settings.decode_policy, display_side=None, threshold=threshold)
     except (OSError, ImagingError) as exc:
         raise click.ClickException(f"cannot read {path}: {getattr(exc, 'reason', None) or exc}") from None
-    probability = float(bundle.predict(image.pixels[None])[0])
-    heatmap = bundle.explain(image.pixels[None])[0]
-    write_overlay(out, image.pixels, heatmap, f"Grad-CAM heatmap, {bundle.version}: P(pneumonia) {probability:.2f}")
-    click.echo(f"wrote {out}: {label_at(probability, threshold).value} at probability {probability:.3f} "
+    out.write_bytes(heatmaps.heatmap_png(heatmap))
+    click.echo(f"wrote {out}: {heatmap.label.value} at probability {heatmap.probability:.3f} "
                f"(threshold {threshold:.3f}{', the site operating point' if point else ''})")
 
