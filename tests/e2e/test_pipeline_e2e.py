@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from support import dicoms, xrays
 
+from pneumoscan.domain import SkipReason
 from pneumoscan.imaging import decode, patient_ref
 from pneumoscan.pipeline import classify_paths
 
@@ -177,6 +178,7 @@ def test_same_bytes_under_two_names_are_one_image(inbox: Path, tiny_bundle: Any,
     assert [r.status for r in results] == ["done", "skipped", "done"]
     assert results[1].sha256 == results[0].sha256
     assert "same content" in results[1].reason
+    assert [r.skip for r in results] == [None, SkipReason.DUPLICATE, None]
     assert _count(settings, "images") == 2
     assert _count(settings, "predictions") == 2
     rows = _rows(settings, "SELECT count(*) AS n FROM images WHERE sha256 = ?", _sha256(first))
@@ -185,7 +187,7 @@ def test_same_bytes_under_two_names_are_one_image(inbox: Path, tiny_bundle: Any,
     # Across calls too: the copy found later is not predicted again.
     third = xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "third.jpeg")
     (again,) = _classify([third], tiny_bundle, sessions, settings)
-    assert again.status == "skipped"
+    assert again.status == "skipped" and again.skip == SkipReason.SETTLED
     assert _count(settings, "predictions") == 2
 
 
@@ -201,6 +203,7 @@ def test_running_twice_writes_nothing_new(mixed_files: dict[str, tuple[Path, str
 
     second = _classify(paths, tiny_bundle, sessions, settings)
     assert {r.status for r in second} == {"skipped"}
+    assert {r.skip for r in second} == {SkipReason.SETTLED}  # the rejected bad.jpg too: same bytes, same fate
     assert [r.sha256 for r in second] == [r.sha256 for r in first]
     assert _count(settings, "images") == images
     assert _count(settings, "predictions") == predictions
@@ -231,6 +234,7 @@ def test_a_duplicate_in_a_later_batch_is_not_decoded_again(inbox: Path, tiny_bun
     results = _classify([*paths, copy], tiny_bundle, sessions, settings)
     assert [r.status for r in results] == ["done"] * 8 + ["skipped"]
     assert results[-1].reason == f"same content as {paths[0]}"  # known from this call, not from the database
+    assert results[-1].skip == SkipReason.DUPLICATE
     assert str(copy) not in decoded and len(decoded) == 8
     assert _count(settings, "predictions") == 8
     assert _rows(settings, "SELECT path FROM images WHERE sha256 = ?", _sha256(copy))[0]["path"] == str(copy)
