@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from enum import StrEnum
 from functools import cache, partial, wraps
 from typing import Any, TypeVar
 
@@ -31,9 +32,10 @@ def _expected() -> tuple[type[Exception], ...]:
     from pneumoscan.db.users import UserError
     from pneumoscan.models.dataset import DatasetError
     from pneumoscan.models.recipe import RecipeError
+    from pneumoscan.services.calibration import NothingToUndo, TooFewReviews
 
     return (BundleError, DatabaseError, DatasetError, RecipeError, UnknownImage, UserError, WeightsError,
-            NotADirectoryError)
+            TooFewReviews, NothingToUndo, NotADirectoryError)
 
 
 def _friendly(func: F) -> F:
@@ -53,6 +55,17 @@ def _friendly(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+class EnumChoice(click.Choice):
+    """A choice among an enum's values, as a user types them (and as help lists them), that gives the member."""
+
+    def __init__(self, enum: type[StrEnum], case_sensitive: bool = True) -> None:
+        self.enum = enum
+        super().__init__([member.value for member in enum], case_sensitive)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return self.enum(super().convert(value, param, ctx))
 
 
 def _settings(ctx: click.Context) -> Settings:

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pneumoscan.cli._common import (
+    EnumChoice,
     _bundle,
     _celery_app,
     _classifier,
@@ -33,18 +35,7 @@ from pneumoscan.cli._common import (
 from pneumoscan.cli.dicom import receiver_beside
 from pneumoscan.config import Settings
 from pneumoscan.db.results import RESULT_FIELDS, ResultFilter, query_results
-from pneumoscan.domain import (
-    LABELS,
-    REVIEW_STATES,
-    SORTS,
-    STATUSES,
-    Label,
-    Result,
-    ReviewState,
-    SkipReason,
-    Sort,
-    Status,
-)
+from pneumoscan.domain import Label, Outcome, Result, ReviewState, SkipReason, Sort, Status
 from pneumoscan.models.bundle import BundleError, load_bundle
 
 
@@ -58,7 +49,7 @@ def scan(ctx: click.Context, target: Path) -> None:
     Files already classified by the current model (same content) are skipped. Exits 0 even when
     some files are rejected; see `pneumoscan results --status rejected` for the reasons.
     """
-    from pneumoscan.scheduler.watcher import iter_files
+    from pneumoscan.inputs import iter_files
 
     settings = _settings(ctx)
     classify = _classifier(settings)
@@ -73,8 +64,8 @@ def scan(ctx: click.Context, target: Path) -> None:
 
 def _outcome(result: Result) -> str:
     """What happened to one file, in words: a skip says why."""
-    if result.status != "skipped":
-        return result.status
+    if result.status != Outcome.SKIPPED:
+        return str(result.status)
     if result.skip == SkipReason.DUPLICATE:
         return "skipped: same content as another file here"
     return "skipped: already classified"
@@ -108,17 +99,7 @@ def watch(ctx: click.Context, folder: Path) -> None:
     from pneumoscan.scheduler.watcher import Watcher
 
     settings = _settings(ctx)
-    verbose = logging.getLogger().level <= logging.INFO
-
-    def report(results: list[Result]) -> None:
-        counts = Counter(_outcome(r) + (f" {r.label}" if r.label else "") for r in results)
-        err.print(f"{datetime.now():%H:%M:%S} batch of {len(results)}: "
-                  + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
-        for r in results if verbose else ():
-            err.print(f"  {r.path}: {r.label or _outcome(r)}"
-                      + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}"))
-
-    dispatcher = _dispatcher(settings, report)
+    dispatcher = _dispatcher(settings, partial(_report_batch, verbose=logging.getLogger().level <= logging.INFO))
     # Inline dispatch blocks the loop, so the pipeline is idle whenever a file is waiting: send it now.
     batcher = MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait, submit_when_idle=settings.embedded)
     watcher = Watcher(folder, batcher, settings.quiet_period)
@@ -129,6 +110,15 @@ def watch(ctx: click.Context, folder: Path) -> None:
         watcher.run()
     err.print("stopped")
 
+
+def _report_batch(results: list[Result], verbose: bool) -> None:
+    """One line per classified batch: what happened to its files; with -v, a line per file too."""
+    counts = Counter(_outcome(r) + (f" {r.label}" if r.label else "") for r in results)
+    err.print(f"{datetime.now():%H:%M:%S} batch of {len(results)}: "
+              + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
+    for r in results if verbose else ():
+        err.print(f"  {r.path}: {r.label or _outcome(r)}"
+                  + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}"))
 
 
 @contextmanager
@@ -204,11 +194,11 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
               help="Every image, whatever its status or predictions, decoded and triaged again (rejected ones too).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
               help="Only images updated since this local date or time.")
-@click.option("--status", type=click.Choice(STATUSES),
+@click.option("--status", type=EnumChoice(Status),
               help="Only images with this status (rejected ones only when asked for).")
 @click.pass_context
 @_friendly
-def reclassify(ctx: click.Context, everything: bool, since: datetime | None, status: str | None) -> None:
+def reclassify(ctx: click.Context, everything: bool, since: datetime | None, status: Status | None) -> None:
     """Run the current model on images it has not classified yet, and on failed ones (the nightly job).
 
     Old predictions stay; `results --all-versions` shows them. With PNEUMOSCAN_BROKER_URL set the
@@ -219,7 +209,7 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
 
     settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
-    selection = ReclassifySelection(everything, _utc(since), Status(status) if status else None)
+    selection = ReclassifySelection(everything, _utc(since), status)
     total = service.count(sessions, bundle.version, selection)
     outcomes: Counter[str] = Counter()
     dispatcher = _dispatcher(settings, lambda results: outcomes.update(_outcome(r) for r in results))
@@ -235,8 +225,6 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
     click.echo(f"{sent} images sent through model {bundle.version}" + (f": {detail}" if detail else ""))
 
 
-
-
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -250,8 +238,8 @@ def _cell(value: Any) -> Any:
 
 
 @click.command()
-@click.option("--status", type=click.Choice(STATUSES))
-@click.option("--label", type=click.Choice(LABELS, case_sensitive=False))
+@click.option("--status", type=EnumChoice(Status))
+@click.option("--label", type=EnumChoice(Label, case_sensitive=False))
 @click.option("--min-probability", type=click.FloatRange(0, 1), help="Lowest probability of pneumonia.")
 @click.option("--max-probability", type=click.FloatRange(0, 1), help="Highest probability of pneumonia.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
@@ -261,50 +249,56 @@ def _cell(value: Any) -> Any:
 @click.option("--limit", type=click.IntRange(0), default=100, show_default=True,
               help="At most this many rows; 0 for all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--sort", type=click.Choice(SORTS), default="newest", show_default=True,
+@click.option("--sort", type=EnumChoice(Sort), default=Sort.NEWEST.value, show_default=True,
               help="newest: last updated first; probability: most suspicious first.")
 @click.option("--path", "path_pattern", metavar="PATTERN",
               help="Only images seen at a path matching this glob (* and ?), e.g. '*/2026-12/*.dcm'; every copy "
                    "of a content counts.")
-@click.option("--review", type=click.Choice(REVIEW_STATES),
+@click.option("--review", type=EnumChoice(ReviewState),
               help="Only predictions not yet reviewed, reviewed, or whose latest review disagrees with them.")
 @click.option("--by", "by", type=click.Choice(["image", "study"]), default="image", show_default=True,
               help="study: one row per DICOM study (instances, assessed, label, probability, status, send state).")
 @click.pass_context
 @_friendly
-def results(ctx: click.Context, status: str | None, label: str | None, min_probability: float | None,
+def results(ctx: click.Context, status: Status | None, label: Label | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
-            all_versions: bool, limit: int, fmt: str, sort: str, path_pattern: str | None,
-            review: str | None, by: str) -> None:
+            all_versions: bool, limit: int, fmt: str, sort: Sort, path_pattern: str | None,
+            review: ReviewState | None, by: str) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
     from pneumoscan.db.results import COUNT_AT_MOST, count_results, model_versions
 
     settings = _settings(ctx)
     if by == "study":
-        from pneumoscan.db.studies import STUDY_FIELDS, list_studies
-
-        with _database(settings)() as session:
-            studies = [{k: _cell(v) for k, v in row.items()} for row in list_studies(session, limit or None)]
-        _print_rows(studies, fmt, len(studies), fields=STUDY_FIELDS,
-                    shown=("study_uid", "status", "instance_count", "assessed_count", "label", "probability",
-                           "completed_at", "send_state"))
+        _print_studies(settings, limit, fmt)
         return
-    explicit = model_version is not None
-    if model_version is None and not all_versions:
-        try:
-            model_version = load_bundle(settings.model_path).version
-        except BundleError:
-            model_version = None  # no model configured yet: show whatever is stored
-    filters = ResultFilter(Status(status) if status else None, Label(label.upper()) if label else None,
-                           min_probability, max_probability, _utc(since), model_version, limit or None, Sort(sort),
-                           path_pattern, ReviewState(review) if review else None)
+    version = model_version if model_version is not None or all_versions else _current_version(settings)
+    filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), version, limit or None, sort,
+                           path_pattern, review)
     with _database(settings)() as session:
-        if explicit and model_version not in (known := model_versions(session)):
+        if model_version is not None and model_version not in (known := model_versions(session)):
             raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "
                                        f"{', '.join(known) or 'none yet'}")
         rows = [{k: _cell(row[k]) for k in RESULT_FIELDS} for row in query_results(session, filters)]
         total = count_results(session, filters) if limit and len(rows) == limit else len(rows)
     _print_rows(rows, fmt, total, total >= COUNT_AT_MOST)
+
+
+def _current_version(settings: Settings) -> str | None:
+    """The configured model's version: the results shown by default; None before any model is configured."""
+    try:
+        return load_bundle(settings.model_path).version
+    except BundleError:
+        return None  # no model configured yet: show whatever is stored
+
+
+def _print_studies(settings: Settings, limit: int, fmt: str) -> None:
+    from pneumoscan.db.studies import STUDY_FIELDS, list_studies
+
+    with _database(settings)() as session:
+        studies = [{k: _cell(v) for k, v in row.items()} for row in list_studies(session, limit or None)]
+    _print_rows(studies, fmt, len(studies), fields=STUDY_FIELDS,
+                shown=("study_uid", "status", "instance_count", "assessed_count", "label", "probability",
+                       "completed_at", "send_state"))
 
 
 def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool = False,

@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from pneumoscan.cli._common import _bundle, _database, _friendly, _settings
-from pneumoscan.domain import LABELS, ROLES
+from pneumoscan.cli._common import EnumChoice, _bundle, _database, _friendly, _settings
+from pneumoscan.config import Settings
+from pneumoscan.domain import Label, Role
 from pneumoscan.services import calibration as site_calibration
+
+if TYPE_CHECKING:
+    from pneumoscan.db.schema import OperatingPoint
 
 
 @click.command()
 @click.argument("image_id", type=click.IntRange(1))
-@click.option("--label", required=True, type=click.Choice(LABELS, case_sensitive=False), help="The reviewer's reading.")
+@click.option("--label", required=True, type=EnumChoice(Label, case_sensitive=False), help="The reviewer's reading.")
 @click.option("--reviewer", required=True, help="Who reviewed the image.")
 @click.option("--comment", help="Free text kept with the review.")
 @click.pass_context
 @_friendly
-def review(ctx: click.Context, image_id: int, label: str, reviewer: str, comment: str | None) -> None:
+def review(ctx: click.Context, image_id: int, label: Label, reviewer: str, comment: str | None) -> None:
     """Record a person's reading of IMAGE_ID (from `results`). Reviews are appended, never edited."""
-    from pneumoscan.db.reviews import UnknownImage, add_review
+    from pneumoscan.db.reviews import add_review
 
     if not reviewer.strip():
         raise click.BadParameter("must not be empty", param_hint="--reviewer")
-    try:
-        with _database(_settings(ctx)).begin() as session:
-            saved = add_review(session, image_id, reviewer, label.upper(), comment)
-    except UnknownImage as exc:
-        raise click.ClickException(str(exc)) from None
+    with _database(_settings(ctx)).begin() as session:
+        saved = add_review(session, image_id, reviewer, label, comment)
     click.echo(f"review {saved.id}: image {image_id} is {saved.label} according to {saved.reviewer}")
 
 
@@ -54,44 +57,52 @@ def calibrate(ctx: click.Context, from_reviews: bool, validation_data: Path | No
 
     Existing results of the model are relabelled at once; every change is recorded and can be undone.
     """
+    settings = _settings(ctx)
     if validation_data is not None:
-        from pneumoscan.models.train import recalibrate
-
-        bundle = recalibrate(_settings(ctx).model_path, validation_data, _settings(ctx).decode_policy)
-        calibration = bundle.card.calibration
-        if calibration is None:  # recalibrate always fits one
-            raise click.ClickException(f"{bundle.path}: no calibration was written")
-        before, after = calibration.before, calibration.after
-        click.echo(f"{bundle.version}: temperature {calibration.temperature:.3f}, threshold "
-                   f"{bundle.threshold:.4f}; validation NLL {before['nll']:.4f} -> "
-                   f"{after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
+        _refit_bundle(settings, validation_data)
         return
     if not from_reviews:
         raise click.UsageError("say what to fit on: --from-reviews, or --validation DATA_DIR")
-    settings = _settings(ctx)
     bundle, sessions = _bundle(settings), _database(settings)
     if show_history:
-        for p in site_calibration.history(sessions, bundle.version):
-            state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
-            click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
-                       f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
-        return
-    try:
-        if undo:
-            undone = site_calibration.undo(sessions, bundle)
-            click.echo(f"withdrew operating point {undone.point.id}; threshold is {undone.threshold:.4f} again, "
-                       f"{undone.relabelled} labels changed")
-            return
+        _print_history(site_calibration.history(sessions, bundle.version))
+    elif undo:
+        undone = site_calibration.undo(sessions, bundle)
+        click.echo(f"withdrew operating point {undone.point.id}; threshold is {undone.threshold:.4f} again, "
+                   f"{undone.relabelled} labels changed")
+    else:
         fitted = site_calibration.fit(sessions, bundle, target_sensitivity=target_sensitivity, min_reviews=min_reviews)
-    except (site_calibration.TooFewReviews, site_calibration.NothingToUndo) as exc:
-        raise click.ClickException(str(exc)) from None
-    point, figures, n = fitted.point, fitted.figures, fitted.reviewed
-    click.echo(f"operating point {point.id} for {bundle.version}: threshold {point.previous_threshold:.4f} -> "
-               f"{point.threshold:.4f} from {n} reviews; on them: sensitivity {figures['sensitivity']:.3f}, "
-               f"specificity {figures['specificity']:.3f}, accuracy {figures['accuracy']:.3f}; sensitivity to "
-               f"expect on new cases {figures['expected_sensitivity']:.3f}; {point.relabelled} labels changed "
-               f"(undo with `pneumoscan calibrate --from-reviews --undo`)")
+        _print_fitted(bundle.version, fitted)
 
+
+def _refit_bundle(settings: Settings, data_dir: Path) -> None:
+    """Refit the bundle's own temperature and threshold on its validation split, and say what changed."""
+    from pneumoscan.models.train import recalibrate
+
+    bundle = recalibrate(settings.model_path, data_dir, settings.decode_policy)
+    calibration = bundle.card.calibration
+    if calibration is None:  # recalibrate always fits one
+        raise click.ClickException(f"{bundle.path}: no calibration was written")
+    before, after = calibration.before, calibration.after
+    click.echo(f"{bundle.version}: temperature {calibration.temperature:.3f}, threshold "
+               f"{bundle.threshold:.4f}; validation NLL {before['nll']:.4f} -> "
+               f"{after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
+
+
+def _print_history(points: Iterable[OperatingPoint]) -> None:
+    for p in points:
+        state = f"undone {p.undone_at:%Y-%m-%d %H:%M}" if p.undone_at else "in force"
+        click.echo(f"{p.id}  {p.created_at:%Y-%m-%d %H:%M}  {p.previous_threshold:.4f} -> {p.threshold:.4f}  "
+                   f"{len(json.loads(p.review_ids))} reviews  {p.relabelled} relabelled  {state}")
+
+
+def _print_fitted(model_version: str, fitted: site_calibration.Fitted) -> None:
+    point, figures = fitted.point, fitted.figures
+    click.echo(f"operating point {point.id} for {model_version}: threshold {point.previous_threshold:.4f} -> "
+               f"{point.threshold:.4f} from {fitted.reviewed} reviews; on them: sensitivity "
+               f"{figures['sensitivity']:.3f}, specificity {figures['specificity']:.3f}, accuracy "
+               f"{figures['accuracy']:.3f}; sensitivity to expect on new cases {figures['expected_sensitivity']:.3f}; "
+               f"{point.relabelled} labels changed (undo with `pneumoscan calibrate --from-reviews --undo`)")
 
 
 @click.group()
@@ -110,11 +121,11 @@ def _password(prompt: bool) -> str:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--role", type=EnumChoice(Role), required=True)
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 @click.pass_context
 @_friendly
-def users_add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
+def users_add(ctx: click.Context, name: str, role: Role, password_stdin: bool) -> None:
     """Add a user (passwords are kept only as argon2 hashes)."""
     from pneumoscan.db.users import add_user, use_password_hashing
 
