@@ -516,3 +516,38 @@ def test_help(tmp_path: Path, args: list[str], words: list[str]) -> None:
     for word in words:
         assert word in text, (word, proc.stdout)
     assert not (tmp_path / "data").exists()  # help touches nothing
+
+
+# --- receive ---------------------------------------------------------------------------------------
+
+
+def test_receive_answers_an_echo_and_stops_on_sigterm(tmp_path: Path, pneumoscan_exe: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from support.dcmtk import free_port
+
+    port, spool, log = free_port(), tmp_path / "spool", tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(pneumoscan_exe), "receive", "--port", str(port), "--host", "127.0.0.1",
+                                 "--ae-title", "TESTSCP", "--spool", str(spool)],
+                                env=_env(tmp_path / "data", "/nonexistent"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        helpers.wait_for(lambda: "receiving as" in log.read_text() or proc.poll() is not None, RUN_TIMEOUT,
+                         message="the receiver to listen")
+        assert proc.poll() is None, log.read_text()
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        association = ae.associate("127.0.0.1", port, ae_title="TESTSCP")
+        assert association.is_established
+        assert association.send_c_echo().Status == 0x0000
+        association.release()
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log.read_text()
+    assert returncode == 0 and "Traceback" not in text, text
+    assert f"receiving as TESTSCP on 127.0.0.1:{port} into {spool} from any AE" in text and "stopped" in text

@@ -168,17 +168,12 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
     from pneumoscan.scheduler.batcher import MicroBatcher
     from pneumoscan.scheduler.watcher import Watcher
     from pneumoscan.worker.beat import BeatThread
-    from pneumoscan.worker.client import CeleryDispatcher, requeue_stale
+    from pneumoscan.worker.client import CeleryDispatcher
 
     settings = _settings(ctx)
     app, sessions = _celery_app(settings), _database(settings)
     dispatcher = CeleryDispatcher(app, sessions)
-    from kombu.exceptions import OperationalError as BrokerDown
-
-    try:  # what a previous run handed over and nobody finished: lost messages, dead workers
-        requeue_stale(sessions, dispatcher, settings.requeue_after, settings.batch_size)
-    except (BrokerDown, OSError) as exc:  # beat's reaper tries again every PNEUMOSCAN_REQUEUE_AFTER / 3
-        err.print(f"could not re-enqueue stale files at start ({exc}); beat's reaper will retry", style="yellow")
+    _requeue_stale(settings, sessions, dispatcher)
     watcher = Watcher(folder, MicroBatcher(dispatcher, settings.batch_size, settings.max_batch_wait),
                       settings.quiet_period)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -187,6 +182,18 @@ def scheduler(ctx: click.Context, folder: Path) -> None:
         err.print(f"watching {watcher.inbox}; nightly reclassification at {settings.nightly_at}; Ctrl-C to stop")
         watcher.run()
     err.print("stopped")
+
+
+def _requeue_stale(settings: Settings, sessions: Any, dispatcher: Any) -> None:
+    """Enqueue again what a previous run handed over and nobody finished: lost messages, dead workers."""
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    from pneumoscan.worker.client import requeue_stale
+
+    try:
+        requeue_stale(sessions, dispatcher, settings.requeue_after, settings.batch_size)
+    except (BrokerDown, OSError) as exc:  # beat's reaper tries again every PNEUMOSCAN_REQUEUE_AFTER / 3
+        err.print(f"could not re-enqueue stale files at start ({exc}); beat's reaper will retry", style="yellow")
 
 
 @click.command()
@@ -218,11 +225,9 @@ def reclassify(ctx: click.Context, everything: bool, since: datetime | None, sta
         sent = service.reclassify(sessions, bundle.version, selection,
                                   lambda ids, paths: dispatcher.submit_images(ids, paths, everything),
                                   batch_size=settings.batch_size, on_batch=lambda n: progress.advance(task, n))
-    if not settings.embedded:
-        click.echo(f"{sent} images enqueued for model {bundle.version}")
-        return
     detail = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items()))
-    click.echo(f"{sent} images sent through model {bundle.version}" + (f": {detail}" if detail else ""))
+    click.echo(f"{sent} images enqueued for model {bundle.version}" if not settings.embedded else
+               f"{sent} images sent through model {bundle.version}" + (f": {detail}" if detail else ""))
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -36,7 +36,6 @@ def receiver_beside(settings: Settings, folder: Path) -> Iterator[None]:
         receiver.stop()
 
 
-
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535),
               help="Port to listen on [default: PNEUMOSCAN_DICOM_PORT or 11112].")
@@ -72,12 +71,18 @@ def receive(ctx: click.Context, port: int | None, ae_title: str | None, allow: s
     except OSError as exc:
         raise click.ClickException(f"cannot receive on {host}:{receiver.port} into {folder}: "
                                    f"{exc.strerror or exc}") from None
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
+    stopped = _stop_on_signal()
     err.print(f"receiving as {title} on {host}:{receiver.port} into {folder}"
               + (f" from {', '.join(sorted(allowed))}" if allowed else " from any AE") + "; Ctrl-C to stop")
     stopped.wait()
     receiver.stop()
     err.print("stopped")
+
+
+def _stop_on_signal() -> threading.Event:
+    """An event that Ctrl-C or SIGTERM sets, from now on."""
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    return stopped
 

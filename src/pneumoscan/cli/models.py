@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -13,8 +13,12 @@ from rich.table import Table
 
 from pneumoscan.cli._common import F, _bundle, _database, _friendly, _progress, _settings, err
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
-from pneumoscan.models.bundle import load_bundle
+from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.models.recipe import TrainConfig
+
+if TYPE_CHECKING:
+    from pneumoscan.db import Database
+    from pneumoscan.db.schema import OperatingPoint
 
 _ARCH_HELP = "Network: " + ", ".join(f"{a} (min {MIN_INPUT_SIZE[a]} px)" for a in ARCHITECTURES) + "."
 
@@ -129,16 +133,20 @@ def train(ctx: click.Context, data_dir: Path, out: Path, restart: bool, **option
         err.print(f"epoch {epoch + 1}/{config.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())))
 
     try:
-        bundle = run_training(data_dir, out, config, _settings(ctx).decode_policy, on_epoch=show,
-                              restart=restart)
+        bundle = run_training(data_dir, out, config, _settings(ctx).decode_policy, on_epoch=show, restart=restart)
     except AlreadyTrained as exc:
         click.echo(str(exc))
         return
+    _print_written(out, bundle, bundle.version)
+
+
+def _print_written(out: Path, bundle: ModelBundle, what: str) -> None:
+    """A new bundle's warnings, and one line with its validation figures."""
     for warning in bundle.card.warnings or ():
         err.print(f"[bold red]WARNING[/]: {warning}")
     v = bundle.card.validation_metrics or {}
-    click.echo(f"wrote {out}: {bundle.version}, threshold {bundle.threshold:.4f}, validation ROC AUC "
-               f"{v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
+    click.echo(f"wrote {out}: {what}, threshold {bundle.threshold:.4f}, validation ROC AUC {v['roc_auc']:.4f}, "
+               f"sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}")
 
 
 def _combining(func: F) -> F:
@@ -168,12 +176,7 @@ def _combine(ctx: click.Context, how: str, bundles: tuple[Path, ...], data_dir: 
     members = [load_bundle(path, verify=True) for path in bundles]
     bundle = getattr(combining, how)(members, data_dir, out, _settings(ctx).decode_policy, version=version,
                                      min_sensitivity=min_sensitivity)
-    for warning in bundle.card.warnings or ():
-        err.print(f"[bold red]WARNING[/]: {warning}")
-    v = bundle.card.validation_metrics or {}
-    click.echo(f"wrote {out}: {bundle.version} ({how} of {len(members)} bundles), threshold {bundle.threshold:.4f}, "
-               f"validation ROC AUC {v['roc_auc']:.4f}, sensitivity {v['sensitivity']:.3f}, "
-               f"specificity {v['specificity']:.3f}")
+    _print_written(out, bundle, f"{bundle.version} ({how} of {len(members)} bundles)")
 
 
 @click.command()
@@ -214,8 +217,12 @@ def evaluate(ctx: click.Context, bundle_dir: Path, data_dir: Path, split: str, o
                                 _settings(ctx).decode_policy, on_batch=lambda n: progress.advance(task, n))
     if update_card:
         store_test_metrics(bundle, report)
+    _print_report(bundle.version, split, report)
+
+
+def _print_report(model_version: str, split: str, report: dict[str, Any]) -> None:
     matrix = report["confusion_matrix"]["rows_true_cols_predicted"]
-    table = Table(title=f"{bundle.version} on {split} (n={report['n']}, threshold {report['threshold']:.4f})")
+    table = Table(title=f"{model_version} on {split} (n={report['n']}, threshold {report['threshold']:.4f})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc"):
@@ -232,22 +239,14 @@ def evaluate(ctx: click.Context, bundle_dir: Path, data_dir: Path, split: str, o
 @_friendly
 def explain(ctx: click.Context, target: str, out: Path) -> None:
     """Write TARGET (an image id from `results`, or a file) with the model's Grad-CAM heatmap over it."""
-    from pneumoscan.db.reviews import active_point
-    from pneumoscan.db.selection import image_locations
     from pneumoscan.imaging import ImagingError
     from pneumoscan.inputs import open_input
     from pneumoscan.services import heatmaps
 
     settings = _settings(ctx)
-    path, bundle = target, _bundle(settings)
-    with _database(settings)() as session:
-        if target.isdigit():
-            found = image_locations(session, [int(target)])
-            if not found:
-                raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
-            path = found[0][1]
-        point = active_point(session, bundle.version)  # this site's threshold, as the pipeline labels with
-    threshold = point.threshold if point else bundle.threshold
+    bundle = _bundle(settings)
+    path, point = _explained(_database(settings), target, bundle.version)
+    threshold = point.threshold if point else bundle.threshold  # this site's, as the pipeline labels with
     try:
         with open_input(path) as fh:
             data = fh.read()
@@ -258,3 +257,17 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     click.echo(f"wrote {out}: {heatmap.label.value} at probability {heatmap.probability:.3f} "
                f"(threshold {threshold:.3f}{', the site operating point' if point else ''})")
 
+
+def _explained(sessions: Database, target: str, model_version: str) -> tuple[str, OperatingPoint | None]:
+    """The file TARGET names (an image id, or a path as it is), and the site operating point in force."""
+    from pneumoscan.db.reviews import active_point
+    from pneumoscan.db.selection import image_locations
+
+    with sessions() as session:
+        path = target
+        if target.isdigit():
+            found = image_locations(session, [int(target)])
+            if not found:
+                raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
+            path = found[0][1]
+        return path, active_point(session, model_version)
