@@ -31,8 +31,8 @@ def _triple(code: Any) -> tuple[str, str, str]:
 
 
 def test_the_concepts_keep_their_codes_and_meanings() -> None:
-    now = {"finding": sr.FINDING, Label.PNEUMONIA: sr.FINDINGS[Label.PNEUMONIA], Label.NORMAL: sr.FINDINGS[Label.NORMAL],
-           "probability": sr.PROBABILITY, "threshold": sr.THRESHOLD, "procedure": sr.PROCEDURE, "unit": sr.NO_UNITS}
+    now = {"finding": sr.FINDING, **sr.FINDINGS, "probability": sr.PROBABILITY, "threshold": sr.THRESHOLD,
+           "procedure": sr.PROCEDURE, "unit": sr.NO_UNITS}
     assert {key: _triple(code) for key, code in now.items()} == WRITTEN_BEFORE
     assert set(sr.FINDINGS) == set(Label)
 
@@ -88,8 +88,8 @@ def test_the_report_carries_the_same_codes_as_before(tmp_path: Path, label: Labe
 def test_a_report_with_no_file_left_on_disk_is_refused(tmp_path: Path) -> None:
     study = Study(study_uid="1.2.3", label=Label.NORMAL, probability=0.1, threshold=0.5, model_version="v",
                   revision=1)
-    with pytest.raises(SendError, match="no received file of study 1.2.3"):
-        sr.build_report(study, [Instance(1, None, [str(tmp_path / "gone.dcm")], None, Status.DONE, "NORMAL", 0.1)])
+    with pytest.raises(SendError, match=r"no received file of study 1\.2\.3"):
+        sr.build_report(study, [Instance(1, None, [str(tmp_path / "gone.dcm")], None, Status.DONE, Label.NORMAL, 0.1)])
 
 
 def test_the_capture_wraps_the_drawn_picture_and_files_it_with_the_study(tmp_path: Path) -> None:
