@@ -51,7 +51,8 @@ def throughput(r: dict[str, Any]) -> list[str]:
                    f"({e['wall_s']:.0f} s) | {k['a_ceiling']['images_per_s']:.1f} "
                    f"| {k['c_decode']['images_per_s']:.1f} "
                    f"| {k['limit_images_per_s']:.1f} {k['limit_rule']} | **{k['e2e_over_limit']:.2f}** "
-                   f"| {k['b_seed']['images_per_s']:.1f} | **{k['e2e_over_seed']:.1f}** |")
+                   + (f"| {k['b_seed']['images_per_s']:.1f} | **{k['e2e_over_seed']:.1f}** |" if k["b_seed"]
+                      else "| not measured | |"))
     db = r.get("db_cost_sqlite")
     if db:
         out += ["", f"(d) database work alone (SQLite): {db['ms_per_batch']:.1f} ms per batch of {db['batch_size']} "

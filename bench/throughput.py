@@ -181,9 +181,10 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
     # machine's load during the run does not favour either side of the ratio.
     c1 = decode_alone(ref, size, args.decode_workers)
     a1 = ceiling(bundle_path, batch, args.ceiling_seconds)
-    b = seed_way(bundle_path, paths[: args.seed_n], size)
-    print(f"  (b) seed notebooks    {b['images_per_s']:8.1f} images/s  ({b['ms_per_image']:.0f} ms/image, "
-          f"{b['images']} files)", flush=True)
+    b = seed_way(bundle_path, paths[: args.seed_n], size) if args.seed_n else None
+    if b:
+        print(f"  (b) seed notebooks    {b['images_per_s']:8.1f} images/s  ({b['ms_per_image']:.0f} ms/image, "
+              f"{b['images']} files)", flush=True)
     e2e = end_to_end(folder, bundle_path, args.work, args.batch_size, args.decode_workers, kind)
     c2 = decode_alone(ref, size, args.decode_workers)
     a2 = ceiling(bundle_path, batch, args.ceiling_seconds)
@@ -205,16 +206,16 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
               flush=True)
     out = {"kind": kind, "n": n, "e2e": e2e, "e2e_full_decode": full, "a_ceiling": a, "b_seed": b, "c_decode": c,
            "limit_images_per_s": limit, "limit_rule": "min(a, c)" if on_gpu else "1/(1/a + 1/c)",
-           "e2e_over_limit": e2e["images_per_s"] / limit, "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"],
+           "e2e_over_limit": e2e["images_per_s"] / limit,
+           "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"] if b else None,
            "wall_e2e_over_limit": e2e["wall_images_per_s"] / limit,
            "e2e_over_full_decode": e2e["images_per_s"] / full["images_per_s"] if full else None}
     print(f"  e2e scan              {e2e['images_per_s']:8.1f} images/s  steady state; "
           f"{e2e['wall_images_per_s']:.1f} images/s over the whole {e2e['wall_s']:.1f} s run, of which "
           f"{e2e.get('startup_and_first_batch_s', 0):.1f} s start-up and first batch; {e2e['statuses']}")
     print(f"  limit {out['limit_rule']} = {limit:.1f} images/s -> e2e/limit {out['e2e_over_limit']:.2f}"
-          f"{'  (target >= 0.9)' if kind in ('jpeg', 'dicom') else ''}; "
-          f"e2e/(b) {out['e2e_over_seed']:.1f} (target >= 5)",
-          flush=True)
+          f"{'  (target >= 0.9)' if kind in ('jpeg', 'dicom') else ''}"
+          + (f"; e2e/(b) {out['e2e_over_seed']:.1f} (target >= 5)" if b else ""), flush=True)
     return out
 
 
@@ -225,7 +226,7 @@ def main() -> None:
                         help="DICOM files end to end, per DICOM kind (6.8 MB each uncompressed) [default: 500]")
     parser.add_argument("--kinds", default="jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg")
     parser.add_argument("--ref-n", type=int, default=200, help="files for the decode-alone reference (c)")
-    parser.add_argument("--seed-n", type=int, default=100, help="files for the one-at-a-time reference (b)")
+    parser.add_argument("--seed-n", type=int, default=100, help="files for the one-at-a-time reference (b); 0: skip it")
     parser.add_argument("--full-n", type=int, default=128,
                         help="files for e2e with PNEUMOSCAN_REDUCED_DECODE=false, per compressed DICOM kind; 0: skip")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
