@@ -213,7 +213,9 @@ def main() -> None:
                                          "imported": imported["base"]},
                "current": {"commit": head, "uncommitted_src_changes": dirty, "src": str(sources["current"]),
                            "imported": imported["current"]},
-               "bundle": "stand-in" if args.stand_in else str(args.bundle), "rounds": args.rounds,
+               "bundle": "stand-in" if args.stand_in else str(args.bundle),
+               "bundle_version": "stand-in" if args.stand_in else
+               json.loads((args.bundle / "card.json").read_text())["version"], "rounds": args.rounds,
                "throughput_options": throughput, "latency_options": latency, "rows": rows, "runs": runs,
                "minutes": round((time.monotonic() - started) / 60, 1),
                "date": datetime.now(UTC).isoformat(timespec="seconds"), "preliminary": common.preliminary(info)}

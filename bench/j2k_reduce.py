@@ -12,7 +12,7 @@ upscale does not flatter the reduced decode; each level given is a separate run.
 
 Each file is decoded to the model's input size by ``pneumoscan.imaging.decode`` twice: the
 reduced way (JPEG 2000: Pillow's reader, resolution levels dropped while the picture still covers
-the input; uncompressed: the sums of k x k blocks, their means windowed, ``imaging._block_sums``) and
+the input; uncompressed: the sums of k x k blocks, their means windowed, ``imaging.dicom.reduced.BlockSums``) and
 the full way (pydicom's full-size decode, the window, then the resize; ``DecodePolicy.reduced`` off).
 Results go to bench/results/j2k_reduce.json, or native_reduce.json for --syntax dicom.
 The two batches go through the model; the record has the largest and mean absolute
@@ -54,7 +54,7 @@ def sample(n: int) -> list[tuple[Path, int]]:
     return picked
 
 
-REDUCED_WAY = {"dicom-j2k": "_reduced_j2k", "dicom": "_block_sums"}  # the function that takes the reduced way
+REDUCED_WAY = {"dicom-j2k": "JPEG2000Levels", "dicom": "BlockSums"}  # the strategy that takes the reduced way
 
 
 def big_dicom(source: Path, index: int, noise: float, syntax: str, window: tuple[float, float] | None) -> bytes:
@@ -71,39 +71,40 @@ def decode_both(blobs: list[bytes], size: int, repeats: int, syntax: str) -> dic
     """Decode every file both ways: the pixels, the best time per file, and how many took the reduced way."""
     import dataclasses
 
-    from pneumoscan import imaging
+    from pneumoscan.imaging import decode
+    from pneumoscan.imaging.dicom import reduced
 
     policy = common.decode_policy()
     ways = {"reduced": policy, "full": dataclasses.replace(policy, reduced=False)}
-    name = REDUCED_WAY[syntax]
-    reduced_way = getattr(imaging, name)
+    counted_type = getattr(reduced, REDUCED_WAY[syntax])
     taken = [0]
 
-    def counted(*args: Any) -> Any:
-        result = reduced_way(*args)
-        taken[0] += result is not None
-        return result
+    def counting(strategy: Any) -> Any:
+        def counted(frame: Any, size: tuple[int, int]) -> Any:
+            result = strategy(frame, size)
+            taken[0] += result is not None
+            return result
 
-    setattr(imaging, name, counted)
+        return counted
+
+    # The default strategies, in their order, with the measured one counting the files it takes.
+    strategies = tuple(counting(s) if isinstance(s, counted_type) else s for s in reduced.DEFAULT)
     pixels: dict[str, list[np.ndarray]] = {"reduced": [], "full": []}
     ms: dict[str, list[float]] = {"reduced": [], "full": []}
     files_reduced = 0
-    try:
-        for blob in blobs:
-            best = {"reduced": float("inf"), "full": float("inf")}
-            for repeat in range(repeats):
-                for way in ("reduced", "full"):  # taking turns: load from elsewhere hits both alike
-                    before = taken[0]
-                    started = time.perf_counter()
-                    image = imaging.decode(blob, (size, size), ways[way])
-                    best[way] = min(best[way], (time.perf_counter() - started) * 1000)
-                    if repeat == 0:
-                        pixels[way].append(image.pixels)
-                        files_reduced += way == "reduced" and taken[0] > before
-            for way, value in best.items():
-                ms[way].append(value)
-    finally:
-        setattr(imaging, name, reduced_way)
+    for blob in blobs:
+        best = {"reduced": float("inf"), "full": float("inf")}
+        for repeat in range(repeats):
+            for way in ("reduced", "full"):  # taking turns: load from elsewhere hits both alike
+                before = taken[0]
+                started = time.perf_counter()
+                image = decode(blob, (size, size), ways[way], strategies=strategies)
+                best[way] = min(best[way], (time.perf_counter() - started) * 1000)
+                if repeat == 0:
+                    pixels[way].append(image.pixels)
+                    files_reduced += way == "reduced" and taken[0] > before
+        for way, value in best.items():
+            ms[way].append(value)
     return {"pixels": pixels, "ms": ms, "reduced_taken": files_reduced}
 
 

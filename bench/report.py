@@ -142,7 +142,7 @@ def compare_commits(r: dict[str, Any]) -> list[str]:
 
     current = r["current"]["commit"][:10] + (" + uncommitted src/ changes" if r["current"]["uncommitted_src_changes"]
                                              else "")
-    return [f"base {r['base']['commit'][:10]}, current {current}; bundle {Path(r['bundle']).name}; "
+    return [f"base {r['base']['commit'][:10]}, current {current}; bundle {r.get('bundle_version', r['bundle'])}; "
             f"{r['rounds']} rounds per side, alternating; {r['minutes']} min in all", "", table(r["rows"], r["rounds"])]
 
 
