@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,21 @@ def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str,
     return process.pneumoscan_env(data_dir, model, **{"PNEUMOSCAN_QUIET_PERIOD": "0.5",
                                                       "PNEUMOSCAN_MAX_BATCH_WAIT": "0.3",
                                                       "PNEUMOSCAN_BATCH_SIZE": "8", **extra})
+
+
+def invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``pneumoscan ARGS`` under ``env`` in this process (click's CliRunner), reported as a subprocess run.
+
+    For checks of options and output formats, where an interpreter start (and a TensorFlow import) per
+    call buys nothing; exit codes, signals and "no traceback" are checked on real subprocesses. An
+    exception the command does not turn into a message propagates, failing the test with its traceback.
+    """
+    from click.testing import CliRunner
+
+    from pneumoscan.cli import main
+
+    result = CliRunner().invoke(main, args, env=env, prog_name="pneumoscan", catch_exceptions=False)
+    return subprocess.CompletedProcess(["pneumoscan", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def bundle_as_version(bundle: Any, folder: Path, version: str) -> Any:

@@ -1,8 +1,8 @@
 """The `pneumoscan` command as a user runs it: real subprocesses, environment settings, real files.
 
 Checks of options and output formats run the same command in this process through click's CliRunner
-(``_invoke``), which saves an interpreter start each; exit codes, signals and "no traceback" are checked
-on real subprocesses (``_run``).
+(``_invoke``: ``helpers.invoke``), which saves an interpreter start each; exit codes, signals and
+"no traceback" are checked on real subprocesses (``_run``).
 """
 
 from __future__ import annotations
@@ -31,21 +31,12 @@ RUN_TIMEOUT = 120  # seconds for one command; a TensorFlow start on a busy machi
 
 
 _env = helpers.pneumoscan_env
+_invoke = helpers.invoke  # in process, for options and formats
 
 
 def _run(exe: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
                           stdin=subprocess.DEVNULL)
-
-
-def _invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``pneumoscan ARGS`` under ``env`` in this process (click's CliRunner), as ``_run`` reports it."""
-    from click.testing import CliRunner
-
-    from pneumoscan.cli import main
-
-    result = CliRunner().invoke(main, args, env=env, prog_name="pneumoscan", catch_exceptions=False)
-    return subprocess.CompletedProcess(["pneumoscan", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -217,11 +217,10 @@ class Site:
                                 message=f"study {study_uid} complete at revision {revision} ({send_state})")
 
     def cli(self, *args: str) -> Any:
-        """Run `pneumoscan ARGS --format json` on this site's database and return what it printed."""
+        """Run `pneumoscan ARGS --format json` on this site's database (in this process) and return what it printed."""
         import json
 
-        done = subprocess.run([str(self.exe), *args, "--format", "json"], env=self.env(), capture_output=True,
-                              text=True, timeout=120)
+        done = helpers.invoke([*args, "--format", "json"], self.env())
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

@@ -30,9 +30,8 @@ def test_both_files_of_a_duplicate_pair_are_found_by_their_own_paths(tmp_path: P
     assert scanned.returncode == 0, scanned.stderr
     assert "same content as another file here" in scanned.stdout
 
-    def found(pattern: str) -> list[dict[str, Any]]:
-        proc = subprocess.run([str(pneumoscan_exe), "results", "--path", pattern, "--format", "json"], env=env,
-                              capture_output=True, text=True, timeout=120)
+    def found(pattern: str) -> list[dict[str, Any]]:  # in process: an option's matches, not the process
+        proc = helpers.invoke(["results", "--path", pattern, "--format", "json"], env)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
