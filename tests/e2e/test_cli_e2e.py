@@ -63,6 +63,7 @@ def _table_rows(text: str) -> set[tuple[str, ...]]:
 # --- scan ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scan_classifies_a_folder_and_prints_a_summary(tmp_path: Path, tiny_bundle: Any,
                                                        pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
@@ -101,6 +102,7 @@ def test_scan_classifies_a_folder_and_prints_a_summary(tmp_path: Path, tiny_bund
     assert len(_db_rows(data, "SELECT * FROM predictions")) == 4
 
 
+@pytest.mark.slow
 def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Path, tiny_bundle: Any,
                                                                       pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
@@ -123,6 +125,7 @@ def test_reclassify_runs_a_new_model_on_old_results_and_keeps_them(tmp_path: Pat
     assert len(history) == 3 * 2 + 1
 
 
+@pytest.mark.slow
 def test_reclassify_all_triages_rejected_images_again_under_new_rules(tmp_path: Path, tiny_bundle: Any,
                                                                       pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
@@ -154,6 +157,7 @@ def _without_root_override() -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
+@pytest.mark.slow
 def test_scan_with_odd_names_links_and_an_unreadable_file(tmp_path: Path, tiny_bundle: Any,
                                                           pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "-in box ü", tmp_path / "data"  # a leading dash, a space, a non-ASCII letter
@@ -184,6 +188,7 @@ def test_scan_with_odd_names_links_and_an_unreadable_file(tmp_path: Path, tiny_b
     assert "permission denied" in proc.stderr  # logged, one line, no traceback (checked by _ok)
 
 
+@pytest.mark.slow
 def test_reclassify_marks_an_image_whose_file_is_gone_failed(tmp_path: Path, tiny_bundle: Any,
                                                              pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "xrays", tmp_path / "data"
@@ -400,6 +405,7 @@ def test_results_rejects_bad_options(results_env: tuple[dict[str, str], Path], p
 # --- watch ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_exe: Path) -> None:
     folder, data = tmp_path / "inbox", tmp_path / "data"
     xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / "before.jpeg")  # caught up at start

@@ -39,6 +39,7 @@ def real_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_tiny_fine_tune_from_imagenet_trains_only_the_head_first(real_data: Path, tmp_path: Path,
                                                                    pneumoscan_exe: Path) -> None:
     out = tmp_path / "lite"
@@ -66,6 +67,7 @@ def test_a_tiny_fine_tune_from_imagenet_trains_only_the_head_first(real_data: Pa
     assert load_bundle(out).version == bundle.version
 
 
+@pytest.mark.slow
 def test_train_equalize_puts_the_layer_in_the_bundle_and_init_must_match(real_data: Path, tmp_path: Path,
                                                                           pneumoscan_exe: Path) -> None:
     out = tmp_path / "eq"
@@ -90,6 +92,7 @@ def test_train_equalize_puts_the_layer_in_the_bundle_and_init_must_match(real_da
     assert "equalizes its input" in error and "add --equalize" in error
 
 
+@pytest.mark.slow
 def test_a_keras_backbone_without_internet_is_one_clear_line(real_data: Path, tmp_path: Path,
                                                              pneumoscan_exe: Path) -> None:
     env = {**helpers.pneumoscan_env(tmp_path / "d", "x"), "KERAS_HOME": str(tmp_path / "keras"),
@@ -132,6 +135,7 @@ def blob_bundle(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return write_bundle(tmp_path_factory.mktemp("blob") / "b", model, card)
 
 
+@pytest.mark.slow
 def test_grad_cam_peaks_over_the_blob_the_model_keys_on(blob_bundle: Any) -> None:
     rng = np.random.default_rng(7)
     for centre in ((12, 34), (30, 14), (36, 36)):
@@ -143,6 +147,7 @@ def test_grad_cam_peaks_over_the_blob_the_model_keys_on(blob_bundle: Any) -> Non
         assert np.hypot(peak[0] - centre[0], peak[1] - centre[1]) <= 6, (peak, centre)
 
 
+@pytest.mark.slow
 def test_an_ensemble_explains_as_the_mean_of_its_members_maps(blob_bundle: Any, tmp_path: Path) -> None:
     import keras
 
@@ -160,6 +165,7 @@ def test_an_ensemble_explains_as_the_mean_of_its_members_maps(blob_bundle: Any, 
     np.testing.assert_allclose(ensemble.explain(image), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_explain_writes_an_overlay_for_an_image_id_and_for_a_file(tmp_path: Path, blob_bundle: Any,
                                                                   pneumoscan_exe: Path) -> None:
     env = helpers.pneumoscan_env(tmp_path / "data", blob_bundle.path)
@@ -209,6 +215,7 @@ def _stored_cases(sessions: Any, version: str, n: int, seed: int = 0) -> tuple[l
     return ids, truth
 
 
+@pytest.mark.slow
 def test_site_calibration_meets_its_target_is_recorded_and_can_be_undone(
         tmp_path: Path, sessions: Any, settings: Any, tiny_bundle: Any, pneumoscan_exe: Path) -> None:
     env = helpers.pneumoscan_env(settings.data_dir, tiny_bundle.path)

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+import pytest
 from support import xrays
 
 from pneumoscan.db.schema import Image, Sighting
 from pneumoscan.pipeline import classify_paths
 
 
+@pytest.mark.slow
 def test_both_files_of_a_duplicate_pair_are_found_by_their_own_paths(tmp_path: Path, tiny_bundle: Any,
                                                                      pneumoscan_exe: Path) -> None:
     inbox = tmp_path / "inbox"
@@ -62,6 +64,7 @@ def test_a_sighting_keeps_first_and_last_seen_size_and_mtime(tmp_path: Path, tin
     assert first.last_seen_at > first.first_seen_at and first.image_id == image.id
 
 
+@pytest.mark.slow
 def test_a_relative_scan_then_reclassify_from_another_folder_fails_nothing(tmp_path: Path, tiny_bundle: Any,
                                                                            pneumoscan_exe: Path) -> None:
     xrays.distinct_pngs(tmp_path / "site" / "xrays", 3)

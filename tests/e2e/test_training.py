@@ -55,6 +55,7 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -> None:
     bundle = load_bundle(trained, verify=True)  # verify: the card's sha256 matches the model file
     card = bundle.card
@@ -73,6 +74,7 @@ def test_training_writes_a_loadable_bundle_with_a_complete_card(trained: Path) -
     assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
 
 
+@pytest.mark.slow
 def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Path) -> None:
     bundle = load_bundle(trained)
     config = bundle.card.training_config
@@ -83,6 +85,7 @@ def test_threshold_comes_from_validation_predictions(trained: Path, data_dir: Pa
     assert bundle.card.validation_metrics is not None and bundle.card.validation_metrics["n"] == len(val)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_where_it_stopped(data_dir: Path, tmp_path: Path) -> None:
     from pneumoscan.models.recipe import TrainConfig
     from pneumoscan.models.train import train
@@ -170,6 +173,7 @@ def test_resample_leaves_half_of_the_batches_alone_and_blurs_the_others() -> Non
     assert untouched >= 8 and blurred >= 8
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(data_dir / "train", data / "test")  # a labelled split to evaluate on
@@ -191,6 +195,7 @@ def test_evaluate_writes_metrics_and_plots(trained: Path, data_dir: Path, tmp_pa
         assert (out / f"{name}.png").stat().st_size > 1000, name
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_without_the_layout_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
     result = subprocess.run([CLI, "train", str(tmp_path), "--out", str(tmp_path / "b")],
@@ -200,6 +205,7 @@ def test_train_on_a_folder_without_the_layout_is_a_clear_error(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_init_bundle_weights(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     import keras
 
@@ -216,6 +222,7 @@ def test_fine_tuning_starts_from_the_init_bundle_weights(trained: Path, data_dir
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), start.get_weights(), strict=True))
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_mismatched_bundle_is_a_clear_error(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     result = subprocess.run([CLI, "train", str(data_dir), "--out", str(tmp_path / "b"), "--architecture", "tiny",
                              "--input-size", "96", "--init", str(trained)], capture_output=True, text=True, timeout=120)
@@ -242,6 +249,7 @@ def _ensemble_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, "ensemble", *args], capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_ensemble_of_same_size_members_is_their_mean(trained: Path, members: dict[str, Path], data_dir: Path,
                                                      tmp_path: Path) -> None:
     result = _ensemble_cli(str(trained), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "e"),
@@ -255,6 +263,7 @@ def test_ensemble_of_same_size_members_is_their_mean(trained: Path, members: dic
     np.testing.assert_allclose(combined.predict(x), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
         trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     result = _ensemble_cli(str(members["small"]), str(trained), "--data", str(data_dir), "--out", str(tmp_path / "e"))
@@ -273,6 +282,7 @@ def test_ensemble_takes_the_largest_input_and_its_threshold_from_validation(
     np.testing.assert_allclose(together, alone, atol=0.02)
 
 
+@pytest.mark.slow
 def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
         trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     pair = _ensemble_cli(str(trained), str(members["small"]), "--data", str(data_dir), "--out", str(tmp_path / "p"))
@@ -292,6 +302,7 @@ def test_an_ensemble_member_that_is_an_ensemble_is_flattened_into_equal_members(
     np.testing.assert_allclose(combined.predict(x, calibrated=False), thirds, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Path, data_dir: Path,
                                                                     tmp_path: Path) -> None:
     from pneumoscan.models.recipe import TrainConfig
@@ -306,6 +317,7 @@ def test_ensemble_of_bundles_from_different_splits_is_a_clear_error(trained: Pat
     assert result.returncode != 0 and "at least two bundles" in result.stderr
 
 
+@pytest.mark.slow
 def test_ensemble_members_must_share_the_decoding_not_what_each_model_does_itself(
         trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
@@ -320,6 +332,7 @@ def test_ensemble_members_must_share_the_decoding_not_what_each_model_does_itsel
     assert "Traceback" not in result.stderr and not (tmp_path / "f").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_validation_refits_an_old_bundles_temperature_and_threshold(trained: Path, data_dir: Path,
                                                                               tmp_path: Path) -> None:
     old = tmp_path / "old"
@@ -360,6 +373,7 @@ def reseeded(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_another_training_seed_keeps_the_validation_split_and_changes_the_weights(
         reseeded: Path, members: dict[str, Path]) -> None:
     again, same = load_bundle(reseeded), load_bundle(members["same"])
@@ -369,6 +383,7 @@ def test_another_training_seed_keeps_the_validation_split_and_changes_the_weight
     assert any(not np.array_equal(a, b) for a, b in pairs)
 
 
+@pytest.mark.slow
 def test_soup_is_one_network_with_the_mean_of_the_ingredients_weights(
         reseeded: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     result = _soup_cli(str(members["same"]), str(reseeded), "--data", str(data_dir), "--out", str(tmp_path / "s"),
@@ -394,6 +409,7 @@ def test_soup_is_one_network_with_the_mean_of_the_ingredients_weights(
     assert souped.threshold == pytest.approx(metrics.choose_threshold(labels_of(val), scores, 0.97), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_soup_of_a_bundle_with_itself_is_that_bundle(members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     same = str(members["same"])
     result = _soup_cli(same, same, "--data", str(data_dir), "--out", str(tmp_path / "s"))
@@ -403,6 +419,7 @@ def test_soup_of_a_bundle_with_itself_is_that_bundle(members: dict[str, Path], d
                                load_bundle(members["same"]).predict(x, calibrated=False), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_soup_card_keeps_each_ingredients_own_options_and_claims_only_the_shared_ones(
         trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     result = _soup_cli(str(trained), str(members["same"]), "--data", str(data_dir), "--out", str(tmp_path / "s"),
@@ -419,6 +436,7 @@ def test_soup_card_keeps_each_ingredients_own_options_and_claims_only_the_shared
                                                                          "label_smoothing": 0.0}]
 
 
+@pytest.mark.slow
 def test_soup_refuses_bundles_that_are_not_one_network_in_one_line(
         trained: Path, members: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     same, small = str(members["same"]), str(members["small"])

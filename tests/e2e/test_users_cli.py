@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+import pytest
 
 PASSWORD = "a-long-enough-password"
 
@@ -27,6 +28,7 @@ def _api(data: Path, bundle: Any, token: str) -> int:
     return int(client.get("/api/results", headers={"Authorization": f"Bearer {token}"}).status_code)
 
 
+@pytest.mark.slow
 def test_add_list_token_disable_enable(pneumoscan_exe: Path, tiny_bundle: Any, tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = helpers.pneumoscan_env(data, tiny_bundle.path)
