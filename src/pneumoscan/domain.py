@@ -47,6 +47,7 @@ class Role(StrEnum):
 
     REVIEWER = "reviewer"
     ADMIN = "admin"
+    SENDER = "sender"  # a machine (a PACS, a router) storing studies by STOW-RS; it can do nothing else
 
 
 class StudyStatus(StrEnum):
