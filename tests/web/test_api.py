@@ -75,7 +75,7 @@ def test_wrong_passwords_lock_the_account_and_an_admin_unlocks_it(site: Site) ->
     for _ in range(LOCK_AFTER - 1):
         login(client, "rex", "not-the-password")
     locked = login(client, "rex", PASSWORD)  # the right password, too late
-    assert locked.status_code == 401 and "locked" in locked.text
+    assert locked.status_code == 401 and "wrong name or password" in locked.text  # a lock confirms no name
     assert client.get("/worklist", follow_redirects=False).status_code == 303
     with site.db.begin() as session:
         set_disabled(session, "rex", False)  # what `pneumoscan users enable rex` does
@@ -126,9 +126,15 @@ def test_a_bearer_token_works_for_the_api_until_revoked_or_the_user_is_disabled(
         set_disabled(session, "bot", True)
     assert client.get("/api/results", headers=auth).status_code == 401
     with site.db.begin() as session:
-        set_disabled(session, "bot", False)
-        assert revoke_tokens(session, "bot") == 1
+        set_disabled(session, "bot", False)  # re-enabling revives no token: disabling revoked them
     assert client.get("/api/results", headers=auth).status_code == 401
+    with site.db.begin() as session:
+        assert revoke_tokens(session, "bot") == 0
+        token = issue_token(session, "bot")
+    assert client.get("/api/results", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    with site.db.begin() as session:
+        assert revoke_tokens(session, "bot") == 1
+    assert client.get("/api/results", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
 def test_a_forged_or_expired_session_cookie_signs_nobody_in(site: Site, settings: Any) -> None:

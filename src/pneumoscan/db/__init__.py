@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,33 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+def _create_private(path: Path) -> None:
+    """Create a SQLite file readable by its owner only (0600): it holds password and token hashes and reviews.
+
+    SQLite gives its -wal and -shm files the database file's own mode, so they are private too.
+    An existing file keeps the mode its owner gave it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    os.chmod(path, 0o600)  # whatever the umask
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder created and sensible pragmas."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+        _create_private(Path(url.removeprefix("sqlite:///")).expanduser())
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ArgumentError:
+        shown = url.rpartition("@")[2]  # never a password
+        raise DatabaseError(f"{shown!r} is not a database URL; use postgresql+psycopg://USER@HOST/NAME or "
+                            "sqlite:////absolute/path.db") from None
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(f"pneumoscan supports PostgreSQL and SQLite databases, not {url.split(':')[0]!r} "
+                            f"({exc})") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -155,9 +178,21 @@ class Database:
         self.engine.dispose(close=close)
 
 
+def reach(engine: Engine) -> None:
+    """Connect once, so that a database that is down or refuses us is said in one line, before any migration."""
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        problem = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseError(f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: "
+                            f"{problem}") from None
+
+
 def open_database(url: str) -> Database:
     """Connect to ``url``, bring its schema up to date, refresh SQLite's planner statistics if stale."""
     engine = make_engine(url)
+    reach(engine)
     upgrade(engine)
     if engine.dialect.name == "sqlite":
         try:

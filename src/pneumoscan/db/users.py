@@ -113,19 +113,32 @@ def _named(session: Session, name: str) -> User:
 
 
 def set_disabled(session: Session, name: str, disabled: bool) -> None:
-    """Disable a user (their sessions and tokens stop working at once), or enable and unlock one."""
+    """Disable a user (their sessions end and their tokens are revoked, for good), or enable and unlock one.
+
+    Re-enabling revives neither: the user signs in again and an admin issues new tokens.
+    """
     user = _named(session, name)
     user.disabled = disabled
     if disabled:
         user.session_epoch += 1
+        revoke_tokens(session, name)
     else:
         user.failed_logins, user.locked_until = 0, None
+
+
+WRONG = "wrong name or password"  # also the answer for a locked account (an admin sees the lock in the audit)
 
 
 @dataclass(frozen=True)
 class LoginResult:
     account: Account | None
     reason: str | None = None  # why not, in words fit to show: never says whether the name exists
+    locked: bool = False  # for the audit trail only, never shown
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """Sign a user out everywhere: every session cookie issued so far stops working (the epoch moves on)."""
+    session.execute(update(User).where(User.id == user_id).values(session_epoch=User.session_epoch + 1))
 
 
 def authenticate(session: Session, name: str, password: str, now: datetime | None = None) -> LoginResult:
@@ -134,18 +147,19 @@ def authenticate(session: Session, name: str, password: str, now: datetime | Non
     user = session.scalars(select(User).where(User.name == name).with_for_update()).first()
     if user is None:
         _verify(_dummy_hash(_profile), password)
-        return LoginResult(None, "wrong name or password")
+        return LoginResult(None, WRONG)
     locked_until = user.locked_until
     if locked_until is not None and locked_until.tzinfo is None:  # SQLite hands back naive datetimes
         locked_until = locked_until.replace(tzinfo=now.tzinfo)
     if locked_until is not None and locked_until > now:
-        return LoginResult(None, "this account is locked after repeated failed logins; try again later "
-                                 "or ask an admin to run `pneumoscan users enable`")
+        # The same answer, after the same work, as a wrong password: a lock must not confirm that a name exists.
+        _verify(user.password_hash, password)
+        return LoginResult(None, WRONG, locked=True)
     if not _verify(user.password_hash, password):
         user.failed_logins += 1
         if user.failed_logins >= LOCK_AFTER:
             user.locked_until, user.failed_logins = now + LOCK_FOR, 0
-        return LoginResult(None, "wrong name or password")
+        return LoginResult(None, WRONG)
     if user.disabled:
         return LoginResult(None, "this account is disabled")
     if _hasher().check_needs_rehash(user.password_hash):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,9 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, open_database
@@ -32,12 +35,36 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "pneumoscan_session"
 
 
+class PneumoscanApp(FastAPI):
+    """FastAPI with the guard (security headers, body limit) outside Starlette's error middleware too.
+
+    ``add_middleware`` puts a middleware inside ServerErrorMiddleware, so an unexpected exception's 500 would
+    leave without the headers; wrapping the whole stack puts them on every response, that one included.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return GuardMiddleware(super().build_middleware_stack())
+
+
+def code_spans(text: str | None) -> Markup:
+    """Markdown's `code` spans (the API's descriptions use them) as <code>, everything else escaped."""
+    parts = escape(text or "").split("`")
+    return Markup("".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pneumoscan")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     """The app for ``settings``; ``db`` defaults to the configured database (migrated on open)."""
-    app = FastAPI(title="pneumoscan", version="1", docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Chest X-ray screening results and their reviews. Sign in with the session "
-                              "cookie of the web app, or send `Authorization: Bearer TOKEN` "
-                              "(`pneumoscan users token NAME`).")
+    app = PneumoscanApp(title="pneumoscan", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
+                        description="Chest X-ray screening results and their reviews. Sign in with the session "
+                                    "cookie of the web app, or send the header Authorization: Bearer TOKEN "
+                                    "(a token from: pneumoscan users token NAME).")
     app.state.settings = settings
     use_password_hashing(settings.password_hashing)
     app.state.db = db or open_database(settings.sqlalchemy_url)
@@ -46,12 +73,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.state.throttle = LoginThrottle()
     templates = Jinja2Templates(directory=HERE / "templates")  # autoescaping on for .html
     templates.env.globals["csrf_token"] = csrf_token
+    templates.env.filters["code_spans"] = code_spans
     app.state.templates = templates
 
     app.add_middleware(SessionMiddleware, secret_key=settings.web_secret(), session_cookie=SESSION_COOKIE,
                        max_age=int(settings.session_hours * 3600), same_site="lax",
                        https_only=settings.secure_cookies)
-    app.add_middleware(GuardMiddleware)  # outermost: its headers go on every response, errors included
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for router in ROUTERS:
         app.include_router(router)
@@ -74,6 +101,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if any(e["loc"][:1] == ("path",) for e in exc.errors()):  # an id out of range names nothing
+            return error_response(request, 404, "no such resource: the id in the address is not a valid id")
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in exc.errors())
         return error_response(request, 422, f"invalid request: {problems}")
 

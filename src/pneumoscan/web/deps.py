@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Form, Query, Request
+from fastapi import Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -78,6 +78,8 @@ Signed = Annotated[Account, Depends(require_account)]
 Admin = Annotated[Account, Depends(require_admin)]
 ApiWriter = Annotated[Account, Depends(_api_writer)]  # signed in, and by token or with the CSRF header
 Csrf = Annotated[str, Form(alias=CSRF_FIELD, max_length=200)]
+MAX_ID = 2**63 - 1  # the databases' 64-bit signed integer key: a larger id names nothing (404), never a 500
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="The image's id.")]
 ALL = "all"  # the review filter's "every state" choice
 
 

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,14 @@ from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.services.heatmaps import DISPLAY_SIDE, fit_within, heatmap_png, png_bytes, render_file
 
 _CACHE_VERSION = "2"  # bump when rendering changes, so old cached pictures are not served
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents for the owner only (0700): rendered pictures are patient images."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for made in missing:
+        os.chmod(made, 0o700)  # mkdir's mode is masked by the umask
 
 
 class NotRenderable(Exception):
@@ -112,9 +121,10 @@ class Renderer:
         except FileNotFoundError:
             pass
         data = render()
-        self.cache.mkdir(parents=True, exist_ok=True)
+        _private_folder(self.cache)
         temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
-        temporary.write_bytes(data)
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+            out.write(data)
         os.replace(temporary, path)
         return data
 

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from pneumoscan.db.users import authenticate
+from pneumoscan.db.users import authenticate, end_sessions
 from pneumoscan.web.deps import Csrf, Db, Signed, page
-from pneumoscan.web.security import check_csrf, sign_in
+from pneumoscan.web.security import account_of, check_csrf, sign_in
 
 router = APIRouter(include_in_schema=False)
 HOME = "/worklist"
@@ -56,7 +56,11 @@ def login(request: Request, db: Db, csrf: Csrf, name: Annotated[str, Form(max_le
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Csrf) -> RedirectResponse:
+def logout(request: Request, db: Db, csrf: Csrf) -> RedirectResponse:
     check_csrf(request, csrf)
+    account, by_token = account_of(request)
+    if account is not None and not by_token:
+        with db.begin() as session:  # a copy of the cookie replayed later must not work either
+            end_sessions(session, account.id)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)

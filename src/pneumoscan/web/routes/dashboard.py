@@ -7,7 +7,6 @@ import itertools
 import time
 from datetime import timedelta
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,6 +22,7 @@ from pneumoscan.web.security import check_csrf
 
 router = APIRouter(include_in_schema=False)
 PNEUMONIA, NORMAL = Label.PNEUMONIA, Label.NORMAL
+FLASH = "flash"  # the session key of a one-time message to the next page
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
@@ -43,7 +43,7 @@ def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
     return page(request, "dashboard.html", version=version, versions=versions or [version], counts=counts,
                 labels=LABELS, figures=figures, point=point, can_calibrate=can_calibrate,
                 min_reviews=calibration.MIN_REVIEWS, target_sensitivity=calibration.TARGET_SENSITIVITY,
-                message=request.query_params.get("message"))
+                message=request.session.pop(FLASH, None))
 
 
 @router.get("/dashboard/activity.png")
@@ -57,11 +57,19 @@ def activity_plot(db: Db, current: ModelVersion, account: Signed,
 
 
 def _activity_png(rows: list[Any], hours: int) -> bytes:
+    out = io.BytesIO()
+    _activity_figure(rows, hours).savefig(out, format="png")
+    return out.getvalue()
+
+
+def _activity_figure(rows: list[Any], hours: int) -> Any:
+    """The three charts (results per hour, files waiting, drop-to-result latency) as a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     now = time.time()
     edges = np.arange(now - hours * 3600, now + 1, 3600.0)
@@ -85,17 +93,20 @@ def _activity_png(rows: list[Any], hours: int) -> bytes:
     axes[0].set_ylabel("results / hour")
     axes[1].step(centres, backlog, where="mid", color="#a55a3b")
     axes[1].set_ylabel("files waiting")
+    axes[1].set_ylim(0, max(1, *backlog) * 1.1)  # a count: from zero up, never a -0.04 to 0.04 axis
+    axes[0].set_ylim(bottom=0)
     axes[2].plot(centres, p50, marker=".", label="median")
     axes[2].plot(centres, p95, marker=".", label="95th percentile")
     axes[2].set_ylabel("drop to result (s)")
-    axes[2].set_xlabel("hours before now")
     axes[2].legend(loc="upper left")
     for ax in axes:
         ax.grid(alpha=0.3)
+        if ax is not axes[2]:  # counts
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelbottom=True)  # every chart labels its own time axis
+        ax.set_xlabel("hours before now")
     figure.suptitle(f"Last {hours} hours: {len(rows)} results, {len(first)} of them first results of new files")
-    out = io.BytesIO()
-    figure.savefig(out, format="png")
-    return out.getvalue()
+    return figure
 
 
 @router.post("/dashboard/calibrate")
@@ -112,4 +123,5 @@ def calibrate(request: Request, db: Db, bundle: Bundle, account: Admin, csrf: Cs
                    f"from {fitted.reviewed} reviews (sensitivity {figures['sensitivity']:.3f}, specificity "
                    f"{figures['specificity']:.3f} on them, sensitivity {figures['expected_sensitivity']:.3f} to "
                    f"expect on new cases); {point.relabelled} labels changed")
-    return RedirectResponse("/dashboard?" + urlencode({"message": message}), status_code=303)
+    request.session[FLASH] = message  # shown once by the next dashboard page; a link cannot put text there
+    return RedirectResponse("/dashboard", status_code=303)

@@ -7,11 +7,11 @@ from fastapi.responses import HTMLResponse, Response
 
 from pneumoscan.db.images import image_detail, next_case
 from pneumoscan.domain import LABELS
-from pneumoscan.web.deps import Db, ModelVersion, Pictures, Signed, error_response, page
+from pneumoscan.web.deps import Db, ImageId, ModelVersion, Pictures, Signed, error_response, page
 from pneumoscan.web.schemas import PNG, SIGNED_IN, UNKNOWN_IMAGE, ImageOut
 
 router = APIRouter()
-_PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+_PNG_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by a browser or a proxy
 
 
 class PNGResponse(Response):
@@ -26,7 +26,7 @@ def _detail(db: Db, image_id: int) -> ImageOut | None:
 
 @router.get("/api/images/{image_id}", tags=["images"], response_model=ImageOut,
             responses={**SIGNED_IN, **UNKNOWN_IMAGE}, summary="One image: predictions, paths, DICOM fields, reviews")
-def api_image(db: Db, image_id: int, _account: Signed) -> ImageOut:
+def api_image(db: Db, image_id: ImageId, _account: Signed) -> ImageOut:
     detail = _detail(db, image_id)
     if detail is None:
         raise HTTPException(404, f"no image with id {image_id}")
@@ -36,19 +36,19 @@ def api_image(db: Db, image_id: int, _account: Signed) -> ImageOut:
 @router.get("/api/images/{image_id}/image.png", tags=["images"], response_class=PNGResponse,
             responses=PNG,
             summary="The image as the pipeline decodes it (DICOM windowed), at most 1024 px a side")
-def api_image_png(pictures: Pictures, image_id: int, _account: Signed) -> PNGResponse:
+def api_image_png(pictures: Pictures, image_id: ImageId, _account: Signed) -> PNGResponse:
     return PNGResponse(pictures.image_png(image_id), headers=_PNG_HEADERS)
 
 
 @router.get("/api/images/{image_id}/heatmap.png", tags=["images"], response_class=PNGResponse,
             responses=PNG,
             summary="The image with the current model's Grad-CAM heatmap over it, labelled as such")
-def api_heatmap_png(pictures: Pictures, image_id: int, _account: Signed) -> PNGResponse:
+def api_heatmap_png(pictures: Pictures, image_id: ImageId, _account: Signed) -> PNGResponse:
     return PNGResponse(pictures.heatmap_png(image_id), headers=_PNG_HEADERS)
 
 
 @router.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
-def image_page(request: Request, db: Db, model_version: ModelVersion, image_id: int, account: Signed) -> Response:
+def image_page(request: Request, db: Db, model_version: ModelVersion, image_id: ImageId, account: Signed) -> Response:
     found = _detail(db, image_id)
     if found is None:
         return error_response(request, 404, f"no image with id {image_id}")

@@ -12,7 +12,7 @@ from pneumoscan.db.images import ReviewRow, image_reviews, next_case, review_row
 from pneumoscan.db.reviews import UnknownImage, add_review
 from pneumoscan.db.users import Account
 from pneumoscan.domain import Label
-from pneumoscan.web.deps import ApiWriter, Csrf, Db, ModelVersion, Signed, error_response
+from pneumoscan.web.deps import ApiWriter, Csrf, Db, ImageId, ModelVersion, Signed, error_response
 from pneumoscan.web.schemas import SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
 from pneumoscan.web.security import check_csrf
 
@@ -31,7 +31,7 @@ def _save(db: Database, image_id: int, account: Account, label: Label, comment: 
 
 @router.get("/api/images/{image_id}/reviews", tags=["reviews"], response_model=list[ReviewOut],
             responses={**SIGNED_IN, **UNKNOWN_IMAGE}, summary="Every review of an image, oldest first")
-def api_reviews(db: Db, image_id: int, _account: Signed) -> list[ReviewOut]:
+def api_reviews(db: Db, image_id: ImageId, _account: Signed) -> list[ReviewOut]:
     with db() as session:
         reviews = image_reviews(session, image_id)
     if reviews is None:
@@ -43,7 +43,7 @@ def api_reviews(db: Db, image_id: int, _account: Signed) -> list[ReviewOut]:
              responses={**SIGNED_IN, **UNKNOWN_IMAGE,
                         403: {"model": Problem, "description": "A session cookie without the X-CSRF-Token header."}},
              summary="Add a review (append-only: a correction is a new review)")
-def api_add_review(db: Db, image_id: int, body: ReviewIn, account: ApiWriter) -> ReviewOut:
+def api_add_review(db: Db, image_id: ImageId, body: ReviewIn, account: ApiWriter) -> ReviewOut:
     try:
         review = _save(db, image_id, account, body.label, body.comment)
     except UnknownImage:
@@ -52,7 +52,7 @@ def api_add_review(db: Db, image_id: int, body: ReviewIn, account: ApiWriter) ->
 
 
 @router.post("/images/{image_id}/reviews", include_in_schema=False)
-def review_form(request: Request, db: Db, model_version: ModelVersion, image_id: int, account: Signed, csrf: Csrf,
+def review_form(request: Request, db: Db, model_version: ModelVersion, image_id: ImageId, account: Signed, csrf: Csrf,
                 label: Annotated[Label, Form()], comment: Annotated[str | None, Form(max_length=2000)] = None,
                 then: Annotated[str | None, Form(max_length=16)] = None) -> Response:
     check_csrf(request, csrf)

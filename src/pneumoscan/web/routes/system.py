@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -12,6 +14,7 @@ from pneumoscan.web.deps import AppSettings, Db, ModelVersion, Signed, page
 from pneumoscan.web.schemas import SIGNED_IN, Health
 
 router = APIRouter()
+STATIC = Path(__file__).parent.parent / "static"
 
 
 @router.get("/health", tags=["system"], response_model=Health,
@@ -47,6 +50,13 @@ def metrics(request: Request, settings: AppSettings, db: Db, model_version: Mode
     if not hasattr(state, "metrics"):
         state.metrics = registry(settings, db, model_version)
     return MetricsResponse(generate_latest(state.metrics))
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """The tab icon (browsers ask for it at this address; it holds nothing private, so needs no login)."""
+    return FileResponse(STATIC / "favicon.ico", media_type="image/vnd.microsoft.icon",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
