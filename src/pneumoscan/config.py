@@ -96,6 +96,14 @@ class Settings(BaseSettings):
                                             "as DICOM structured reports; unset: none are sent.")
     results_heatmap: bool = Field(default=False, description="Send a Secondary Capture of the most suspicious "
                                   "frontal image with the model's Grad-CAM heatmap beside each study's report.")
+    results_dicomweb_url: str | None = Field(default=None, pattern=r"^(https?://[^\s]+)?$",
+                                             description="DICOMweb base URL (its /studies is STOW-RS) that completed "
+                                             "studies' results are sent to instead of by C-STORE; unset: none.")
+    results_dicomweb_user: str | None = Field(default=None, description="User for HTTP Basic authentication to "
+                                              "PNEUMOSCAN_RESULTS_DICOMWEB_URL; unset: none.")
+    results_dicomweb_password: str | None = Field(default=None, repr=False, description="Its password.")
+    dicomweb_max_bytes: int = Field(default=2 * 1024**3, ge=1024, description="Largest STOW-RS request body "
+                                    "POST /dicomweb/studies takes (a whole study, streamed to a temporary file).")
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                             description="Local time (HH:MM) of the nightly reclassification.")
 

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumoscan.db import Database
 from pneumoscan.db.users import Account, current_account, token_account
+from pneumoscan.domain import Role
 
 # Pages may only load what the app itself serves; no inline script, no framing.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -24,6 +25,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 MAX_BODY_BYTES = 64 * 1024  # forms and JSON bodies; the app takes no uploads
+OWN_LIMIT_PREFIXES = ("/dicomweb/",)  # STOW-RS streams whole studies under its own limit (dicomweb_max_bytes)
 CSRF_FIELD, CSRF_HEADER = "csrf_token", "x-csrf-token"
 
 
@@ -85,6 +87,8 @@ def require_account(request: Request) -> Account:
     account, by_token = account_of(request)
     if account is None:
         raise LoginRequired()
+    if account.role == Role.SENDER:  # a machine's account: STOW-RS (routes/dicomweb.py) and nothing else
+        raise Forbidden("a sender may only store studies (POST /dicomweb/studies)")
     request.state.account, request.state.by_token = account, by_token
     return account
 
@@ -137,10 +141,11 @@ class GuardMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        limited = not str(scope.get("path", "")).startswith(OWN_LIMIT_PREFIXES)
+        if limited and declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             await _too_large(send)
             return
-        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+        if limited and declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
             # Streamed without a length: read it here, up to the limit, and hand the app the whole body.
             chunks, size, more = [], 0, True
             while more:
