@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -10,6 +11,10 @@ from pydantic import ValidationError
 
 from pneumoscan.cli import classify, dicom, models, review, web
 from pneumoscan.config import Settings
+
+# TensorFlow's C++ info and warning lines off stderr, for every command that imports it (training and explain
+# too, not only inference); set before any command can. An operator who wants them sets TF_CPP_MIN_LOG_LEVEL.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from functools import cache, partial, wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -52,9 +53,18 @@ def _friendly(func: F) -> F:
         except Exception as exc:
             if isinstance(exc, _expected()) or (isinstance(exc, OSError) and exc.filename is not None):
                 raise click.ClickException(str(exc)) from None
+            if _broker_down(exc):
+                raise click.ClickException(f"cannot reach the broker: {exc}") from None
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _broker_down(exc: Exception) -> bool:
+    """A broker that cannot be reached (kombu's OperationalError), imported only when something failed."""
+    from kombu.exceptions import OperationalError
+
+    return isinstance(exc, OperationalError)
 
 
 class EnumChoice(click.Choice):
@@ -73,13 +83,46 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _database(settings: Settings) -> Any:
+def _once(key: str, make: Callable[[], Any]) -> Any:
+    """One ``make()`` per command run (kept on click's root context): a database or bundle opened, and said, once."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return make()
+    kept = ctx.find_root().ensure_object(dict).setdefault("once", {})
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
+
+
+def check_sqlite_folder(settings: Settings) -> None:
+    """Refuse a SQLite file in a folder that does not exist (a typo would start an empty database there).
+
+    The default data folder is the exception: it is made on first use.
+    """
     url = settings.sqlalchemy_url
-    err.print(f"database: {url.split('@')[-1] if '@' in url else url}", style="dim")
-    return open_database(url)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:" or not settings.database_url:
+        return
+    folder = Path(url.removeprefix("sqlite:///")).expanduser().parent
+    if not folder.is_dir():
+        raise click.ClickException(f"PNEUMOSCAN_DATABASE_URL names a SQLite file in {folder}, which does not exist; "
+                                   "create the folder first, or fix the URL")
+
+
+def _database(settings: Settings) -> Any:
+    def make() -> Any:
+        url = settings.sqlalchemy_url
+        check_sqlite_folder(settings)
+        err.print(f"database: {url.split('@')[-1] if '@' in url else url}", style="dim")
+        return open_database(url)
+
+    return _once(f"database {settings.sqlalchemy_url}", make)
 
 
 def _bundle(settings: Settings) -> ModelBundle:
+    return _once(f"bundle {settings.model_path}", partial(_load_bundle, settings))  # type: ignore[no-any-return]
+
+
+def _load_bundle(settings: Settings) -> ModelBundle:
     bundle = load_bundle(settings.model_path)
     err.print(f"model: {bundle.version} (threshold {bundle.threshold:.3f}) from {bundle.path}", style="dim")
     return bundle

@@ -243,6 +243,8 @@ def explain(ctx: click.Context, target: str, out: Path) -> None:
     from pneumoscan.inputs import open_input
     from pneumoscan.services import heatmaps
 
+    if not out.absolute().parent.is_dir():  # said now, not after a minute of loading the model and drawing
+        raise click.BadParameter(f"folder {out.absolute().parent} does not exist", param_hint="--out")
     settings = _settings(ctx)
     bundle = _bundle(settings)
     path, point = _explained(_database(settings), target, bundle.version)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from pneumoscan.cli._common import _database, _friendly, _settings, err
@@ -25,6 +27,24 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     app = create_app(settings, _database(settings))
+    listening = _bound(host, port)  # before saying "serving on": a port in use is one line, not a uvicorn error
     err.print(f"serving on http://{host}:{port}/ (Ctrl+C to stop)", style="dim")
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True, server_header=False)
+    config = uvicorn.Config(app, log_level="warning", proxy_headers=True, server_header=False)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT and listening, or one line saying why it cannot be."""
+    listening = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listening = socket.socket(family, kind, proto)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        if listening is not None:
+            listening.close()
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return listening
 

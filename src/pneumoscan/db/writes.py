@@ -11,6 +11,7 @@ from sqlalchemy import BigInteger, bindparam, cast, column, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from pneumoscan.db.replaced import drop_replaced_rejects
 from pneumoscan.db.schema import Image, Prediction, Sighting, Study, utcnow
 from pneumoscan.domain import DICOM_COLUMNS, Outcome, Result, Status, StudyStatus
 
@@ -86,6 +87,7 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
     for result in (*written.values(), *moved.values()):
         _supersede(session, result, ids.get(result.sha256 or ""), now)
     _record_sightings(session, [r for r in results if r.sha256 in ids], ids, now)
+    drop_replaced_rejects(session, [(r.path, ids[sha]) for sha, r in written.items() if sha in ids])
     _touch_studies(session, {r.dicom.study_uid for r in written.values() if r.dicom and r.dicom.study_uid}, now)
 
 
