@@ -127,10 +127,10 @@ def _study_monitor(settings: Settings) -> Iterator[None]:
     if not settings.embedded:
         yield
         return
-    from pneumoscan.dicomnet.sender import StoreSCU
+    from pneumoscan.dicomnet.stow import results_sender
     from pneumoscan.services.studies import StudyMonitor
 
-    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path), StoreSCU.for_results(settings)):
+    with StudyMonitor(_database(settings), settings, load_bundle(settings.model_path), results_sender(settings)):
         yield
 
 

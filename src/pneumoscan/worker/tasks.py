@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from pneumoscan.config import Settings
 from pneumoscan.db import Database, DatabaseError, open_database, outbox
 from pneumoscan.db.selection import image_locations
-from pneumoscan.dicomnet.sender import StoreSCU
+from pneumoscan.dicomnet.stow import results_sender
 from pneumoscan.domain import Outcome
 from pneumoscan.memory import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
@@ -174,7 +174,7 @@ def requeue_stale(self: PneumoscanTask) -> int:
 @shared_task(bind=True, base=PneumoscanTask, name=SETTLE_STUDIES, max_retries=0)  # beat sends the next one soon
 def settle_studies(self: PneumoscanTask) -> dict[str, int]:
     """Complete the studies that went quiet and send the study results that are due (Celery beat, every few s)."""
-    done = studies.settle_and_send(self.db, self.settings, self.bundle, StoreSCU.for_results(self.settings))
+    done = studies.settle_and_send(self.db, self.settings, self.bundle, results_sender(self.settings))
     return asdict(done)  # settled, sent, failed
 
 
