@@ -74,6 +74,11 @@ class Settings(BaseSettings):
                                      "many tasks, which bounds memory growth.")
     secret_key: str | None = Field(default=None, repr=False, description="Signs the web app's session cookies; "
                                    "unset: random per install, kept in data_dir.")
+    blinded_reading: bool = Field(default=False, description="Hide the model's call, probability and heatmap from "
+                                  "a reader until they have saved their own reading of the case.")
+    audit_retention_days: int = Field(default=3650, ge=0, description="Days the audit trail keeps an event; older "
+                                      "ones are pruned when the web app starts and by `pneumoscan audit --prune`; "
+                                      "0 keeps every event.")
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Web sessions expire this many "
                                  "hours after sign-in.")
     password_hashing: PasswordHashing = Field(

@@ -80,12 +80,29 @@ class Sort(StrEnum):
     PROBABILITY = "probability"  # most suspicious first
 
 
+class AuditAction(StrEnum):
+    """What the audit trail records: who opened, read, changed or signed into what."""
+
+    OPEN = "open"  # a case opened in the viewer (once per page view)
+    REVIEW = "review"
+    CALIBRATE = "calibrate"
+    USER_ADD = "user.add"
+    USER_DISABLE = "user.disable"
+    USER_ENABLE = "user.enable"
+    TOKEN_ISSUE = "token.issue"
+    TOKEN_REVOKE = "token.revoke"
+    SIGN_IN = "sign-in"
+    SIGN_IN_FAILED = "sign-in.failed"
+    SIGN_OUT = "sign-out"
+
+
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 STUDY_STATUSES: tuple[str, ...] = tuple(s.value for s in StudyStatus)
 REVIEW_STATES: tuple[str, ...] = tuple(s.value for s in ReviewState)
 SORTS: tuple[str, ...] = tuple(s.value for s in Sort)
+AUDIT_ACTIONS: tuple[str, ...] = tuple(a.value for a in AuditAction)
 
 
 def display_path(path: str) -> str:

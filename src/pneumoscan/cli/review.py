@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Iterable
@@ -12,28 +13,35 @@ import click
 
 from pneumoscan.cli._common import EnumChoice, _bundle, _database, _friendly, _settings
 from pneumoscan.config import Settings
-from pneumoscan.domain import Label, Role
+from pneumoscan.domain import AuditAction, Label, Role
 from pneumoscan.services import calibration as site_calibration
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from pneumoscan.db.schema import OperatingPoint
 
 
 @click.command()
 @click.argument("image_id", type=click.IntRange(1))
 @click.option("--label", required=True, type=EnumChoice(Label, case_sensitive=False), help="The reviewer's reading.")
-@click.option("--reviewer", required=True, help="Who reviewed the image.")
+@click.option("--reviewer", required=True, help="Who reviewed the image: an enabled user (`pneumoscan users list`).")
 @click.option("--comment", help="Free text kept with the review.")
 @click.pass_context
 @_friendly
 def review(ctx: click.Context, image_id: int, label: Label, reviewer: str, comment: str | None) -> None:
     """Record a person's reading of IMAGE_ID (from `results`). Reviews are appended, never edited."""
+    from pneumoscan.db.audit import add_event
     from pneumoscan.db.reviews import add_review
+    from pneumoscan.db.users import enabled_account
+    from pneumoscan.services.audit import CLI_ADDRESS
 
-    if not reviewer.strip():
-        raise click.BadParameter("must not be empty", param_hint="--reviewer")
     with _database(_settings(ctx)).begin() as session:
+        if enabled_account(session, reviewer) is None:  # reviews are tied to accounts everywhere
+            raise click.BadParameter(f"{reviewer!r} is not an enabled user (see `pneumoscan users list`)",
+                                     param_hint="--reviewer")
         saved = add_review(session, image_id, reviewer, label, comment)
+        add_event(session, AuditAction.REVIEW, reviewer, CLI_ADDRESS, image_id, label)
     click.echo(f"review {saved.id}: image {image_id} is {saved.label} according to {saved.reviewer}")
 
 
@@ -105,6 +113,14 @@ def _print_fitted(model_version: str, fitted: site_calibration.Fitted) -> None:
                f"{point.relabelled} labels changed (undo with `pneumoscan calibrate --from-reviews --undo`)")
 
 
+def _audit(session: Session, action: AuditAction, detail: str) -> None:
+    """Record a user change made on the command line (the actor is the operating system's user)."""
+    from pneumoscan.db.audit import add_event
+    from pneumoscan.services.audit import CLI_ADDRESS
+
+    add_event(session, action, f"{CLI_ADDRESS}:{getpass.getuser()}", CLI_ADDRESS, detail=detail)
+
+
 @click.group()
 def users() -> None:
     """Manage the web app's users and their API tokens."""
@@ -134,6 +150,7 @@ def users_add(ctx: click.Context, name: str, role: Role, password_stdin: bool) -
     use_password_hashing(settings.password_hashing)
     with _database(settings).begin() as session:
         account = add_user(session, name, role, password)
+        _audit(session, AuditAction.USER_ADD, f"{name} as {role}")
     click.echo(f"added {account.role} {account.name}")
 
 
@@ -161,6 +178,7 @@ def users_disable(ctx: click.Context, name: str) -> None:
 
     with _database(_settings(ctx)).begin() as session:
         set_disabled(session, name, True)
+        _audit(session, AuditAction.USER_DISABLE, name)
     click.echo(f"disabled {name}")
 
 
@@ -174,6 +192,7 @@ def users_enable(ctx: click.Context, name: str) -> None:
 
     with _database(_settings(ctx)).begin() as session:
         set_disabled(session, name, False)
+        _audit(session, AuditAction.USER_ENABLE, name)
     click.echo(f"enabled {name}")
 
 
@@ -188,9 +207,12 @@ def users_token(ctx: click.Context, name: str, revoke: bool) -> None:
 
     with _database(_settings(ctx)).begin() as session:
         if revoke:
-            click.echo(f"revoked {revoke_tokens(session, name)} tokens of {name}")
+            revoked = revoke_tokens(session, name)
+            _audit(session, AuditAction.TOKEN_REVOKE, f"{revoked} tokens of {name}")
+            click.echo(f"revoked {revoked} tokens of {name}")
             return
         token = issue_token(session, name)
+        _audit(session, AuditAction.TOKEN_ISSUE, f"a token for {name}")
     click.echo(token)
 
 

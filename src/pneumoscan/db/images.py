@@ -96,6 +96,12 @@ def image_reviews(session: Session, image_id: int) -> list[ReviewRow] | None:
     return [review_row(r) for r in reviews_of(session, image_id)]
 
 
+def reviewed_by(session: Session, image_id: int, reviewer: str) -> bool:
+    """Whether ``reviewer`` has saved a reading of the image (a blinded reader then sees the model's call)."""
+    return session.scalar(select(Review.id).where(Review.image_id == image_id, Review.reviewer == reviewer)
+                          .limit(1)) is not None
+
+
 def content_hash(session: Session, image_id: int) -> str | None:
     """The image's SHA-256 (None for a file that could never be read); UnknownImage when there is no such id."""
     sha256 = session.scalar(select(Image.sha256).where(Image.id == image_id))

@@ -124,3 +124,16 @@ def agreement(session: Session, model_version: str) -> dict[str, dict[str, int]]
     for truth, predicted, n in rows:
         counts[truth][predicted] = int(n)
     return counts
+
+
+def reader_alone_agreement(session: Session, model_version: str) -> dict[str, dict[str, int]]:
+    """The model's labels against every blinded review (saved before its reader saw the call): counts[reader][model]."""
+    rows = session.execute(
+        select(Review.label, Prediction.label, func.count())
+        .join(Prediction, (Prediction.image_id == Review.image_id) & (Prediction.model_version == model_version))
+        .where(Review.blinded.is_(True))
+        .group_by(Review.label, Prediction.label))
+    counts = {truth: dict.fromkeys(LABELS, 0) for truth in LABELS}
+    for truth, predicted, n in rows:
+        counts[truth][predicted] = int(n)
+    return counts

@@ -16,10 +16,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pneumoscan.domain import LABELS, ROLES, STATUSES, STUDY_STATUSES
+from pneumoscan.domain import AUDIT_ACTIONS, LABELS, ROLES, STATUSES, STUDY_STATUSES
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -108,6 +109,8 @@ class Review(Base):
     label: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Saved before the reader could see the model's call (PNEUMOSCAN_BLINDED_READING): a reader-alone reading.
+    blinded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (_one_of("label", LABELS, "ck_reviews_label"),
                       Index("ix_reviews_image_id_id", "image_id", "id"))
@@ -263,3 +266,18 @@ class StudyResult(Base):
     label: Mapped[str | None] = mapped_column(String(16))
     probability: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str | None] = mapped_column(String(64))
+
+class AuditEvent(Base):
+    """One line of the audit trail: who did what, when, from which address. Append-only (triggers refuse updates)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(128), index=True)  # a user name, or the name tried
+    action: Mapped[str] = mapped_column(String(32))
+    image_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no foreign key: the trail outlives rows
+    detail: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(String(64))  # the client's address; "cli" from the command line
+
+    __table_args__ = (_one_of("action", AUDIT_ACTIONS, "ck_audit_events_action"),)

@@ -175,6 +175,12 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
+def enabled_account(session: Session, name: str) -> Account | None:
+    """The account named ``name`` if it exists and is enabled (a review is recorded only for such a user)."""
+    user = session.scalars(select(User).where(User.name == name)).first()
+    return None if user is None or user.disabled else _account(user)
+
+
 def current_account(session: Session, user_id: int, epoch: int) -> Account | None:
     """The account of a session cookie, if the user still exists, is enabled and was not signed out since."""
     user = session.get(User, user_id)

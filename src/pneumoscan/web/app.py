@@ -25,6 +25,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, open_database
 from pneumoscan.db.users import use_password_hashing
 from pneumoscan.models.bundle import load_bundle
+from pneumoscan.services import audit as audit_trail
 from pneumoscan.web.deps import error_response, is_api
 from pneumoscan.web.render import NotRenderable, Renderer
 from pneumoscan.web.routes import ROUTERS
@@ -68,6 +69,9 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.state.settings = settings
     use_password_hashing(settings.password_hashing)
     app.state.db = db or open_database(settings.sqlalchemy_url)
+    pruned = audit_trail.prune(app.state.db, settings)
+    if pruned:
+        log.info("pruned %d audit events older than %d days", pruned, settings.audit_retention_days)
     app.state.model_version = load_bundle(settings.model_path).version
     app.state.renderer = Renderer(settings, app.state.db)
     app.state.throttle = LoginThrottle()

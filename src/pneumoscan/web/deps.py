@@ -14,8 +14,9 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database
 from pneumoscan.db.results import ResultFilter
 from pneumoscan.db.users import Account
-from pneumoscan.domain import Label, ReviewState, Sort, Status
+from pneumoscan.domain import AuditAction, Label, ReviewState, Sort, Status
 from pneumoscan.models.bundle import ModelBundle
+from pneumoscan.services import audit as audit_trail
 from pneumoscan.web.render import Renderer
 from pneumoscan.web.security import CSRF_FIELD, check_api_write, require_account, require_admin
 
@@ -41,7 +42,22 @@ def page(request: Request, template: str, **context: Any) -> HTMLResponse:
     """A server-rendered page; the template sees the signed-in account (if any) besides ``context``."""
     templates: Jinja2Templates = request.app.state.templates
     context.setdefault("account", getattr(request.state, "account", None))
+    context.setdefault("blinded_reading", request.app.state.settings.blinded_reading)
     return templates.TemplateResponse(request, template, context)
+
+
+def client_address(request: Request) -> str | None:
+    """The address the request came from, as the audit trail records it."""
+    return request.client.host if request.client else None
+
+
+def audit(request: Request, action: AuditAction, actor: str | None = None, image_id: int | None = None,
+          detail: str | None = None) -> None:
+    """Record ``action`` in the audit trail: by ``actor`` (default: who is signed in), from the client's address."""
+    if actor is None:
+        account = getattr(request.state, "account", None)
+        actor = account.name if account is not None else None
+    audit_trail.record(request.app.state.db, action, actor, client_address(request), image_id, detail)
 
 
 def _database(request: Request) -> Database:

@@ -167,3 +167,5 @@ PNG: dict[int | str, dict[str, Any]] = {
     404: {"content": _PROBLEM_JSON, "description": "No image with this id, or its file is no longer on disk."},
     422: {"content": _PROBLEM_JSON, "description": "The file cannot be decoded to a picture."},
 }
+HEATMAP_PNG: dict[int | str, dict[str, Any]] = {
+    **PNG, 403: {"content": _PROBLEM_JSON, "description": "Blinded reading: the reader has not saved a reading yet."}}

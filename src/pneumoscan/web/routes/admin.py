@@ -10,8 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from pneumoscan.db import Database
 from pneumoscan.db.users import UserError, add_user, list_users, set_disabled
-from pneumoscan.domain import ROLES, Role
-from pneumoscan.web.deps import Admin, Csrf, Db, error_response, page
+from pneumoscan.domain import ROLES, AuditAction, Role
+from pneumoscan.web.deps import Admin, Csrf, Db, audit, error_response, page
 from pneumoscan.web.security import Forbidden, check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -44,6 +44,7 @@ def create_user(request: Request, db: Db, account: Admin, csrf: Csrf, name: Anno
         response = _users_page(request, db, str(exc))
         response.status_code = 400
         return response
+    audit(request, AuditAction.USER_ADD, detail=f"{name.strip()} as {role.value}")
     return RedirectResponse("/admin/users", status_code=303)
 
 
@@ -59,4 +60,5 @@ def change_user(request: Request, db: Db, name: str, action: str, account: Admin
             set_disabled(session, name, action == Action.DISABLE)
     except UserError as exc:
         return error_response(request, 404, str(exc))
+    audit(request, AuditAction.USER_DISABLE if action == Action.DISABLE else AuditAction.USER_ENABLE, detail=name)
     return RedirectResponse("/admin/users", status_code=303)

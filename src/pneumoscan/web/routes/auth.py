@@ -8,7 +8,8 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from pneumoscan.db.users import authenticate, end_sessions
-from pneumoscan.web.deps import Csrf, Db, Signed, page
+from pneumoscan.domain import AuditAction
+from pneumoscan.web.deps import Csrf, Db, Signed, audit, page
 from pneumoscan.web.security import account_of, check_csrf, sign_in
 
 router = APIRouter(include_in_schema=False)
@@ -47,11 +48,14 @@ def login(request: Request, db: Db, csrf: Csrf, name: Annotated[str, Form(max_le
     with db.begin() as session:
         outcome = authenticate(session, name.strip(), password)
     if outcome.account is None:
+        audit(request, AuditAction.SIGN_IN_FAILED, actor=name.strip(),
+              detail="account locked" if outcome.locked else outcome.reason)
         throttle.failed(client)
         response = page(request, "login.html", next=_local(next), error=outcome.reason)
         response.status_code = 401
         return response
     sign_in(request, outcome.account)
+    audit(request, AuditAction.SIGN_IN, actor=outcome.account.name)
     return RedirectResponse(_local(next), status_code=303)
 
 
@@ -62,5 +66,6 @@ def logout(request: Request, db: Db, csrf: Csrf) -> RedirectResponse:
     if account is not None and not by_token:
         with db.begin() as session:  # a copy of the cookie replayed later must not work either
             end_sessions(session, account.id)
+        audit(request, AuditAction.SIGN_OUT, actor=account.name)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from pneumoscan.db.results import model_versions
-from pneumoscan.db.reviews import active_point, agreement
+from pneumoscan.db.reviews import active_point, agreement, reader_alone_agreement
 from pneumoscan.db.schema import utcnow
 from pneumoscan.db.stats import activity
-from pneumoscan.domain import LABELS, Label
+from pneumoscan.domain import LABELS, AuditAction, Label
 from pneumoscan.services import calibration
-from pneumoscan.web.deps import Admin, Bundle, Csrf, Db, ModelVersion, Signed, page
+from pneumoscan.web.deps import Admin, Bundle, Csrf, Db, ModelVersion, Signed, audit, page
 from pneumoscan.web.security import check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -31,6 +31,7 @@ def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
     version = model_version or current
     with db() as session:
         counts = agreement(session, version)
+        alone = reader_alone_agreement(session, version)
         versions = model_versions(session)
         point = active_point(session, version)
     tp, fn = counts[PNEUMONIA][PNEUMONIA], counts[PNEUMONIA][NORMAL]
@@ -39,10 +40,13 @@ def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
         "reviewed": tp + fn + tn + fp, "agreed": tp + tn, "tp": tp, "fn": fn, "tn": tn, "fp": fp,
         "sensitivity": tp / (tp + fn) if tp + fn else None, "specificity": tn / (tn + fp) if tn + fp else None,
     }
+    alone_agreed = sum(alone[label][label] for label in LABELS)
+    alone_figures = {"reviewed": sum(sum(row.values()) for row in alone.values()), "agreed": alone_agreed}
     can_calibrate = version == current and min(tp + fn, tn + fp) >= calibration.MIN_REVIEWS
     return page(request, "dashboard.html", version=version, versions=versions or [version], counts=counts,
                 labels=LABELS, figures=figures, point=point, can_calibrate=can_calibrate,
-                min_reviews=calibration.MIN_REVIEWS, target_sensitivity=calibration.TARGET_SENSITIVITY,
+                alone=alone, alone_figures=alone_figures, min_reviews=calibration.MIN_REVIEWS,
+                target_sensitivity=calibration.TARGET_SENSITIVITY,
                 message=request.session.pop(FLASH, None))
 
 
@@ -123,5 +127,6 @@ def calibrate(request: Request, db: Db, bundle: Bundle, account: Admin, csrf: Cs
                    f"from {fitted.reviewed} reviews (sensitivity {figures['sensitivity']:.3f}, specificity "
                    f"{figures['specificity']:.3f} on them, sensitivity {figures['expected_sensitivity']:.3f} to "
                    f"expect on new cases); {point.relabelled} labels changed")
+    audit(request, AuditAction.CALIBRATE, detail=message)
     request.session[FLASH] = message  # shown once by the next dashboard page; a link cannot put text there
     return RedirectResponse("/dashboard", status_code=303)

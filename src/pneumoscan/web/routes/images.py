@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from pneumoscan.db.images import image_detail, next_case
-from pneumoscan.domain import LABELS
-from pneumoscan.web.deps import Db, ImageId, ModelVersion, Pictures, Signed, error_response, page
-from pneumoscan.web.schemas import PNG, SIGNED_IN, UNKNOWN_IMAGE, ImageOut
+from pneumoscan.db.images import image_detail, next_case, reviewed_by
+from pneumoscan.domain import LABELS, AuditAction
+from pneumoscan.web.deps import AppSettings, Db, ImageId, ModelVersion, Pictures, Signed, audit, error_response, page
+from pneumoscan.web.schemas import HEATMAP_PNG, PNG, SIGNED_IN, UNKNOWN_IMAGE, ImageOut
+from pneumoscan.web.security import Forbidden
 
 router = APIRouter()
 _PNG_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by a browser or a proxy
@@ -41,21 +42,34 @@ def api_image_png(pictures: Pictures, image_id: ImageId, _account: Signed) -> PN
 
 
 @router.get("/api/images/{image_id}/heatmap.png", tags=["images"], response_class=PNGResponse,
-            responses=PNG,
+            responses=HEATMAP_PNG,
             summary="The image with the current model's Grad-CAM heatmap over it, labelled as such")
-def api_heatmap_png(pictures: Pictures, image_id: ImageId, _account: Signed) -> PNGResponse:
+def api_heatmap_png(db: Db, settings: AppSettings, pictures: Pictures, image_id: ImageId,
+                    account: Signed) -> PNGResponse:
+    if _blinded(db, settings, image_id, account.name):
+        raise Forbidden("blinded reading: the model's heatmap shows once you have saved your own reading")
     return PNGResponse(pictures.heatmap_png(image_id), headers=_PNG_HEADERS)
 
 
 @router.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
-def image_page(request: Request, db: Db, model_version: ModelVersion, image_id: ImageId, account: Signed) -> Response:
+def image_page(request: Request, db: Db, settings: AppSettings, model_version: ModelVersion, image_id: ImageId,
+               account: Signed) -> Response:
     found = _detail(db, image_id)
     if found is None:
         return error_response(request, 404, f"no image with id {image_id}")
+    audit(request, AuditAction.OPEN, image_id=image_id)  # once per page view: the pictures are not counted
     detail = found.model_dump(mode="json")
     current = next((p for p in detail["predictions"] if p["model_version"] == model_version),
                    detail["predictions"][-1] if detail["predictions"] else None)
     with db() as session:
         following = next_case(session, model_version, image_id)
     return page(request, "image.html", image=detail, prediction=current, labels=LABELS, next_id=following,
-                renderable=detail["sha256"] is not None)
+                renderable=detail["sha256"] is not None, blinded=_blinded(db, settings, image_id, account.name))
+
+
+def _blinded(db: Db, settings: AppSettings, image_id: int, reader: str) -> bool:
+    """Whether the model's call is hidden from ``reader``: blinded reading, and no reading of theirs saved yet."""
+    if not settings.blinded_reading:
+        return False
+    with db() as session:
+        return not reviewed_by(session, image_id, reader)

@@ -8,11 +8,22 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
 from pneumoscan.db import Database
-from pneumoscan.db.images import ReviewRow, image_reviews, next_case, review_row
+from pneumoscan.db.audit import add_event
+from pneumoscan.db.images import ReviewRow, image_reviews, next_case, review_row, reviewed_by
 from pneumoscan.db.reviews import UnknownImage, add_review
 from pneumoscan.db.users import Account
-from pneumoscan.domain import Label
-from pneumoscan.web.deps import ApiWriter, Csrf, Db, ImageId, ModelVersion, Signed, error_response
+from pneumoscan.domain import AuditAction, Label
+from pneumoscan.web.deps import (
+    ApiWriter,
+    AppSettings,
+    Csrf,
+    Db,
+    ImageId,
+    ModelVersion,
+    Signed,
+    client_address,
+    error_response,
+)
 from pneumoscan.web.schemas import SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
 from pneumoscan.web.security import check_csrf
 
@@ -24,9 +35,21 @@ def _unknown(image_id: int) -> HTTPException:
     return HTTPException(404, f"no image with id {image_id}")
 
 
-def _save(db: Database, image_id: int, account: Account, label: Label, comment: str | None) -> ReviewRow:
+def _save(request: Request, image_id: int, account: Account, label: Label, comment: str | None,
+          blinding: bool = False) -> ReviewRow:
+    """Store the review and its audit event in one transaction.
+
+    ``blinding``: saved from a page that hid the model's call (PNEUMOSCAN_BLINDED_READING) from a reader who had
+    no reading of the case yet; such a review counts as reader-alone.
+    """
+    db: Database = request.app.state.db
     with db.begin() as session:
-        return review_row(add_review(session, image_id, account.name, label.value, (comment or "").strip() or None))
+        blinded = blinding and not reviewed_by(session, image_id, account.name)
+        review = add_review(session, image_id, account.name, label.value, (comment or "").strip() or None)
+        review.blinded = blinded
+        add_event(session, AuditAction.REVIEW, account.name, client_address(request), image_id,
+                  f"{label.value}{' (reader alone)' if blinded else ''}")
+        return review_row(review)
 
 
 @router.get("/api/images/{image_id}/reviews", tags=["reviews"], response_model=list[ReviewOut],
@@ -43,21 +66,22 @@ def api_reviews(db: Db, image_id: ImageId, _account: Signed) -> list[ReviewOut]:
              responses={**SIGNED_IN, **UNKNOWN_IMAGE,
                         403: {"model": Problem, "description": "A session cookie without the X-CSRF-Token header."}},
              summary="Add a review (append-only: a correction is a new review)")
-def api_add_review(db: Db, image_id: ImageId, body: ReviewIn, account: ApiWriter) -> ReviewOut:
+def api_add_review(request: Request, image_id: ImageId, body: ReviewIn, account: ApiWriter) -> ReviewOut:
     try:
-        review = _save(db, image_id, account, body.label, body.comment)
+        review = _save(request, image_id, account, body.label, body.comment)
     except UnknownImage:
         raise _unknown(image_id) from None
     return ReviewOut.model_validate(review)
 
 
 @router.post("/images/{image_id}/reviews", include_in_schema=False)
-def review_form(request: Request, db: Db, model_version: ModelVersion, image_id: ImageId, account: Signed, csrf: Csrf,
+def review_form(request: Request, db: Db, settings: AppSettings, model_version: ModelVersion, image_id: ImageId,
+                account: Signed, csrf: Csrf,
                 label: Annotated[Label, Form()], comment: Annotated[str | None, Form(max_length=2000)] = None,
                 then: Annotated[str | None, Form(max_length=16)] = None) -> Response:
     check_csrf(request, csrf)
     try:
-        _save(db, image_id, account, label, comment)
+        _save(request, image_id, account, label, comment, blinding=settings.blinded_reading)
     except UnknownImage:
         return error_response(request, 404, f"no image with id {image_id}")
     following = None

@@ -36,8 +36,10 @@ function setupViewer() {
       toggle.textContent = on ? "Hide heatmap (h)" : "Show heatmap (h)";
       note.hidden = !on;
     };
-    toggle.addEventListener("click", () => showHeatmap(toggle.getAttribute("aria-pressed") !== "true"));
-    viewer.toggleHeatmap = () => toggle.click();
+    if (toggle) {  // absent in a blinded reading
+      toggle.addEventListener("click", () => showHeatmap(toggle.getAttribute("aria-pressed") !== "true"));
+      viewer.toggleHeatmap = () => toggle.click();
+    }
   }
 
   const submitAs = (label) => {
