@@ -33,6 +33,7 @@ from pneumoscan.cli._common import (
     err,
 )
 from pneumoscan.cli.dicom import receiver_beside
+from pneumoscan.cli.tables import fitted_table
 from pneumoscan.config import Settings
 from pneumoscan.db.results import RESULT_FIELDS, ResultFilter, query_results
 from pneumoscan.domain import Label, Outcome, Result, ReviewState, SkipReason, Sort, Status
@@ -324,14 +325,9 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool
                 return f"{value:.3f}"
             return "" if value is None else str(value)
 
-        if sys.stdout.isatty():
-            table = Table(show_lines=False)
-            for column in shown:
-                table.add_column(column, no_wrap=column in ("id", "path", "probability", "classified_at"),
-                                 overflow="fold")
-            for row in rows:
-                table.add_row(*(text(row, k) for k in shown))
-            Console().print(table)
+        if sys.stdout.isatty():  # fitted to the terminal, 80 columns included
+            console = Console()
+            console.print(fitted_table(rows, shown, console.width))
         else:  # piped: one tab-separated line per row, never wrapped
             click.echo("\t".join(shown))
             for row in rows:
