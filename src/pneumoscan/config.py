@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_data_home, description="Where the default SQLite file and salt live.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means a SQLite file in data_dir.")
     model: Path | None = Field(default=None, description="Model bundle directory; unset means the shipped model.")
+    engine: Literal["auto", "tensorflow", "openvino"] = Field(
+        default="auto", description="Inference engine: auto is TensorFlow on a GPU and OpenVINO on a CPU when it is "
+        "installed (else TensorFlow). Heatmaps (Grad-CAM) always use TensorFlow.")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="Inference precision. fp32 agrees with TensorFlow within 1e-4; bf16 (OpenVINO, a "
+        "CPU with BF16) only after `pneumoscan model check DATA --precision bf16` passed on this machine.")
+    model_cache_dir: Path | None = Field(default=None, description="Where converted models (and precision checks) "
+                                         "are kept per machine; unset: DATA_DIR/model-cache.")
+    engine_threads: int = Field(default=0, ge=0, description="Inference threads of the OpenVINO engine; 0: its "
+                                "default (one per core).")
     broker_url: str | None = Field(default=None, description="Celery broker (Redis) URL; unset means embedded mode.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Images per inference batch and per task.")
     max_batch_wait: float = Field(default=2.0, ge=0, description="Seconds a partial batch waits for more files.")
@@ -200,6 +210,11 @@ class Settings(BaseSettings):
     def model_path(self) -> Path:
         """The model bundle directory in use."""
         return self.model if self.model is not None else SHIPPED_MODEL_DIR
+
+    @property
+    def model_cache(self) -> Path:
+        """The per-machine cache of converted models and precision checks."""
+        return self.model_cache_dir if self.model_cache_dir is not None else self.data_dir / "model-cache"
 
     @property
     def embedded(self) -> bool:

@@ -17,6 +17,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import DatabaseError, open_database
 from pneumoscan.domain import Result
 from pneumoscan.models.bundle import BundleError, ModelBundle, load_bundle
+from pneumoscan.models.engine import EngineConfig
 from pneumoscan.models.pretrained import WeightsError
 
 err = Console(stderr=True)
@@ -123,7 +124,7 @@ def _bundle(settings: Settings) -> ModelBundle:
 
 
 def _load_bundle(settings: Settings) -> ModelBundle:
-    bundle = load_bundle(settings.model_path)
+    bundle = load_bundle(settings.model_path, runtime=EngineConfig.from_settings(settings))
     err.print(f"model: {bundle.version} (threshold {bundle.threshold:.3f}) from {bundle.path}", style="dim")
     return bundle
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.models.card import BundleError, ModelCard
+from pneumoscan.models.engine import Engine, EngineConfig, open_engine
 from pneumoscan.models.temperature import apply_temperature
 
 __all__ = ["CARD_FILE", "MODEL_FILE", "BundleError", "ModelBundle", "ModelCard", "configure_devices", "file_sha256",
@@ -55,12 +56,17 @@ def configure_devices() -> list[str]:
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A trained model and its card. The Keras model loads on first use of ``predict``."""
+    """A trained model and its card. The engine loads on first use of ``predict``.
+
+    ``runtime`` picks the engine and precision (``EngineConfig.from_settings``); without one the bundle
+    runs on TensorFlow in fp32, as training and evaluation do. Grad-CAM always uses the Keras model.
+    """
 
     path: Path
     card: ModelCard
     _state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    runtime: EngineConfig = field(default_factory=EngineConfig, compare=False)
 
     @property
     def version(self) -> str:
@@ -80,15 +86,34 @@ class ModelBundle:
         return self.card.temperature
 
     def load(self) -> None:
-        """Load TensorFlow and the model now (a worker process does this after the fork, before its first task)."""
+        """Load the engine and the model now (a worker process does this after the fork, before its first task)."""
         self.predictor  # noqa: B018
+
+    @property
+    def engine(self) -> Engine:
+        """The loaded engine (TensorFlow or OpenVINO), with its name and precision."""
+        with self._lock:
+            if "engine" not in self._state:
+                self._state["engine"] = open_engine(self.model_sha256, self.input_size, self.runtime,
+                                                    lambda: self.model)
+                log.info("loaded model %s from %s on %s (%s)", self.version, self.path,
+                         self._state["engine"].name, self._state["engine"].precision)
+            return self._state["engine"]
+
+    @property
+    def model_sha256(self) -> str:
+        """SHA-256 of the model file, read once (the key of converted models in the cache)."""
+        with self._lock:
+            if "sha256" not in self._state:
+                self._state["sha256"] = file_sha256(self.path / MODEL_FILE)
+            return self._state["sha256"]
 
     @property
     def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
         """A compiled function from a (n, size, size, 1) float32 batch to pneumonia probabilities."""
         with self._lock:
             if "predictor" not in self._state:
-                self._state["predictor"] = self._load()
+                self._state["predictor"] = self.engine
             return self._state["predictor"]
 
     @property
@@ -103,16 +128,6 @@ class ModelBundle:
 
                 self._state["model"] = keras.models.load_model(self.path / MODEL_FILE, compile=False)
             return self._state["model"]
-
-    def _load(self) -> Callable[[np.ndarray], np.ndarray]:
-        import tensorflow as tf
-
-        model = self.model
-        size = self.input_size
-        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
-                           input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
-        log.info("loaded model %s from %s", self.version, self.path)
-        return lambda batch: call(tf.convert_to_tensor(batch, tf.float32)).numpy().reshape(-1)
 
     def predict(self, batch: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
         """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1].
@@ -152,8 +167,11 @@ def write_card(folder: Path, card: ModelCard) -> None:
     (folder / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2) + "\n")
 
 
-def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
-    """Read a bundle's card (and with ``verify``, check the model file's SHA-256 against it)."""
+def load_bundle(path: Path, *, verify: bool = False, runtime: EngineConfig | None = None) -> ModelBundle:
+    """Read a bundle's card (and with ``verify``, check the model file's SHA-256 against it).
+
+    ``runtime`` is the engine to run it on (default: TensorFlow, fp32).
+    """
     card_path, model_path = path / CARD_FILE, path / MODEL_FILE
     if not card_path.is_file() or not model_path.is_file():
         raise BundleError(
@@ -163,7 +181,7 @@ def load_bundle(path: Path, *, verify: bool = False) -> ModelBundle:
     card = read_card(path)
     if verify and card.sha256 != file_sha256(model_path):
         raise BundleError(f"model file {model_path} does not match the sha256 in its card")
-    return ModelBundle(path, card)
+    return ModelBundle(path, card, runtime=runtime or EngineConfig())
 
 
 def write_bundle(out: Path, model: Any, card: ModelCard) -> ModelBundle:

@@ -21,6 +21,7 @@ from pneumoscan.dicomnet.stow import results_sender
 from pneumoscan.domain import Outcome
 from pneumoscan.memory import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
+from pneumoscan.models.engine import EngineConfig
 from pneumoscan.services import reclassify, studies
 from pneumoscan.worker.client import (
     CLASSIFY_BATCH,
@@ -74,7 +75,8 @@ class PneumoscanTask(Task):
         with PneumoscanTask._process_lock:
             if PneumoscanTask._process is None:
                 settings = Settings()
-                PneumoscanTask._process = _Process(settings, load_bundle(settings.model_path))
+                bundle = load_bundle(settings.model_path, runtime=EngineConfig.from_settings(settings))
+                PneumoscanTask._process = _Process(settings, bundle)
             return PneumoscanTask._process
 
     @property

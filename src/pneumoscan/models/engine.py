@@ -1,0 +1,231 @@
+"""Inference engines behind one interface: TensorFlow (the reference, and any GPU) or OpenVINO on a CPU.
+
+``ModelBundle.predict`` calls an :class:`Engine` with a (n, size, size, 1) float32 batch and gets the
+network's own probabilities back; temperature scaling and thresholds stay in the bundle. The OpenVINO
+model is converted once per machine from the Keras model (``openvino.convert_model`` on a ``tf.function``
+with a fixed input signature) and cached under ``cache_dir``, keyed by the model file's SHA-256, the engine,
+the precision and the library's version, so a process that finds it never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pneumoscan.config import Settings
+from pneumoscan.models.card import BundleError
+
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "EngineConfig", "EngineError", "check_record_path", "open_engine",
+           "openvino_version", "resolve_engine"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "tensorflow", "openvino")
+PRECISIONS = ("fp32", "bf16")
+_OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+
+
+class EngineError(BundleError):
+    """An engine or precision that cannot be used here; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs a bundle, at which precision, and where converted models are cached."""
+
+    engine: str = "tensorflow"
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+    threads: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(settings.engine, settings.precision, settings.model_cache, settings.engine_threads)
+
+
+class Engine(Protocol):
+    """A loaded model: a float32 batch in, the network's probabilities of PNEUMONIA out (shape (n,))."""
+
+    name: str
+    precision: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible to this machine, found without importing TensorFlow."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_version() -> str:
+    from importlib.metadata import version
+
+    return version("openvino")
+
+
+def resolve_engine(name: str) -> str:
+    """The engine ``name`` means here: ``auto`` is TensorFlow on a GPU, else OpenVINO when installed."""
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
+    if name == "auto":
+        return "tensorflow" if gpu_present() or not openvino_installed() else "openvino"
+    if name == "openvino" and not openvino_installed():
+        raise EngineError("PNEUMOSCAN_ENGINE=openvino but the openvino package is not installed: "
+                          "`pip install openvino`, or set PNEUMOSCAN_ENGINE=auto")
+    return name
+
+
+def _key(sha256: str, precision: str) -> str:
+    return f"{sha256}-openvino{openvino_version()}-{precision}"
+
+
+def check_record_path(cache_dir: Path, sha256: str, precision: str) -> Path:
+    """Where `pneumoscan model check` records its figures for one model, precision and OpenVINO version."""
+    return cache_dir / "checks" / f"{_key(sha256, precision)}.json"
+
+
+def _checked(cache_dir: Path, sha256: str, precision: str) -> bool:
+    try:
+        return bool(json.loads(check_record_path(cache_dir, sha256, precision).read_text()).get("passed"))
+    except (OSError, ValueError):
+        return False
+
+
+class TensorFlowEngine:
+    """The Keras model under one ``tf.function`` with a fixed input signature (the reference engine)."""
+
+    name = "tensorflow"
+    precision = "fp32"
+
+    def __init__(self, model: Any, size: int) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                 input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._call(self._tf.convert_to_tensor(batch, self._tf.float32))).reshape(-1)
+
+
+_core_lock = threading.Lock()
+_core: Any = None
+
+
+def _openvino() -> Any:
+    """Import openvino with its usage telemetry off: OpenVINO's tools send events to Google Analytics from
+    ``import openvino`` and ``convert_model`` unless ``openvino_telemetry`` cannot be imported, when they use
+    their own no-op stub. A medical device phones nobody, so it cannot be imported here."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
+def _ov_core() -> Any:
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = _openvino().Core()
+        return _core
+
+
+def cpu_has_bf16() -> bool:
+    return "BF16" in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOEngine:
+    """A compiled OpenVINO model on the CPU. One inference runs at a time (the pipeline predicts serially)."""
+
+    name = "openvino"
+
+    def __init__(self, xml: Path, precision: str, threads: int = 0) -> None:
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.precision = precision
+        self._compiled = _ov_core().compile_model(str(xml), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            out = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+            return np.array(next(iter(out.values())), dtype=np.float32).reshape(-1)
+
+
+def convert_to_openvino(model: Any, size: int, dest: Path) -> Path:
+    """Convert a Keras model to OpenVINO IR in ``dest`` (written whole in a temporary folder, then renamed).
+
+    When another process renamed its copy first, that one is kept. Returns the path of the .xml file.
+    """
+    import tensorflow as tf
+
+    ov = _openvino()
+    call = tf.function(lambda x: model(x, training=False),
+                       input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
+    converted = ov.convert_model(call.get_concrete_function())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+        for name in ("model.xml", "model.bin"):
+            with (tmp / name).open("rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process got there first: its copy is the same conversion
+            if not (dest / "model.xml").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / "model.xml"
+
+
+def open_engine(sha256: str, size: int, config: EngineConfig, keras_model: Callable[[], Any], *,
+                unchecked: bool = False) -> Engine:
+    """The engine ``config`` asks for, for the model whose file has ``sha256``.
+
+    ``keras_model`` loads the Keras model; it is called only for TensorFlow or to convert a model that is
+    not yet in the cache. A precision other than fp32 is refused unless its check passed on this machine
+    (``unchecked``: only for the check itself).
+    """
+    engine = resolve_engine(config.engine)
+    if config.precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if engine == "tensorflow":
+        if config.precision != "fp32":
+            raise EngineError(f"precision {config.precision} needs PNEUMOSCAN_ENGINE=openvino (TensorFlow runs fp32)")
+        return TensorFlowEngine(keras_model(), size)
+    if config.cache_dir is None:
+        raise EngineError("the OpenVINO engine needs a model cache folder (PNEUMOSCAN_MODEL_CACHE_DIR)")
+    if config.precision == "bf16" and not cpu_has_bf16():
+        raise EngineError("precision bf16 needs a CPU with BF16 instructions; this one has none: use fp32")
+    if config.precision != "fp32" and not unchecked and not _checked(config.cache_dir, sha256, config.precision):
+        raise EngineError(f"precision {config.precision} has not passed `pneumoscan model check DATA --precision "
+                          f"{config.precision}` on this machine for this model and OpenVINO {openvino_version()}; "
+                          "run it, or set PNEUMOSCAN_PRECISION=fp32")
+    # The IR itself is full precision; the precision is a compile-time hint, so fp32 and bf16 share it.
+    dest = config.cache_dir / _key(sha256, "fp32")
+    xml = dest / "model.xml"
+    if not xml.is_file():
+        log.info("converting the model to OpenVINO into %s (once per machine and model)", dest)
+        xml = convert_to_openvino(keras_model(), size, dest)
+    return OpenVINOEngine(xml, config.precision, config.threads)
