@@ -48,6 +48,5 @@ for _command in (
 ):
     main.add_command(_command)
 main.add_command(audit.audit)
-main.add_command(models.model)
 
 __all__ = ["main"]
