@@ -111,6 +111,13 @@ class Settings(BaseSettings):
                                             "as DICOM structured reports; unset: none are sent.")
     results_heatmap: bool = Field(default=False, description="Send a Secondary Capture of the most suspicious "
                                   "frontal image with the model's Grad-CAM heatmap beside each study's report.")
+    results_max_attempts: int = Field(default=8, ge=1, description="Attempts to send a study's result before it is "
+                                      "marked failed with the peer's reason (retried with backoff in between).")
+    results_retry_seconds: float = Field(default=10.0, gt=0, description="Wait before the first retry of a refused "
+                                         "result; each later retry waits twice as long, at most an hour.")
+    results_probability_tolerance: float = Field(default=0.02, ge=0, le=1, description="A study's result is sent "
+                                                 "again only if its label, assessed instances or model version "
+                                                 "change, or its probability moves by more than this.")
     results_dicomweb_url: str | None = Field(default=None, pattern=r"^(https?://[^\s]+)?$",
                                              description="DICOMweb base URL (its /studies is STOW-RS) that completed "
                                              "studies' results are sent to instead of by C-STORE; unset: none.")

@@ -17,6 +17,7 @@ class Status(StrEnum):
     DONE = "done"  # classified by a model; see its predictions
     FAILED = "failed"  # could not be processed now (unreadable, internal error): the nightly job retries it
     REJECTED = "rejected"  # its bytes are not a usable chest X-ray: settled until `reclassify --all`
+    IGNORED = "ignored"  # not for the model by rule: a non-image object (SR, KO, PR...) or pneumoscan's own output
 
 
 class Outcome(StrEnum):
@@ -25,6 +26,7 @@ class Outcome(StrEnum):
     DONE = Status.DONE.value
     FAILED = Status.FAILED.value
     REJECTED = Status.REJECTED.value
+    IGNORED = Status.IGNORED.value
     SKIPPED = "skipped"
 
 
@@ -63,6 +65,7 @@ class SendState(StrEnum):
     PENDING = "pending"  # waiting for its first attempt
     RETRYING = "retrying"  # an attempt failed; the next is at next_send_at
     SENT = "sent"
+    FAILED = "failed"  # the peer refused it PNEUMOSCAN_RESULTS_MAX_ATTEMPTS times, or our own bug: see last_send_error
 
 
 class ReviewState(StrEnum):

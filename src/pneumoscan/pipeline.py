@@ -18,7 +18,7 @@ from pneumoscan.db import Database, outbox
 from pneumoscan.db.reviews import active_point
 from pneumoscan.db.writes import save_results, settled_hashes
 from pneumoscan.domain import Outcome, Result, SkipReason, display_path, label_at
-from pneumoscan.imaging import DecodedImage, ImagingError, InternalError, clean_text, decode, detect_kind
+from pneumoscan.imaging import DecodedImage, Ignored, ImagingError, InternalError, clean_text, decode, detect_kind
 from pneumoscan.inputs import open_input
 from pneumoscan.models.bundle import ModelBundle
 
@@ -89,7 +89,8 @@ def _decode(read: _Read, size: int, settings: Settings) -> DecodedImage | Result
     try:
         return decode(read.data, (size, size), settings.decode_policy)
     except ImagingError as exc:
-        status, reason, dicom = (Outcome.FAILED if exc.transient else Outcome.REJECTED), exc.reason, exc.dicom
+        status, reason, dicom = (Outcome.FAILED if exc.transient else Outcome.IGNORED if isinstance(exc, Ignored)
+                                 else Outcome.REJECTED), exc.reason, exc.dicom
     except Exception as exc:  # not the file's fault: keep the batch going, and log the traceback to fix it by
         log.exception("internal error decoding %s; recorded as failed, to be retried", read.path)
         status = Outcome.FAILED
@@ -218,7 +219,7 @@ def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> lis
         ordered = [replace(outcome[i], image_id=prepared.image_ids[i], mtime=read.mtime,
                            byte_size=len(read.data) if read.data is not None else outcome[i].byte_size)
                    for i, read in enumerate(reads)]
-        save_results(session, ordered)
+        ordered = save_results(session, ordered)  # as stored: our own outputs come back ignored
         outbox.settle(session, [r.path for r in reads])  # handed-over files leave the outbox with their result
     for result in ordered:
         if result.status in (Outcome.REJECTED, Outcome.FAILED):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from support import dicoms, xrays
 
-from pneumoscan.imaging import DICOM, DecodedImage, Rejected, decode
+from pneumoscan.imaging import DICOM, DecodedImage, Ignored, Rejected, decode
 from pneumoscan.imaging.dicom import pixels
 
 SOURCE = xrays.PNEUMONIA_IMAGES[0]
@@ -278,6 +278,7 @@ def test_real_files_that_are_not_chest_radiographs_are_rejected(name: str, reaso
     with pytest.raises(Rejected) as info:
         _decode(_testdata(name), (64, 64))
     assert reason in info.value.reason
+    assert isinstance(info.value, Ignored) == reason.startswith("not an image")
 
 
 @pytest.mark.parametrize(("sop_class", "modality", "reason"), [
@@ -296,7 +297,7 @@ def test_non_image_sop_classes_are_rejected_whatever_the_modality_rules(sop_clas
         ds.EncapsulatedDocument = b"%PDF-1.4\n%fake\n"
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    with pytest.raises(Rejected, match=reason):
+    with pytest.raises(Ignored, match=reason):  # stored as ignored: never counted in its study
         _decode(out.getvalue(), modalities=ANY, body_parts=ANY)
 
 

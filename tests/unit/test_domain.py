@@ -20,7 +20,7 @@ def _choices(command: str, option: str) -> tuple[str, ...]:
 
 
 def test_cli_choices_are_the_domain_vocabulary() -> None:
-    assert STATUSES == ("done", "failed", "rejected") and LABELS == ("NORMAL", "PNEUMONIA")
+    assert STATUSES == ("done", "failed", "rejected", "ignored") and LABELS == ("NORMAL", "PNEUMONIA")
     assert _choices("results", "status") == _choices("reclassify", "status") == STATUSES
     assert _choices("results", "label") == _choices("review", "label") == LABELS
 

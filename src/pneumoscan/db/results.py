@@ -130,6 +130,8 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         conditions.append(_review_condition(filters.review, filters.model_version))
     if filters.status is not None:
         conditions.append(Image.status == filters.status)
+    else:  # ignored objects (reports, key objects, pneumoscan's own outputs) are listed only when asked for
+        conditions.append(Image.status != Status.IGNORED)
     if filters.since is not None:
         conditions.append(Image.updated_at >= filters.since)
     if filters.study_uid is not None:

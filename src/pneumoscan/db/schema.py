@@ -244,6 +244,10 @@ class Study(Base):
     next_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_send_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when an instance already counted got a new result (a reclassification): the study is assessed
+    # again without reopening it, and its result goes out again only if what it says changed.
+    reassessed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    assessed_key: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the assessed SOP Instance UIDs
 
     __table_args__ = (
         _one_of("status", STUDY_STATUSES, "ck_studies_status"),
@@ -266,6 +270,12 @@ class StudyResult(Base):
     label: Mapped[str | None] = mapped_column(String(16))
     probability: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str | None] = mapped_column(String(64))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    assessed_key: Mapped[str | None] = mapped_column(String(64))
+    # The UIDs of the report and heatmap made for this revision: pneumoscan's own outputs, ignored if they come back.
+    report_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    capture_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 class AuditEvent(Base):
     """One line of the audit trail: who did what, when, from which address. Append-only (triggers refuse updates)."""

@@ -18,7 +18,8 @@ class ReclassifySelection:
     """Which images a reclassification run sends back through the pipeline.
 
     By default: every image without a prediction from the current model version, and every failed
-    one, but no rejected image (its bytes are not a usable image). ``everything`` drops that rule,
+    one, but no rejected or ignored image (its bytes are not a usable image, or not one for the model).
+    ``everything`` drops that rule,
     ``status`` keeps only images with this status (rejected included when asked for), and ``since``
     keeps only images updated at or after this time.
     """
@@ -39,7 +40,7 @@ def reclassify_statement(selection: ReclassifySelection, model_version: str) -> 
         current = exists().where(Prediction.image_id == Image.id, Prediction.model_version == model_version)
         statement = statement.where(or_(~current, Image.status == Status.FAILED))
         if selection.status is None:
-            statement = statement.where(Image.status != Status.REJECTED)
+            statement = statement.where(Image.status.not_in([Status.REJECTED, Status.IGNORED]))
     if selection.status is not None:
         statement = statement.where(Image.status == selection.status)
     if selection.since is not None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import asdict
-from datetime import datetime
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, cast, column, delete, func, select, update
@@ -12,8 +12,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.replaced import drop_replaced_rejects
-from pneumoscan.db.schema import Image, Prediction, Sighting, Study, utcnow
-from pneumoscan.domain import DICOM_COLUMNS, Outcome, Result, Status, StudyStatus
+from pneumoscan.db.schema import Image, Prediction, QueuedFile, Sighting, Study, utcnow
+from pneumoscan.db.studies import own_outputs
+from pneumoscan.domain import DICOM_COLUMNS, Outcome, Result, Status, StudyStatus, display_path
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -37,7 +38,7 @@ def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) 
     predicted = (select(Image.sha256).join(Prediction)
                  .where(Image.sha256.in_(wanted), Prediction.model_version == model_version,
                         Image.status != Status.FAILED))
-    rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status == Status.REJECTED)
+    rejected = select(Image.sha256).where(Image.sha256.in_(wanted), Image.status.in_([Status.REJECTED, Status.IGNORED]))
     return {h for (h,) in session.execute(predicted.union(rejected)) if h is not None}
 
 
@@ -45,8 +46,9 @@ def settled_hashes(session: Session, hashes: Iterable[str], model_version: str) 
 _ROWS_PER_STATEMENT = 500
 
 
-def save_results(session: Session, results: Sequence[Result]) -> None:
-    """Write a batch of results in the caller's transaction; safe to repeat and to run concurrently.
+def save_results(session: Session, results: Sequence[Result]) -> list[Result]:
+    """Write a batch of results in the caller's transaction; safe to repeat and to run concurrently. Returns the
+    results as stored: pneumoscan's own outputs that came back are ``ignored``, whatever their decoding said.
 
     A handful of statements per batch, whatever its size: images are upserted by SHA-256 in one
     multi-row statement (concurrent writers of the same content meet on the unique key), predictions
@@ -65,6 +67,9 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
         else:
             written[result.sha256] = result
             moved.pop(result.sha256, None)
+    own = _ignore_own_outputs(session, written)
+    if own:
+        results = [own.get(r.sha256 or "", r) if r.status != Outcome.SKIPPED else r for r in results]
     if session.get_bind().dialect.name == "postgresql" and (written or moved):
         _lock_contents(session, {*written, *moved})
     ids = _upsert_images(session, [written[sha] for sha in sorted(written)], now)
@@ -88,17 +93,61 @@ def save_results(session: Session, results: Sequence[Result]) -> None:
         _supersede(session, result, ids.get(result.sha256 or ""), now)
     _record_sightings(session, [r for r in results if r.sha256 in ids], ids, now)
     drop_replaced_rejects(session, [(r.path, ids[sha]) for sha, r in written.items() if sha in ids])
-    _touch_studies(session, {r.dicom.study_uid for r in written.values() if r.dicom and r.dicom.study_uid}, now)
+    _touch_studies(session, list(written.values()), now)
+    return list(results)
 
 
-def _touch_studies(session: Session, study_uids: set[str], now: datetime) -> None:
-    """An instance of each study was stored just now: open the study (again), to be settled once it is quiet."""
-    rows = [{"study_uid": uid, "status": StudyStatus.OPEN, "last_instance_at": now, "revision": 0, "instance_count": 0,
-             "assessed_count": 0, "send_attempts": 0} for uid in sorted(study_uids)]
+def _ignore_own_outputs(session: Session, written: dict[str, Result]) -> dict[str, Result]:
+    """A report or heatmap pneumoscan sent (a PACS routing it back) is stored once as ignored, whatever it holds;
+    the results changed so, by SHA-256."""
+    uids = {r.dicom.sop_instance_uid: sha for sha, r in written.items() if r.dicom and r.dicom.sop_instance_uid}
+    for uid, reason in own_outputs(session, uids).items():
+        written[uids[uid]] = replace(written[uids[uid]], status=Outcome.IGNORED, reason=reason, probability=None,
+                                     label=None, threshold=None, model_version=None)
+    return {sha: written[sha] for uid, sha in uids.items() if written[sha].status == Outcome.IGNORED}
+
+
+def handed_over(session: Session, paths: list[str]) -> dict[str, datetime]:
+    """When each of ``paths`` still in the outbox was handed to the workers: when its file arrived, near enough."""
+    if not paths:
+        return {}
+    rows = session.execute(select(QueuedFile.path, QueuedFile.enqueued_at)
+                           .where(QueuedFile.path.in_(sorted({display_path(p) for p in paths}))))
+    return {path: at for path, at in rows}
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives timestamps back without their zone; every one stored is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _touch_studies(session: Session, results: list[Result], now: datetime) -> None:
+    """Instances of studies were stored just now. One that arrived (stored for the first time) opens its study
+    (again), its quiet time counted from when its file was handed to the workers (the outbox's record) or else now;
+    a known instance with a new result (a reclassification) marks its study reassessed without reopening it. An
+    ignored object (not an image, or pneumoscan's own output) does neither."""
+    counted = [(r, r.dicom.study_uid) for r in results
+               if r.status != Outcome.IGNORED and r.dicom is not None and r.dicom.study_uid]
+    handed = handed_over(session, [r.path for r, _ in counted if r.image_id is None])
+    arrived: dict[str, datetime] = {}
+    for result, uid in counted:
+        if result.image_id is None:
+            at = min(_aware(handed.get(display_path(result.path), now)), now)
+            arrived[uid] = max(arrived.get(uid, at), at)
+    later = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
+    rows = [{"study_uid": uid, "status": StudyStatus.OPEN, "last_instance_at": at, "revision": 0, "instance_count": 0,
+             "assessed_count": 0, "send_attempts": 0} for uid, at in sorted(arrived.items())]
     for chunk in _chunks(rows):
         statement = dialect_insert(session, Study).values(chunk)
         session.execute(statement.on_conflict_do_update(
-            index_elements=["study_uid"], set_={"status": StudyStatus.OPEN, "last_instance_at": now}))
+            index_elements=["study_uid"], set_={"status": StudyStatus.OPEN, "last_instance_at": later(
+                Study.__table__.c.last_instance_at, statement.excluded.last_instance_at)}))
+    reassessed = [{"study_uid": uid, "status": StudyStatus.OPEN, "last_instance_at": now, "revision": 0,
+                   "instance_count": 0, "assessed_count": 0, "send_attempts": 0, "reassessed_at": now}
+                  for uid in sorted({uid for r, uid in counted if r.image_id is not None} - set(arrived))]
+    for chunk in _chunks(reassessed):
+        statement = dialect_insert(session, Study).values(chunk)
+        session.execute(statement.on_conflict_do_update(index_elements=["study_uid"], set_={"reassessed_at": now}))
 
 
 def _record_sightings(session: Session, results: list[Result], ids: dict[str, int], now: datetime) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pneumoscan.dicomnet.sr import filing_header
+from pneumoscan.dicomnet.sr import filing_header, output_uids
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -41,7 +41,7 @@ def build_capture(picture: np.ndarray, source: Dataset, *, study_uid: str, revis
         filing_header(source), np.ascontiguousarray(picture), "RGB", 8, "PATIENT",
         series_instance_uid=generate_uid(entropy_srcs=[study_uid, "pneumoscan heatmap series"]),
         series_number=CAPTURE_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(entropy_srcs=[study_uid, "pneumoscan heatmap", str(revision)]),
+        sop_instance_uid=output_uids(study_uid, revision)[1],
         instance_number=revision, manufacturer="pneumoscan",
         # As the source was oriented; a frontal chest film is conventionally (L, F) when it does not say.
         patient_orientation=tuple(orientation) if orientation is not None and len(orientation) == 2 else ("L", "F"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,8 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from pneumoscan.config import Settings
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 15.0  # seconds for the association, each DIMSE message and the network, each
 
@@ -36,8 +39,13 @@ class StoreSCU:
         return f"{self.called}@{self.host}:{self.port}"
 
     def send(self, objects: Sequence[Dataset]) -> None:
-        """C-STORE ``objects`` in one association; ``SendError`` unless the peer answers success for each."""
+        """C-STORE ``objects`` in one association; ``SendError`` unless the peer stored each.
+
+        Replies are read by category (``pynetdicom.status.code_to_category``): success and warning (0xB000,
+        0xB006, 0xB007: stored, perhaps coerced) mean stored; anything else is a refusal, with the peer's reason.
+        """
         from pynetdicom import AE
+        from pynetdicom.status import code_to_category
 
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
@@ -52,7 +60,13 @@ class StoreSCU:
                 code = getattr(status, "Status", None)
                 if code is None:
                     raise SendError(f"{self.peer} gave no C-STORE response")
-                if code != 0x0000:
-                    raise SendError(f"{self.peer} answered C-STORE status 0x{code:04X}")
+                category = code_to_category(code)
+                comment = str(status.get("ErrorComment", "") or "").strip()
+                if category == "Warning":
+                    log.warning("%s stored %s with a warning: status 0x%04X%s", self.peer, item.SOPInstanceUID, code,
+                                f" ({comment})" if comment else "")
+                elif category != "Success":
+                    raise SendError(f"{self.peer} answered C-STORE {category.lower()} 0x{code:04X}"
+                                    + (f": {comment}" if comment else ""))
         finally:
             assoc.release()

@@ -35,6 +35,7 @@ THRESHOLD = Code("THRESHOLD", SCHEME, "Decision threshold")
 PROCEDURE = Code("CHEST-XR", SCHEME, "Chest radiograph screening for pneumonia")
 
 REPORT_SERIES_NUMBER = 9901
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
 # Type 2 attributes of the patient and study modules that the report must carry (empty if unknown).
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -51,6 +52,32 @@ _IDENTIFYING = ("SpecificCharacterSet", "IssuerOfPatientID", "IssuerOfPatientIDQ
 _EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "SoftwareVersions", "DeviceSerialNumber", "InstitutionName",
               "InstitutionalDepartmentName", "InstitutionAddress", "StationName", "AcquisitionDateTime",
               "AcquisitionDate", "AcquisitionTime")
+
+
+def report_series_uid(study_uid: str) -> str:
+    """The one series of a study's reports."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[study_uid, "pneumoscan report series"]))
+
+
+def output_uids(study_uid: str, revision: int) -> tuple[str, str]:
+    """(report, heatmap capture) SOP Instance UIDs of a study's result at ``revision``: the same on every attempt, and
+    recorded before the first, so that they are known as pneumoscan's own outputs if a PACS routes them back."""
+    from pydicom.uid import generate_uid
+
+    return (str(generate_uid(entropy_srcs=[study_uid, "pneumoscan report", str(revision)])),
+            str(generate_uid(entropy_srcs=[study_uid, "pneumoscan heatmap", str(revision)])))
+
+
+def predecessor_reference(study_uid: str, report_uid: str) -> Dataset:
+    """What the Predecessor Documents Sequence needs of the report a new one replaces (PS3.3 C.17.2.3)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.StudyInstanceUID, item.SeriesInstanceUID = study_uid, report_series_uid(study_uid)
+    item.SOPClassUID, item.SOPInstanceUID = ENHANCED_SR, report_uid
+    return item
 
 
 def filing_header(header: Dataset) -> Dataset:
@@ -84,8 +111,12 @@ def _sources(study_uid: str, instances: list[studies.Instance]) -> list[tuple[st
     return found
 
 
-def build_report(study: Study, instances: list[studies.Instance]) -> Any:
-    """The structured report (a highdicom ``EnhancedSR``) of ``study``'s result, about its instances."""
+def build_report(study: Study, instances: list[studies.Instance], predecessor: str | None = None) -> Any:
+    """The structured report (a highdicom ``EnhancedSR``) of ``study``'s result, about its instances.
+
+    ``predecessor``, the UID of the report this one replaces (an earlier revision's, already at the PACS), goes in
+    its Predecessor Documents Sequence, as DICOM asks of an amended report.
+    """
     import highdicom as hd
     from pydicom.uid import generate_uid
 
@@ -119,8 +150,8 @@ def build_report(study: Study, instances: list[studies.Instance]) -> Any:
                                      procedure_reported=PROCEDURE, imaging_measurements=[group])
     return hd.sr.EnhancedSR(
         evidence=[header for _, header in sources], content=report[0],
-        series_instance_uid=generate_uid(entropy_srcs=[study.study_uid, "pneumoscan report series"]),
-        series_number=REPORT_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(entropy_srcs=[study.study_uid, "pneumoscan report", str(study.revision)]),
+        series_instance_uid=report_series_uid(study.study_uid), series_number=REPORT_SERIES_NUMBER,
+        sop_instance_uid=output_uids(study.study_uid, study.revision)[0],
         instance_number=study.revision, manufacturer="pneumoscan", is_complete=True, is_final=False,
-        is_verified=False)
+        is_verified=False,
+        previous_versions=[predecessor_reference(study.study_uid, predecessor)] if predecessor else None)

@@ -40,6 +40,11 @@ class Rejected(ImagingError):
     """Permanent: the bytes are not a usable chest radiograph. Retrying will not help."""
 
 
+class Ignored(Rejected):
+    """Not for the model by rule: a non-image object (a report, key object, presentation state...). Stored once
+    as ``ignored`` with this reason; it never counts among its study's instances nor reopens the study."""
+
+
 class Unavailable(ImagingError):
     """Transient: the file could not be read or decoded right now (permissions, vanished, memory)."""
 

@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a failed attempt raises: the peer's refusal, and the report or capture that could not be built
-# (a file gone or unreadable, a header highdicom refuses). Anything else is our bug and propagates.
-SEND_FAILURES: tuple[type[Exception], ...] = (SendError, OSError, ValueError, AttributeError, TypeError)
+# What a refused attempt raises: the peer's refusal or a network failure, and the report or capture that could not be
+# built (a file gone or unreadable, a header highdicom refuses). Retried with backoff, a bounded number of times.
+# Anything else is our bug: logged with its traceback and the result marked failed at once, never retried silently.
+SEND_FAILURES: tuple[type[Exception], ...] = (SendError, OSError, ValueError)
 
 
 class Sender(Protocol):
@@ -51,12 +52,18 @@ def settle_and_send(db: Database, settings: Settings, bundle: ModelBundle, sende
 
     With no ``sender`` (no results destination) studies are completed and nothing is queued to send.
     """
+    from pneumoscan.dicomnet.sr import output_uids
+
     model_version = bundle.version
     with db.begin() as session:
-        settled = studies.settle(session, model_version, settings.study_stable_seconds, send=sender is not None)
+        settled = studies.settle(session, model_version, settings.study_stable_seconds, send=sender is not None,
+                                 tolerance=settings.results_probability_tolerance)
+        for study in settled:  # recorded before any is sent: a PACS that routes them back finds them known
+            report_uid, capture_uid = output_uids(study.study_uid, study.revision)
+            studies.record_outputs(session, study, report_uid, capture_uid if settings.results_heatmap else None)
     for study in settled:
-        log.info("study %s complete: %s (%d of %d instances assessed)", study.study_uid, study.label or "not assessed",
-                 study.assessed_count, study.instance_count)
+        log.info("study %s complete: %s (%d of %d instances assessed, revision %d)", study.study_uid,
+                 study.label or "not assessed", study.assessed_count, study.instance_count, study.revision)
     sent = failed = 0
     while sender is not None:
         with db.begin() as session:
@@ -66,26 +73,39 @@ def settle_and_send(db: Database, settings: Settings, bundle: ModelBundle, sende
             study = batch[0]
             try:
                 instances = studies.instances(session, study.study_uid, study.model_version or "")
-                sender.send(study_objects(study, instances, bundle, settings))
+                sender.send(study_objects(study, instances, bundle, settings, studies.predecessor(session, study)))
             except SEND_FAILURES as exc:
-                delay = studies.mark_failed(study, str(exc))
-                log.warning("could not send the result of study %s (attempt %d): %s; next try in %.0f s",
-                            study.study_uid, study.send_attempts, exc, delay)
                 failed += 1
+                delay = studies.mark_failed(study, str(exc), max_attempts=settings.results_max_attempts,
+                                            first_retry=settings.results_retry_seconds)
+                if delay is None:
+                    log.error("gave up sending the result of study %s after %d attempts: %s", study.study_uid,
+                              study.send_attempts, exc)
+                    continue
+                log.warning("could not send the result of study %s (attempt %d of %d): %s; next try in %.0f s",
+                            study.study_uid, study.send_attempts, settings.results_max_attempts, exc, delay)
                 # Let the others wait for the next round rather than hammer a peer that is down.
                 break
-            studies.mark_sent(study)
+            except Exception as exc:  # our bug: say so with its traceback, and stop retrying it
+                log.exception("internal error sending the result of study %s; marked failed, not retried",
+                              study.study_uid)
+                studies.mark_broken(study, f"internal error: {type(exc).__name__}: {exc}")
+                failed += 1
+                continue
+            studies.mark_sent(session, study)
             sent += 1
-            log.info("sent the result of study %s", study.study_uid)
+            log.info("sent the result of study %s (revision %d) to %s", study.study_uid, study.revision,
+                     getattr(sender, "peer", "the results destination"))
     return Round(len(settled), sent, failed)
 
 
 def study_objects(study: Study, instances: list[studies.Instance], bundle: ModelBundle,
-                  settings: Settings) -> list[Any]:
-    """What goes to PACS for ``study``: its report, and its heatmap capture when PNEUMOSCAN_RESULTS_HEATMAP is set."""
+                  settings: Settings, predecessor: str | None = None) -> list[Any]:
+    """What goes to PACS for ``study``: its report (naming the one it replaces, ``predecessor``), and its heatmap
+    capture when PNEUMOSCAN_RESULTS_HEATMAP is set."""
     from pneumoscan.dicomnet.sr import build_report
 
-    objects = [build_report(study, instances)]
+    objects = [build_report(study, instances, predecessor)]
     if settings.results_heatmap:
         objects.append(heatmap_capture(study, instances, bundle, settings))
     return objects

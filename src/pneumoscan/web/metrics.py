@@ -13,11 +13,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from pneumoscan.broker import BrokerUnavailable, queue_depth
 from pneumoscan.config import Settings
-from pneumoscan.db import Database, outbox
+from pneumoscan.db import Database, outbox, studies
 from pneumoscan.db.reviews import agreement
 from pneumoscan.db.schema import utcnow
 from pneumoscan.db.stats import activity, prediction_counts, review_counts, status_counts
-from pneumoscan.domain import LABELS, STATUSES
+from pneumoscan.domain import LABELS, STATUSES, SendState
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class PneumoscanCollector(Collector):
             reviews = review_counts(session)
             agree = agreement(session, self.model_version)
             recent = activity(session, self.model_version, utcnow() - LATENCY_WINDOW)
+            sending = studies.send_states(session)
 
         images = GaugeMetricFamily("pneumoscan_images", "Stored images by status.", labels=["status"])
         for status in STATUSES:
@@ -48,6 +49,12 @@ class PneumoscanCollector(Collector):
         for (version, label), n in sorted(predictions.items()):
             by_label.add_metric([version, label], n)
         yield by_label
+
+        results = GaugeMetricFamily("pneumoscan_study_results", "Study results by send state (failed: gave up, see "
+                                    "`pneumoscan results --by study`).", labels=["send_state"])
+        for state in SendState:
+            results.add_metric([state.value], sending.get(state.value, 0))
+        yield results
 
         yield GaugeMetricFamily("pneumoscan_queued_files", "Files handed to the broker and not yet settled "
                                 "(the outbox).", value=waiting)

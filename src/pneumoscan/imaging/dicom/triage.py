@@ -8,7 +8,7 @@ from typing import Any
 from pneumoscan.config import DecodePolicy
 from pneumoscan.domain import DicomMeta
 from pneumoscan.imaging.dicom.read import number, text
-from pneumoscan.imaging.errors import Rejected
+from pneumoscan.imaging.errors import Ignored, Rejected
 from pneumoscan.imaging.image import too_large
 
 # SOP classes that hold no radiograph: a UID, and with a trailing dot the whole family below it too.
@@ -22,6 +22,10 @@ NOT_IMAGES = (
     ("1.2.840.10008.5.1.4.1.1.66.", "raw data, a registration, a segmentation or fiducials"),
 )
 
+# Modalities of objects that hold no image (reports, key objects, presentation states, RT, waveforms...).
+NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "REG", "SEG", "FID", "PLAN", "RWV", "RTSTRUCT", "RTPLAN",
+                                  "RTDOSE", "RTRECORD", "ECG", "HD", "AU", "EPS", "ASMT"})
+
 # Start Of Frame markers of the JPEG processes (SOF0 to SOF15 but DHT, JPG and DAC) and JPEG-LS (SOF55).
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7))
 
@@ -33,9 +37,11 @@ def triage(header: Any, meta: DicomMeta, policy: DecodePolicy) -> None:
     sop = text(header, "SOPClassUID") or text(header.file_meta, "MediaStorageSOPClassUID")
     for prefix, what in NOT_IMAGES:
         if sop is not None and (sop == prefix.rstrip(".") or (prefix.endswith(".") and sop.startswith(prefix))):
-            raise Rejected(f"not an image: {UID(sop).name} is {what}")
+            raise Ignored(f"not an image: {UID(sop).name} is {what}", meta)
     if "DirectoryRecordSequence" in header:
-        raise Rejected("not an image: a DICOMDIR (media directory)")
+        raise Ignored("not an image: a DICOMDIR (media directory)", meta)
+    if meta.modality is not None and meta.modality.upper() in NON_IMAGE_MODALITIES:
+        raise Ignored(f"not an image: modality {meta.modality}", meta)
     modalities, body_parts = policy.modalities, policy.body_parts
     if meta.modality is not None and modalities and meta.modality.upper() not in modalities:
         raise Rejected(f"modality {meta.modality} is not a radiograph (allowed: {', '.join(sorted(modalities))})")
