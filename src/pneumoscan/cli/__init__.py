@@ -48,5 +48,6 @@ for _command in (
 ):
     main.add_command(_command)
 main.add_command(audit.audit)
+main.add_command(models.model)
 
 __all__ = ["main"]

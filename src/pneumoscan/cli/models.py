@@ -273,3 +273,41 @@ def _explained(sessions: Database, target: str, model_version: str) -> tuple[str
                 raise click.ClickException(f"no image with id {target} (see `pneumoscan results` for ids)")
             path = found[0][1]
         return path, active_point(session, model_version)
+
+
+@click.group("model")
+def model() -> None:
+    """The model at run time on this machine: engine and precision checks."""
+
+
+@model.command("check")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), required=True,
+              help="The precision to check against fp32 TensorFlow.")
+@click.pass_context
+@_friendly
+def check(ctx: click.Context, data_dir: Path, precision: str) -> None:
+    """Check PRECISION on the validation split of DATA_DIR (its train folder, carved by patient as the card
+    says; the test split is never read) against fp32 TensorFlow, by docs/model-eval/precision-gate.md.
+
+    When it passes, PNEUMOSCAN_PRECISION=PRECISION is allowed on this machine for this model and OpenVINO.
+    """
+    from pneumoscan.models.engine import EngineConfig
+    from pneumoscan.models.precision import run_check
+
+    settings = _settings(ctx)
+    bundle = load_bundle(settings.model_path, verify=True)
+    config = EngineConfig.from_settings(settings)
+    with _progress(f"checking {precision}") as progress:
+        task = progress.add_task(precision, total=None)
+        record = run_check(bundle, data_dir, precision, config, settings.decode_policy,
+                           on_batch=lambda n: progress.advance(task, n))
+    click.echo(f"{bundle.version} on OpenVINO {record['openvino']} {precision} against TensorFlow fp32, "
+               f"{record['images']} validation images, {record['cpu']}:")
+    click.echo(f"  label agreement {record['label_agreement']:.2%} ({record['labels_flipped']} flipped; gate >= 99.5%)"
+               f", mean |dp| {record['mean_abs_dp']:.2g} (<= 0.005), p99 |dp| {record['p99_abs_dp']:.2g} (<= 0.04), "
+               f"max |dp| {record['max_abs_dp']:.2g}")
+    if not record["passed"]:
+        raise click.ClickException(f"precision {precision} failed the gate on this machine; keep "
+                                   "PNEUMOSCAN_PRECISION=fp32")
+    click.echo(f"passed: PNEUMOSCAN_PRECISION={precision} is allowed here (recorded in {config.cache_dir}/checks)")
