@@ -9,7 +9,7 @@ import sys
 import click
 from pydantic import ValidationError
 
-from pneumoscan.cli import audit, classify, dicom, models, review, web
+from pneumoscan.cli import audit, classify, dicom, doctor, models, review, web
 from pneumoscan.config import Settings
 
 # TensorFlow's C++ info and warning lines off stderr, for every command that imports it (training and explain
@@ -47,6 +47,7 @@ for _command in (
     web.serve,
 ):
     main.add_command(_command)
+main.add_command(doctor.doctor)
 main.add_command(audit.audit)
 main.add_command(models.model)
 
