@@ -12,6 +12,8 @@ import io
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,44 +69,60 @@ def test_a_reviewer_token_in_orthanc_is_refused_and_stores_nothing(tmp_path: Pat
 
 def test_a_study_from_orthanc_comes_back_to_it_as_a_report_by_stow_rs(tmp_path: Path, tiny_bundle: Any,
                                                                        pneumoscan_exe: Path) -> None:
-    """The round trip: Orthanc -> STOW-RS -> serve's spool -> watch -> study complete -> SR -> STOW-RS -> Orthanc."""
+    """The round trip: Orthanc -> STOW-RS -> serve's spool -> watch -> study complete -> SR -> STOW-RS -> Orthanc.
+
+    The first `watch` has the wrong password for Orthanc: the study's result waits in its sending state with
+    Orthanc's refusal; the next `watch`, with the right one, sends it, once.
+    """
     folder, data = tmp_path / "inbox", tmp_path / "data"
+    folder.mkdir()
     study, files = one_study([rg1().read_bytes(), instance("PNEUMONIA")])
     with serve(pneumoscan_exe, data, tiny_bundle.path, folder / "received") as server, \
             orthanc(tmp_path / "orthanc", server) as pacs:
         for item in files:
             pacs.upload(item)
-        folder.mkdir(exist_ok=True)
-        log_path = tmp_path / "watch.log"
-        env = pneumoscan_env(data, tiny_bundle.path, PNEUMOSCAN_STUDY_STABLE_SECONDS="2",
-                             PNEUMOSCAN_RESULTS_DICOMWEB_URL=f"{pacs.url}/dicom-web",
-                             PNEUMOSCAN_RESULTS_DICOMWEB_USER=ORTHANC_AUTH[0],
-                             PNEUMOSCAN_RESULTS_DICOMWEB_PASSWORD=ORTHANC_AUTH[1])
-        with log_path.open("wb") as log:
-            watch = subprocess.Popen([str(pneumoscan_exe), "-v", "watch", str(folder)], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: "watching" in log_path.read_text() or watch.poll() is not None, 90, 0.2, "watch")
-            assert watch.poll() is None, log_path.read_text()
+        with _watch(tmp_path / "watch-1.log", pneumoscan_exe, folder, data, tiny_bundle.path, pacs, "wrong-password"):
             assert _stow_from_orthanc(pacs).status_code == 200
-            row = wait_for(lambda: _sent(data, study), 120, 0.5, f"study {study} sent; log:\n{log_path.read_text()}")
-            assert row["status"] == "complete" and row["instance_count"] == 2
-            found = pacs.get(f"/dicom-web/studies/{study}/series?Modality=SR")
-            assert len(found) == 1, found
-            reports = pacs.get(f"/dicom-web/studies/{study}/instances?Modality=SR")
-            assert len(reports) == 1 and reports[0]["00080060"]["Value"] == ["SR"]
-            assert len(pacs.get(f"/dicom-web/studies/{study}/instances")) == 3  # the two images and the report
-        finally:
-            watch.send_signal(signal.SIGTERM)
-            watch.wait(timeout=60)
+            refused = wait_for(lambda: _study(data, study, lambda r: r["send_attempts"] >= 1), 120, 0.5,
+                               f"a first attempt to send study {study}")
+            assert refused["send_state"] != "sent" and "HTTP 401" in refused["last_send_error"], dict(refused)
+        assert pacs.get(f"/dicom-web/studies/{study}/instances?Modality=SR") == []
+        with _watch(tmp_path / "watch-2.log", pneumoscan_exe, folder, data, tiny_bundle.path, pacs, ORTHANC_AUTH[1]):
+            row = wait_for(lambda: _study(data, study, lambda r: r["send_state"] == "sent"), 120, 0.5,
+                           f"study {study} sent")
+        assert row["status"] == "complete" and row["instance_count"] == 2
+        reports = pacs.get(f"/dicom-web/studies/{study}/instances?Modality=SR")
+        assert len(reports) == 1 and reports[0]["00080060"]["Value"] == ["SR"]
+        assert len(pacs.get(f"/dicom-web/studies/{study}/instances")) == 3  # the two images and the one report
 
 
-def _sent(data: Path, study: str) -> sqlite3.Row | None:
-    path = data / "pneumoscan.db"
-    with sqlite3.connect(path, timeout=30) as connection:
+@contextmanager
+def _watch(log_path: Path, exe: Path, folder: Path, data: Path, model: Path, pacs: Orthanc,
+           password: str) -> Iterator[None]:
+    """`pneumoscan -v watch FOLDER` sending results to ``pacs`` by STOW-RS as ORTHANC_AUTH's user with ``password``."""
+    env = pneumoscan_env(data, model, PNEUMOSCAN_STUDY_STABLE_SECONDS="2",
+                         PNEUMOSCAN_RESULTS_DICOMWEB_URL=f"{pacs.url}/dicom-web",
+                         PNEUMOSCAN_RESULTS_DICOMWEB_USER=ORTHANC_AUTH[0],
+                         PNEUMOSCAN_RESULTS_DICOMWEB_PASSWORD=password)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(exe), "-v", "watch", str(folder)], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "watching" in log_path.read_text() or proc.poll() is not None, 90, 0.2, "watch")
+        assert proc.poll() is None, log_path.read_text()
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nwatch's log:\n{log_path.read_text()[-4000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def _study(data: Path, study: str, ready: Callable[[sqlite3.Row], bool]) -> sqlite3.Row | None:
+    with sqlite3.connect(data / "pneumoscan.db", timeout=30) as connection:
         connection.row_factory = sqlite3.Row
         rows = connection.execute("SELECT * FROM studies WHERE study_uid = ?", (study,)).fetchall()
-    return rows[0] if rows and rows[0]["send_state"] == "sent" else None
+    return rows[0] if rows and ready(rows[0]) else None
 
 
 def test_the_stow_rs_client_and_its_refusals(tmp_path: Path) -> None:
