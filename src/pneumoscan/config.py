@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_results_destination(self) -> Settings:
+        if self.results_destination and self.results_dicomweb_url:
+            raise ValueError("set PNEUMOSCAN_RESULTS_DESTINATION (C-STORE) or PNEUMOSCAN_RESULTS_DICOMWEB_URL "
+                             "(STOW-RS), not both")
+        return self
 
     @field_validator("patient_salt")
     @classmethod

@@ -140,16 +140,20 @@ def test_the_stow_rs_client_and_its_refusals(tmp_path: Path) -> None:
         client.send([image])
         found = pacs.get(f"/dicom-web/studies/{image.StudyInstanceUID}/instances")
         assert [item["00080018"]["Value"][0] for item in found] == [image.SOPInstanceUID]
+        assert client.ping() == f"{pacs.url}/dicom-web/studies"  # what `doctor` checks
         client.send([image])  # again (a retry after a lost reply): Orthanc keeps one
         assert len(pacs.get(f"/dicom-web/studies/{image.StudyInstanceUID}/instances")) == 1
 
         with pytest.raises(SendError, match="HTTP 401"):
             StowClient(f"{pacs.url}/dicom-web", user="pacs", password="not-it").send([image])
+        with pytest.raises(SendError, match="HTTP 401"):
+            StowClient(f"{pacs.url}/dicom-web", user="pacs", password="not-it").ping()
         with pytest.raises(SendError, match="HTTP 404"):
             StowClient(f"{pacs.url}/not-dicom-web", user=ORTHANC_AUTH[0], password=ORTHANC_AUTH[1]).send([image])
     with pytest.raises(SendError, match="did not answer"):
         StowClient(f"http://127.0.0.1:{dcmtk.free_port()}/dicom-web").send([image])
-    both = Settings(data_dir=tmp_path / "data", patient_salt="s", results_dicomweb_url="http://127.0.0.1:1/dicom-web",
-                    results_destination="PACS@127.0.0.1:104")
-    with pytest.raises(ValueError, match="not both"):
-        results_sender(both)
+    with pytest.raises(SendError, match="did not answer"):
+        StowClient(f"http://127.0.0.1:{dcmtk.free_port()}/dicom-web").ping()
+    with pytest.raises(ValueError, match="not both"):  # one destination: which one a result went to is never a guess
+        Settings(data_dir=tmp_path / "data", patient_salt="s", results_dicomweb_url="http://127.0.0.1:1/dicom-web",
+                 results_destination="PACS@127.0.0.1:104")

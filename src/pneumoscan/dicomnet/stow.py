@@ -202,6 +202,26 @@ class StowClient:
     def peer(self) -> str:
         return self.url
 
+    def _open(self, request: urllib.request.Request) -> tuple[int, bytes]:
+        """(HTTP status, body) of ``request`` with our credentials; SendError when the server does not answer."""
+        if self._auth:
+            request.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise SendError(f"{self.peer} did not answer: {getattr(exc, 'reason', exc)}") from None
+
+    def ping(self) -> str:
+        """Ask the server what a send would (QIDO-RS ``/studies?limit=1``, with our credentials); its URL, or
+        ``SendError`` with why not (no answer, or an HTTP error such as 401)."""
+        status, text = self._open(urllib.request.Request(self.url + "?limit=1", headers={"Accept": DICOM_JSON}))
+        if status not in (200, 204):
+            raise SendError(f"{self.peer} answered HTTP {status}: {text[:200].decode('utf-8', 'replace').strip()}")
+        return self.url
+
     def send(self, objects: Sequence[Dataset]) -> None:
         """POST ``objects`` as one multipart/related body; ``SendError`` unless the server stored each one."""
         from pydicom import dcmwrite
@@ -214,16 +234,8 @@ class StowClient:
             body.write(b"\r\n")
         body.write(f"--{boundary}--\r\n".encode())
         headers = {"Content-Type": f'multipart/related; type="{DICOM}"; boundary={boundary}', "Accept": DICOM_JSON}
-        if self._auth:
-            headers["Authorization"] = self._auth
         request = urllib.request.Request(self.url, data=body.getvalue(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, text = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, text = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise SendError(f"{self.peer} did not answer: {getattr(exc, 'reason', exc)}") from None
+        status, text = self._open(request)
         _check_reply(self.peer, status, text, [str(item.SOPInstanceUID) for item in objects])
 
 
@@ -259,7 +271,7 @@ def _value(item: dict[str, Any], tag: str) -> Any:
 
 def results_sender(settings: Settings) -> StoreSCU | StowClient | None:
     """How results go back to the PACS: by C-STORE (PNEUMOSCAN_RESULTS_DESTINATION) or STOW-RS
-    (PNEUMOSCAN_RESULTS_DICOMWEB_URL); None when neither is set. ValueError when both are.
+    (PNEUMOSCAN_RESULTS_DICOMWEB_URL); None when neither is set. Settings refuse both; so does this.
     """
     store, stow = StoreSCU.for_results(settings), StowClient.for_results(settings)
     if store is not None and stow is not None:
