@@ -129,7 +129,11 @@ class Settings(BaseSettings):
     nightly_at: str = Field(default="02:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                             description="Local time (HH:MM) of the nightly reclassification.")
 
-    @field_validator("broker_url", "results_destination", "dicom_port", mode="before")
+    spool_retention_days: float | None = Field(default=None, gt=0, description="Received DICOM files (the "
+                                               "receiver's spool) of studies complete and delivered this many days "
+                                               "ago are removed by the nightly job; unset: kept. Never the inbox.")
+
+    @field_validator("broker_url", "results_destination", "dicom_port", "spool_retention_days", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -23,7 +23,7 @@ SALT = "a-salt-long-enough-for-doctor"
 
 
 class _Answer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(401)  # a DICOMweb server that wants credentials is still reachable
         self.end_headers()
 

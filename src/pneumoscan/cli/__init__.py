@@ -43,7 +43,7 @@ for _command in (
     classify.scan, classify.watch, classify.worker, classify.scheduler, classify.reclassify, classify.results,
     review.review, review.calibrate, review.users, review.db,
     models.train, models.ensemble, models.soup, models.evaluate, models.explain,
-    dicom.receive,
+    dicom.receive, dicom.purge_spool,
     web.serve,
 ):
     main.add_command(_command)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pneumoscan.cli._common import _friendly, _settings, err
+from pneumoscan.cli._common import _database, _friendly, _settings, err
 from pneumoscan.config import Settings, names
 
 
@@ -86,3 +86,29 @@ def _stop_on_signal() -> threading.Event:
         signal.signal(signum, lambda *_: stopped.set())
     return stopped
 
+
+
+@click.command("purge-spool")
+@click.option("--inbox", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The folder `watch` or `scheduler` is given: its receiver's spool (INBOX/received) is purged too; "
+                   "the inbox's own files never are.")
+@click.option("--days", type=click.FloatRange(0, min_open=True),
+              help="Received files of studies delivered this many days ago [default: PNEUMOSCAN_SPOOL_RETENTION_DAYS].")
+@click.pass_context
+@_friendly
+def purge_spool(ctx: click.Context, inbox: Path | None, days: float | None) -> None:
+    """Remove received DICOM files of studies complete and delivered N days ago (the nightly job does this too).
+
+    Only files the receiver wrote (named by their SOP Instance UID, unchanged since) under its spool folders go;
+    the database keeps every result and study.
+    """
+    from pneumoscan.services import retention
+
+    settings = _settings(ctx)
+    days = days if days is not None else settings.spool_retention_days
+    if days is None:
+        raise click.UsageError("say how old: --days N, or set PNEUMOSCAN_SPOOL_RETENTION_DAYS")
+    folders = retention.spool_folders(settings, inbox)
+    done = retention.purge_spool(_database(settings), folders, days)
+    click.echo(f"removed {done.removed} received files older than {days:g} days from {', '.join(map(str, folders))}"
+               + (f"; left {done.kept} not as the receiver wrote them" if done.kept else ""))

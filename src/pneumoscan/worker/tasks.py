@@ -22,7 +22,7 @@ from pneumoscan.domain import Outcome
 from pneumoscan.memory import keep_large_buffers
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.models.engine import EngineConfig
-from pneumoscan.services import reclassify, studies
+from pneumoscan.services import reclassify, retention, studies
 from pneumoscan.worker.client import (
     CLASSIFY_BATCH,
     NIGHTLY_RECLASSIFY,
@@ -187,6 +187,8 @@ def nightly_reclassify(self: PneumoscanTask) -> int:
     The same selection as ``pneumoscan reclassify`` with no options: no prediction from the current
     model version, or failed.
     """
+    if self.settings.spool_retention_days is not None:  # the receiver's copies of delivered studies, never the inbox
+        retention.purge_spool(self.db, retention.spool_folders(self.settings), self.settings.spool_retention_days)
     dispatcher = CeleryDispatcher(self.app, self.db)
     return reclassify.nightly(self.db, self.bundle.version, dispatcher.submit_images,
                               batch_size=self.settings.batch_size)
