@@ -86,6 +86,9 @@ class Settings(BaseSettings):
                                    "unset: random per install, kept in data_dir.")
     blinded_reading: bool = Field(default=False, description="Hide the model's call, probability and heatmap from "
                                   "a reader until they have saved their own reading of the case.")
+    urgent_probability: float = Field(default=0.9, ge=0, le=1, description="A study or image whose probability is at "
+                                      "or above this is urgent: listed first and counted on the dashboard and "
+                                      "in /metrics.")
     audit_retention_days: int = Field(default=3650, ge=0, description="Days the audit trail keeps an event; older "
                                       "ones are pruned when the web app starts and by `pneumoscan audit --prune`; "
                                       "0 keeps every event.")

@@ -125,7 +125,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", f"--user-data-dir={root / 'profile'}"):
+                 "--window-size=1400,900", f"--user-data-dir={root / 'profile'}"):
         options.add_argument(flag)
     service = Service(str(CHROMEDRIVER), log_output=str(root / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)

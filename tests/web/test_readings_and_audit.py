@@ -200,3 +200,39 @@ def test_the_audit_command_prints_and_filters_the_trail(site: Site, reviewer: An
     assert invoke(["audit", "--image", "x"], _env(site)).returncode == 2
     pruned = invoke(["audit", "--prune"], _env(site))
     assert pruned.returncode == 0 and "pruned 0 events" in pruned.stdout
+
+
+# --- study context and the urgent bucket ---------------------------------------------------------------------
+
+
+def test_the_worklist_by_study_shows_study_context_urgent_first(site: Site, reviewer: Any) -> None:
+    from pneumoscan.db.schema import Image, Study, utcnow
+
+    image_id = site.ids["d0.dcm"]
+    with site.db.begin() as session:
+        image = session.get(Image, image_id)
+        assert image is not None and image.study_uid and image.patient_ref
+        uid, patient = image.study_uid, image.patient_ref
+        study = session.scalars(select(Study).where(Study.study_uid == uid)).one()
+        study.probability, study.label, study.assessed_count, study.instance_count = 0.97, "PNEUMONIA", 1, 1
+        study.last_instance_at = utcnow().replace(year=2000)  # older than the other: urgent must still come first
+        session.add(Study(study_uid="1.2.3.4", status="complete", last_instance_at=utcnow(), instance_count=2,
+                          assessed_count=1, probability=0.2, label="NORMAL"))
+    html = reviewer.get("/studies").text
+    rows = re.findall(r'<tr class="study( urgent)?" data-study="([0-9.]+)">', html)
+    assert rows == [(" urgent", uid), ("", "1.2.3.4")]
+    first = html[html.index(f'data-study="{uid}"'):html.index('data-study="1.2.3.4"')]
+    assert "urgent</span>" in first and "0.970" in first and "1 / 1" in first and "DX" in first
+    assert patient[:8] in first and patient not in html  # a short reference only
+    dashboard = reviewer.get("/dashboard").text
+    assert re.search(r"<strong>1</strong> studies", dashboard)
+    metrics = reviewer.get("/metrics").text
+    assert "pneumoscan_urgent_studies 1.0" in metrics and "pneumoscan_urgent_unreviewed_images" in metrics
+    calm = site.settings.model_copy(update={"urgent_probability": 0.99})
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.web.app import create_app
+
+    other = TestClient(create_app(calm, site.db))
+    assert login(other, "rex", PASSWORD).status_code == 303
+    assert "urgent</span>" not in other.get("/studies").text

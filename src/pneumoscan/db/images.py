@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.results import ResultFilter, query_results
 from pneumoscan.db.reviews import UnknownImage, reviews_of
-from pneumoscan.db.schema import Image, Prediction, Review, Sighting
+from pneumoscan.db.schema import Image, Prediction, Review, Sighting, Study
 from pneumoscan.domain import DICOM_COLUMNS, ReviewState, Sort
 
 
@@ -128,3 +128,64 @@ def next_case(session: Session, model_version: str, after: int) -> int | None:
 def ping(session: Session) -> None:
     """Raise the driver's error (SQLAlchemyError) when the database does not answer."""
     session.execute(text("SELECT 1"))
+
+
+PATIENT_SHOWN = 8  # characters of the salted patient hash a reader sees: enough to tell patients apart on a page
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What a reader finds a study by: one row of the worklist by study."""
+
+    study_uid: str
+    status: str
+    study_date: str | None
+    modality: str | None
+    views: list[str]
+    instance_count: int
+    assessed_count: int
+    label: str | None
+    probability: float | None
+    patient: str | None  # a short reference: the first characters of the salted PatientID hash
+    urgent: bool
+
+
+def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list[StudyContext]:
+    """Studies, the urgent ones (probability at or above ``urgent_at``) first, then the most recent.
+
+    The study's date, modality, views and patient come from its instances (by the study_uid index).
+    """
+    urgent = case((Study.probability >= urgent_at, 1), else_=0)
+    studies = list(session.scalars(select(Study).order_by(urgent.desc(), Study.last_instance_at.desc(), Study.id.desc())
+                                   .limit(limit)))
+    context: dict[str, dict[str, set[str]]] = {s.study_uid: {"date": set(), "modality": set(), "views": set(),
+                                                              "patient": set()} for s in studies}
+    if studies:
+        rows = session.execute(select(Image.study_uid, Image.study_date, Image.modality, Image.view_position,
+                                      Image.patient_ref).where(Image.study_uid.in_(list(context))).distinct())
+        for uid, date, modality, view, patient in rows:
+            if uid is None:
+                continue
+            for key, value in (("date", date), ("modality", modality), ("views", view), ("patient", patient)):
+                if value:
+                    context[uid][key].add(value)
+    out = []
+    for s in studies:
+        found = context[s.study_uid]
+        out.append(StudyContext(
+            study_uid=s.study_uid, status=s.status, study_date=min(found["date"], default=None),
+            modality="/".join(sorted(found["modality"])) or None, views=sorted(found["views"]),
+            instance_count=s.instance_count, assessed_count=s.assessed_count, label=s.label,
+            probability=s.probability, patient=(min(found["patient"])[:PATIENT_SHOWN] if found["patient"] else None),
+            urgent=s.probability is not None and s.probability >= urgent_at))
+    return out
+
+
+def urgent_counts(session: Session, model_version: str, urgent_at: float) -> dict[str, int]:
+    """How many studies, and how many unreviewed images of ``model_version``, are at or above ``urgent_at``."""
+    studies = session.scalar(select(func.count()).select_from(Study).where(Study.probability >= urgent_at))
+    reviewed = select(Review.id).where(Review.image_id == Prediction.image_id).exists()
+    images = session.scalar(select(func.count()).select_from(Prediction)
+                            .where(Prediction.model_version == model_version, Prediction.probability >= urgent_at,
+                                   ~reviewed))
+    return {"studies": int(studies or 0), "images": int(images or 0)}

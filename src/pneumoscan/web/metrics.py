@@ -112,4 +112,22 @@ def _gauge(name: str, documentation: str, model_version: str, value: float) -> G
 def registry(settings: Settings, db: Database, model_version: str) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PneumoscanCollector(settings, db, model_version))
+    registry.register(UrgentCollector(settings, db, model_version))
     return registry
+
+
+class UrgentCollector(Collector):
+    """The urgent bucket: studies and unreviewed images at or above PNEUMOSCAN_URGENT_PROBABILITY."""
+
+    def __init__(self, settings: Settings, db: Database, model_version: str) -> None:
+        self.settings, self.db, self.model_version = settings, db, model_version
+
+    def collect(self) -> Iterator[Any]:
+        from pneumoscan.db.images import urgent_counts
+
+        with self.db() as session:
+            counts = urgent_counts(session, self.model_version, self.settings.urgent_probability)
+        yield GaugeMetricFamily("pneumoscan_urgent_studies", "Studies whose probability is at or above the urgent "
+                                "threshold.", value=counts["studies"])
+        yield GaugeMetricFamily("pneumoscan_urgent_unreviewed_images", "Unreviewed images of the current model at "
+                                "or above the urgent threshold.", value=counts["images"])

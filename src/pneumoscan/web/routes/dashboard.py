@@ -11,13 +11,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from pneumoscan.db.images import urgent_counts
 from pneumoscan.db.results import model_versions
 from pneumoscan.db.reviews import active_point, agreement, reader_alone_agreement
 from pneumoscan.db.schema import utcnow
 from pneumoscan.db.stats import activity
 from pneumoscan.domain import LABELS, AuditAction, Label
 from pneumoscan.services import calibration
-from pneumoscan.web.deps import Admin, Bundle, Csrf, Db, ModelVersion, Signed, audit, page
+from pneumoscan.web.deps import Admin, AppSettings, Bundle, Csrf, Db, ModelVersion, Signed, audit, page
 from pneumoscan.web.security import check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -26,7 +27,7 @@ FLASH = "flash"  # the session key of a one-time message to the next page
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
+def dashboard(request: Request, db: Db, settings: AppSettings, current: ModelVersion, account: Signed,
               model_version: Annotated[str | None, Query(max_length=64)] = None) -> HTMLResponse:
     version = model_version or current
     with db() as session:
@@ -34,6 +35,7 @@ def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
         alone = reader_alone_agreement(session, version)
         versions = model_versions(session)
         point = active_point(session, version)
+        urgent = urgent_counts(session, version, settings.urgent_probability)
     tp, fn = counts[PNEUMONIA][PNEUMONIA], counts[PNEUMONIA][NORMAL]
     tn, fp = counts[NORMAL][NORMAL], counts[NORMAL][PNEUMONIA]
     figures = {
@@ -45,7 +47,8 @@ def dashboard(request: Request, db: Db, current: ModelVersion, account: Signed,
     can_calibrate = version == current and min(tp + fn, tn + fp) >= calibration.MIN_REVIEWS
     return page(request, "dashboard.html", version=version, versions=versions or [version], counts=counts,
                 labels=LABELS, figures=figures, point=point, can_calibrate=can_calibrate,
-                alone=alone, alone_figures=alone_figures, min_reviews=calibration.MIN_REVIEWS,
+                alone=alone, alone_figures=alone_figures, urgent=urgent, urgent_at=settings.urgent_probability,
+                min_reviews=calibration.MIN_REVIEWS,
                 target_sensitivity=calibration.TARGET_SENSITIVITY,
                 message=request.session.pop(FLASH, None))
 

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from pneumoscan.db.images import study_worklist
 from pneumoscan.db.studies import list_studies
-from pneumoscan.web.deps import MAX_PAGE, Db, Signed, page
+from pneumoscan.web.deps import MAX_PAGE, AppSettings, Db, Signed, page
 from pneumoscan.web.schemas import SIGNED_IN, StudyOut
 
 router = APIRouter()
@@ -23,8 +24,8 @@ def api_studies(db: Db, _account: Signed, limit: Annotated[int, Query(ge=1, le=M
 
 
 @router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
-def studies_page(request: Request, db: Db, account: Signed) -> HTMLResponse:
-    """One row per study, linking to its instances."""
+def studies_page(request: Request, db: Db, settings: AppSettings, account: Signed) -> HTMLResponse:
+    """The worklist by study: urgent studies first, each with its date, modality, views and patient reference."""
     with db() as session:
-        rows = list_studies(session, STUDIES_PAGE)
-    return page(request, "studies.html", rows=rows)
+        rows = study_worklist(session, settings.urgent_probability, STUDIES_PAGE)
+    return page(request, "studies.html", rows=rows, urgent_at=settings.urgent_probability)
