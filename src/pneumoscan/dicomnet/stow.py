@@ -83,11 +83,20 @@ def iter_parts(body: bytes | mmap.mmap, boundary: str) -> Iterator[tuple[str, in
             if colon:
                 headers[name.strip()] = value.strip()
         start = head_end + 4
-        end = body.find(b"\r\n" + delimiter, start)
-        if end < 0:
-            raise MultipartError("the body ends inside a part (no closing boundary)")
+        end = _delimiter(body, b"\r\n" + delimiter, start)
         yield headers.get_content_type() if "content-type" in headers else DICOM, start, end
         at = end + 2
+
+
+def _delimiter(body: bytes | mmap.mmap, delimiter: bytes, start: int) -> int:
+    """Where the next delimiter line (CRLF--boundary, then -- or blanks and CRLF, RFC 2046 5.1.1) begins."""
+    at = start
+    while (at := body.find(delimiter, at)) >= 0:
+        rest = body[at + len(delimiter):at + len(delimiter) + 80]
+        if rest.startswith(b"--") or rest.lstrip(b" \t").startswith(b"\r\n"):
+            return at
+        at += 1
+    raise MultipartError("the body ends inside a part (no closing boundary)")
 
 
 @dataclass(frozen=True)
