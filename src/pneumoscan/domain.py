@@ -45,7 +45,7 @@ class Label(StrEnum):
 
 
 class Role(StrEnum):
-    """What a web app user may do: review cases, or also manage users."""
+    """What a web app user may do: review cases, or also manage users; a sender only stores studies (STOW-RS)."""
 
     REVIEWER = "reviewer"
     ADMIN = "admin"
