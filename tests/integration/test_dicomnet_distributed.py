@@ -91,5 +91,21 @@ def test_a_received_study_is_classified_by_a_worker_completed_and_sent_back(
 
     wait_quiet(6.0)  # more than one settle round: the report is not sent again
     assert len(pacs.received()) == 1
+
+    # Reclassifying everything with the same model says nothing new: the study stays complete, nothing is sent.
+    [(started,)] = database.rows("SELECT now()")
+    done = helpers.invoke(["reclassify", "--all"], env)
+    assert done.returncode == 0, done.stderr
+    helpers.wait_for(lambda: database.count("SELECT count(*) FROM images WHERE updated_at >= %s", started) == 2,
+                     WAIT, interval=0.3, message=f"the reclassification to finish:\n{worker.log()}")
+    seen = set()
+    for _ in range(20):  # a few settle rounds (every 5 s), watched: never reopened
+        seen.add(database.rows("SELECT status FROM studies WHERE study_uid = %s", study_uid)[0][0])
+        wait_quiet(0.4)  # sampling the study's status while settle rounds run
+    assert seen == {"complete"}
+    [after] = database.rows("SELECT status, revision, send_state, reassessed_at FROM studies WHERE study_uid = %s",
+                            study_uid)
+    assert after == ("complete", 1, "sent", None), after
+    assert len(pacs.received()) == 1
     for service in (scheduler, worker):
         assert "Traceback" not in service.log(), service.log()
