@@ -64,17 +64,22 @@ def test_everything_answers(tmp_path: Path, database: Any, broker_url: str, pacs
     env = helpers.pneumoscan_env(tmp_path / "data", SHIPPED_MODEL_DIR, PNEUMOSCAN_DATABASE_URL=database.url,
                                  PNEUMOSCAN_BROKER_URL=broker_url, PNEUMOSCAN_PATIENT_SALT=SALT,
                                  PNEUMOSCAN_RESULTS_DESTINATION=pacs.destination,
-                                 PNEUMOSCAN_RESULTS_DICOMWEB_URL=dicomweb,
                                  PNEUMOSCAN_DICOM_SPOOL=str(tmp_path / "spool"))
     proc = helpers.invoke(["doctor", "--inbox", str(tmp_path / "inbox")], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = _lines(proc.stdout)
     assert set(lines) == {"database", "broker", "salt", "data folder", "inbox", "DICOM spool", "DICOM destination",
-                          "DICOMweb destination", "model"}, proc.stdout
+                          "model"}, proc.stdout
     assert all(line.startswith("ok  ") for line in lines.values()), proc.stdout
     assert "0 batches waiting" in lines["broker"] and "answers C-ECHO" in lines["DICOM destination"]
-    assert "HTTP 401" in lines["DICOMweb destination"] and "matches its card" in lines["model"]
+    assert "matches its card" in lines["model"]
     assert "GiB free" in lines["inbox"] and SALT not in proc.stdout
+    # results by STOW-RS instead (one destination or the other): a plain HTTP check
+    env = {**env, "PNEUMOSCAN_RESULTS_DESTINATION": "", "PNEUMOSCAN_RESULTS_DICOMWEB_URL": dicomweb}
+    proc = helpers.invoke(["doctor"], env)
+    lines = _lines(proc.stdout)
+    assert proc.returncode == 0 and "DICOM destination" not in lines, proc.stdout + proc.stderr
+    assert lines["DICOMweb destination"].startswith("ok  ") and "HTTP 401" in lines["DICOMweb destination"]
 
 
 def test_each_failure_is_one_line_and_the_exit_is_not_zero(tmp_path: Path, database: Any) -> None:
@@ -85,15 +90,17 @@ def test_each_failure_is_one_line_and_the_exit_is_not_zero(tmp_path: Path, datab
         fh.write(b"tampered")
     env = helpers.pneumoscan_env(tmp_path / "data", model, PNEUMOSCAN_DATABASE_URL=database.url,  # not migrated
                                  PNEUMOSCAN_BROKER_URL=f"redis://127.0.0.1:{closed}/0", PNEUMOSCAN_PATIENT_SALT="short",
-                                 PNEUMOSCAN_RESULTS_DESTINATION=f"PACS@127.0.0.1:{closed}",
-                                 PNEUMOSCAN_RESULTS_DICOMWEB_URL=f"http://127.0.0.1:{closed}/dicom-web")
+                                 PNEUMOSCAN_RESULTS_DESTINATION=f"PACS@127.0.0.1:{closed}")
     proc = helpers.invoke(["doctor", "--inbox", str(tmp_path / "no-such-inbox")], env)
-    assert proc.returncode == 1 and "7 checks failed" in proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "6 checks failed" in proc.stderr, proc.stdout + proc.stderr
     lines = _lines(proc.stdout)
     failed = {name for name, line in lines.items() if line.startswith("FAIL")}
-    assert failed == {"database", "broker", "salt", "inbox", "DICOM destination", "DICOMweb destination", "model"}
+    assert failed == {"database", "broker", "salt", "inbox", "DICOM destination", "model"}
     assert "pneumoscan db upgrade" in lines["database"] and "does not match the sha256" in lines["model"]
-    assert "ERROR" not in proc.stderr and "Traceback" not in proc.stderr  # pynetdicom's own lines kept out
+    assert "Traceback" not in proc.stderr
+    proc = helpers.invoke(["doctor"], {**env, "PNEUMOSCAN_RESULTS_DESTINATION": "",
+                                       "PNEUMOSCAN_RESULTS_DICOMWEB_URL": f"http://127.0.0.1:{closed}/dicom-web"})
+    assert _lines(proc.stdout)["DICOMweb destination"].startswith("FAIL") and proc.returncode == 1
 
 
 def test_embedded_checks_no_broker_and_a_fresh_install_is_fine(tmp_path: Path) -> None:

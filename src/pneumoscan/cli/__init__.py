@@ -35,7 +35,8 @@ def main(ctx: click.Context, verbose: int) -> None:
     try:
         ctx.ensure_object(dict)["settings"] = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"PNEUMOSCAN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join((f"PNEUMOSCAN_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise click.ClickException(f"invalid settings: {problems}") from None
 
 

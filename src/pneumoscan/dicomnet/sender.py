@@ -47,6 +47,9 @@ class StoreSCU:
         from pynetdicom import AE
         from pynetdicom.status import code_to_category
 
+        from pneumoscan.dicomnet.netlog import quiet_requests
+
+        quiet_requests()  # the study round says the outcome in one line; pynetdicom's own lines would repeat it
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         for item in objects:

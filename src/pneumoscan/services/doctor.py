@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -118,13 +117,15 @@ def check_dicom_destination(settings: Settings) -> Check | None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+    from pneumoscan.dicomnet.netlog import quiet_requests
+
     called, host, port = settings.destination
     peer = f"{called}@{host}:{port}"
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(Verification)
-    with _quiet("pynetdicom"):  # its ERROR lines say again what the one line below says
-        assoc = ae.associate(host, port, ae_title=called)
+    quiet_requests()  # pynetdicom's ERROR lines would say again what the one line below says
+    assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         return Check("DICOM destination", False, f"{peer} refused or did not answer the association")
     try:
@@ -154,18 +155,6 @@ def check_dicomweb(settings: Settings) -> Check | None:
     except (urllib.error.URLError, OSError) as exc:
         return Check("DICOMweb destination", False, f"{url}: {getattr(exc, 'reason', None) or exc}")
     return Check("DICOMweb destination", code < 500, f"{url} answers HTTP {code}")
-
-
-@contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """``logger`` says nothing below CRITICAL inside the block."""
-    target = logging.getLogger(logger)
-    level = target.level
-    target.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        target.setLevel(level)
 
 
 @contextmanager
