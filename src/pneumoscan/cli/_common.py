@@ -120,7 +120,8 @@ def _database(settings: Settings) -> Any:
 
 
 def _bundle(settings: Settings) -> ModelBundle:
-    return _once(f"bundle {settings.model_path}", partial(_load_bundle, settings))  # type: ignore[no-any-return]
+    bundle: ModelBundle = _once(f"bundle {settings.model_path}", partial(_load_bundle, settings))
+    return bundle
 
 
 def _load_bundle(settings: Settings) -> ModelBundle:

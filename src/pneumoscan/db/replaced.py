@@ -34,7 +34,8 @@ def drop_replaced_rejects(session: Session, stored: Iterable[tuple[str, int]]) -
         ids = sorted(set(session.execute(replaced).scalars()) - current)
         if ids:
             session.execute(delete(Sighting).where(Sighting.image_id.in_(ids)))
-            dropped += session.execute(delete(Image).where(Image.id.in_(ids))).rowcount or 0
+            session.execute(delete(Image).where(Image.id.in_(ids)))
+            dropped += len(ids)
     return dropped
 
 
