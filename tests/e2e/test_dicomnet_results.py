@@ -56,7 +56,7 @@ class StatusPacs:
         return f"PACS@127.0.0.1:{self.port}"
 
     def __enter__(self) -> StatusPacs:
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
         ae = AE(ae_title="PACS")
         for context in AllStoragePresentationContexts:
@@ -279,6 +279,34 @@ def test_a_probability_within_the_tolerance_sends_nothing_and_beyond_it_sends_ag
         moved = studies.Assessment(**{**now.__dict__, "probability": (now.probability or 0) + 0.06})
         assert studies.changed(study, moved, tiny_bundle.version, 0.05)
         assert studies.changed(study, now, "another-model", 0.05)
+
+
+def test_an_operating_point_that_flips_the_label_sends_a_new_report_and_one_that_does_not_sends_nothing(
+        tmp_path: Path, settings: Any, sessions: Any, tiny_bundle: Any, pacs: dcmtk.Storescp) -> None:
+    from pneumoscan.db import reviews
+
+    site = configure(settings, pacs.destination)
+    study_uid, files = new_study(tmp_path / "modality", 1)
+    classify(files, site, sessions, tiny_bundle)
+    assert round_(site, sessions, tiny_bundle).sent == 1
+    before = study_row(sessions, study_uid)
+    probability = float(before.probability)
+    # A threshold that moves but leaves the label as it was: nothing to tell the PACS.
+    same_side = probability + 0.001 if before.label == "NORMAL" else probability - 0.001
+    with sessions.begin() as session:
+        reviews.record_point(session, tiny_bundle.version, same_side, tiny_bundle.threshold, 0.9, [], {})
+    assert round_(site, sessions, tiny_bundle).sent == 0
+    assert study_row(sessions, study_uid).revision == 1
+    # One that flips it: a new report, naming the first.
+    other_side = probability - 0.001 if before.label == "NORMAL" else probability + 0.001
+    with sessions.begin() as session:
+        reviews.record_point(session, tiny_bundle.version, other_side, tiny_bundle.threshold, 0.9, [], {})
+    assert round_(site, sessions, tiny_bundle).sent == 1
+    after = study_row(sessions, study_uid)
+    assert (after.revision, after.status) == (2, "complete") and after.label != before.label
+    first, second = received(pacs, 2)
+    assert second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
 # --- 3. C-STORE replies by category; bounded retries; our bugs are failed at once -----------------------------

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from pneumoscan.db.results import latest_reviews
 from pneumoscan.db.schema import Image, OperatingPoint, Prediction, Review, utcnow
+from pneumoscan.db.studies import reassess_relabelled
 from pneumoscan.domain import LABELS, Label
 
 
@@ -65,6 +66,7 @@ def relabel(session: Session, model_version: str, threshold: float) -> int:
     changed = session.execute(
         select(func.count()).select_from(Prediction)
         .where(Prediction.model_version == model_version, Prediction.label != new_label)).scalar_one()
+    reassess_relabelled(session, model_version, new_label)  # a study whose label flips sends its result again
     session.execute(update(Prediction).where(Prediction.model_version == model_version)
                     .values(label=new_label, threshold=threshold))
     return int(changed)

@@ -115,6 +115,15 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def reassess_relabelled(session: Session, model_version: str, new_label: Any, now: datetime | None = None) -> None:
+    """Predictions of ``model_version`` are about to take ``new_label`` (an operating point applied or undone): the
+    studies where one flips are reassessed, so a result whose label changes goes out again and no other does."""
+    flipped = (select(Image.study_uid).join(Prediction, Prediction.image_id == Image.id)
+               .where(Prediction.model_version == model_version, Prediction.label != new_label,
+                      Image.study_uid.is_not(None)))
+    session.execute(update(Study).where(Study.study_uid.in_(flipped)).values(reassessed_at=now or utcnow()))
+
+
 def due(session: Session, limit: int = 20, now: datetime | None = None) -> list[Study]:
     """Completed studies whose result is waiting to be sent and due now, locked for this sender."""
     now = now or utcnow()
