@@ -12,6 +12,7 @@ import io
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ import pytest
 from support import dcmtk
 from support.dicomweb import ORTHANC_AUTH, Orthanc, instance, one_study, orthanc, rg1, serve
 from support.process import pneumoscan_env, wait_for
+
+from pneumoscan.domain import Status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -90,10 +93,20 @@ def test_a_study_from_orthanc_comes_back_to_it_as_a_report_by_stow_rs(tmp_path: 
         with _watch(tmp_path / "watch-2.log", pneumoscan_exe, folder, data, tiny_bundle.path, pacs, ORTHANC_AUTH[1]):
             row = wait_for(lambda: _study(data, study, lambda r: r["send_state"] == "sent"), 120, 0.5,
                            f"study {study} sent")
-        assert row["status"] == "complete" and row["instance_count"] == 2
-        reports = pacs.get(f"/dicom-web/studies/{study}/instances?Modality=SR")
-        assert len(reports) == 1 and reports[0]["00080060"]["Value"] == ["SR"]
-        assert len(pacs.get(f"/dicom-web/studies/{study}/instances")) == 3  # the two images and the one report
+            assert row["status"] == "complete" and row["instance_count"] == 2
+            reports = pacs.get(f"/dicom-web/studies/{study}/instances?Modality=SR")
+            assert len(reports) == 1 and reports[0]["00080060"]["Value"] == ["SR"]
+            assert len(pacs.get(f"/dicom-web/studies/{study}/instances")) == 3  # the two images and the one report
+
+            # Orthanc sends the study back, our report in it (a routing rule would): no loop, no second report.
+            assert _stow_from_orthanc(pacs).status_code == 200
+            report_uid = reports[0]["00080018"]["Value"][0]
+            wait_for(lambda: _image_status(data, report_uid) == Status.IGNORED, 60, 0.5, "our report ignored")
+            time.sleep(2 + 2 * 2 + 1)  # the stable time and two study rounds: time enough to reopen and resend
+            again = _study(data, study, lambda r: True)
+            assert again is not None and (again["revision"], again["instance_count"], again["send_state"]) == (
+                row["revision"], 2, "sent")
+            assert len(pacs.get(f"/dicom-web/studies/{study}/instances")) == 3
 
 
 @contextmanager
@@ -116,6 +129,12 @@ def _watch(log_path: Path, exe: Path, folder: Path, data: Path, model: Path, pac
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def _image_status(data: Path, sop_uid: str) -> str | None:
+    with sqlite3.connect(data / "pneumoscan.db", timeout=30) as connection:
+        row = connection.execute("SELECT status FROM images WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
+    return row[0] if row else None
 
 
 def _study(data: Path, study: str, ready: Callable[[sqlite3.Row], bool]) -> sqlite3.Row | None:
