@@ -21,7 +21,7 @@ import helpers
 import pytest
 from support import dcmtk, dicoms, xrays
 
-pytestmark = [pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 STABLE = 0.05  # seconds: the study round is driven by hand here, after a short sleep
 
@@ -352,6 +352,26 @@ def test_a_peer_that_keeps_refusing_is_tried_a_bounded_number_of_times_then_the_
     families = {f.name: f for f in PneumoscanCollector(site, sessions, tiny_bundle.version).collect()}
     by_state = {s.labels["send_state"]: s.value for s in families["pneumoscan_study_results"].samples}
     assert by_state["failed"] == 1 and by_state["sent"] == 0
+
+    # The web app's studies API and page say so too.
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.db.users import add_user
+    from pneumoscan.web.app import create_app
+
+    with sessions.begin() as session:
+        add_user(session, "rex", "reviewer", "a-long-enough-password")
+    client = TestClient(create_app(site, sessions), base_url="http://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert csrf is not None
+    signed_in = client.post("/login", data={"csrf_token": csrf.group(1), "name": "rex",
+                                            "password": "a-long-enough-password"}, follow_redirects=False)
+    assert signed_in.status_code == 303, signed_in.text
+    [api] = [s for s in client.get("/api/studies").json() if s["study_uid"] == study_uid]
+    assert api["send_state"] == "failed" and api["last_send_error"].endswith("0xA700: disk full")
+    assert "0xA700: disk full" in client.get("/studies").text
 
 
 class BrokenSender:

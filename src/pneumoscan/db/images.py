@@ -148,6 +148,8 @@ class StudyContext:
     probability: float | None
     patient: str | None  # a short reference: the first characters of the salted PatientID hash
     urgent: bool
+    send_state: str | None = None  # its result on its way to PACS: failed shows the peer's reason
+    send_error: str | None = None
 
 
 def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list[StudyContext]:
@@ -177,7 +179,8 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
             modality="/".join(sorted(found["modality"])) or None, views=sorted(found["views"]),
             instance_count=s.instance_count, assessed_count=s.assessed_count, label=s.label,
             probability=s.probability, patient=(min(found["patient"])[:PATIENT_SHOWN] if found["patient"] else None),
-            urgent=s.probability is not None and s.probability >= urgent_at))
+            urgent=s.probability is not None and s.probability >= urgent_at, send_state=s.send_state,
+            send_error=s.last_send_error))
     return out
 
 
