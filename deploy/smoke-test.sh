@@ -134,14 +134,14 @@ for _ in $(seq 60); do
   curl -fsS "http://127.0.0.1:$web_port/health" >/dev/null 2>&1 && break; sleep 1
 done
 curl -fsS "http://127.0.0.1:$web_port/health" >/dev/null || fail "the web app does not answer on 127.0.0.1:$web_port"
-echo "$password" | compose exec -T web pneumoscan users add smoke --role reviewer --password-stdin >/dev/null
-token=$(compose exec -T web pneumoscan users token smoke | tr -d '\r\n')
+echo "$password" | compose exec -T web pneumoscan users add smoke --role reviewer --password-stdin >/dev/null 2>&1
+token=$(compose exec -T web pneumoscan users token smoke 2>/dev/null | tr -d '\r\n')
 [[ -n $token ]] || fail "no token"
 api() { curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$web_port$1"; }
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$web_port/api/results")
 [[ $code == 401 ]] || fail "/api/results without a token answered $code, not 401"
 # count GLOB STATUS: how many results whose path matches GLOB have STATUS, through the API
-count() { api "/api/results?limit=1000&path=$1&status=$2" 2>/dev/null \
+count() { api "/api/results?limit=500&path=$1&status=$2" 2>/dev/null \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo 0; }
 
 log "drop 8 PNGs into the inbox"
@@ -163,26 +163,39 @@ code=0; storescu -aet INTRUDER -aec PNEUMOSCAN 127.0.0.1 "$dicom_port" "$work"/s
   >/dev/null 2>&1 || code=$?
 ((code != 0)) || fail "a calling AE outside the allow-list was accepted"
 
-log "drop 48 more PNGs and kill one worker container mid-batch"
+log "drop 48 more PNGs; freeze both workers while one holds a batch, kill that one"
 batch=48
 drop batch "$batch" 100
-victim=${workers[0]}
-for _ in $(seq 600); do
-  received=$(docker logs "$victim" 2>&1 | grep -c 'classify.*received' || true)
-  succeeded=$(docker logs "$victim" 2>&1 | grep -c 'classify.*succeeded' || true)
-  n=$(count '*/inbox/batch-*' done)
-  ((n >= 4 && received > succeeded)) && break
+# Read-only look at the outbox: the rows a worker claimed and has not stored yet (only to show the kill's timing).
+sql() { docker exec "$(compose ps -q postgres)" psql -U pneumoscan -d pneumoscan -tAc "$1"; }
+tasks() { docker logs "$1" 2>&1 | grep -Ec "classify_batch\\[.*\\] $2" || true; }
+victim=""
+for _ in $(seq 300); do
+  if (($(count '*/inbox/batch-*' done) >= 4)); then
+    docker pause "${workers[@]}" >/dev/null
+    for w in "${workers[@]}"; do
+      if (($(tasks "$w" received) > $(tasks "$w" '(succeeded|failed|retry)'))); then victim=$w; break; fi
+    done
+    in_flight=$(sql "select count(*) from queued_files where claimed_at is not null")
+    [[ -n $victim ]] && ((in_flight > 0)) && break
+    victim=""
+    docker unpause "${workers[@]}" >/dev/null
+  fi
   sleep 0.2
 done
-((received > succeeded)) || fail "the victim worker never held a batch in flight"
+[[ -n $victim ]] || fail "never caught a worker with a batch in flight"
+sql "select path from queued_files where claimed_at is not null" > "$work/in_flight"
+done_at_kill=$(count '*/inbox/batch-*' done)
 docker kill "$victim" >/dev/null
-log "killed worker ${victim:0:12} with a batch in flight ($n of $batch done; it had started $received tasks, finished $succeeded)"
+killed_at=$SECONDS
+for w in "${workers[@]}"; do [[ $w == "$victim" ]] || docker unpause "$w" >/dev/null; done
+log "killed worker ${victim:0:12} in the middle of a batch: $done_at_kill of $batch done, $in_flight files claimed and not stored"
 
 total=$((first + batch))
 for _ in $(seq 300); do
   n=$(count '*/inbox/*' done); ((n >= total)) && break; sleep 1
 done
-api "/api/results?limit=1000&path=*/inbox/*" > "$work/inbox.json"
+api "/api/results?limit=500&path=*/inbox/*" > "$work/inbox.json"
 python3 - "$work/inbox.json" "$total" <<'PY' || fail "not every inbox file was done exactly once"
 import collections, json, sys
 page, total = json.load(open(sys.argv[1])), int(sys.argv[2])
@@ -198,7 +211,12 @@ assert all(r["paths"] == 1 for r in rows), "a file was sighted at more than its 
 assert statuses == {"done": total}, statuses
 assert all(r["label"] in ("NORMAL", "PNEUMONIA") and r["model_version"] for r in rows)
 PY
-log "every one of the $total inbox files done exactly once, through the API"
+log "every one of the $total inbox files done exactly once, through the API, $((SECONDS - killed_at)) s after the kill"
+while read -r path; do
+  [[ -z $path ]] && continue
+  [[ $(count "$path" done) == 1 ]] || fail "$path, in flight at the kill, is not done exactly once"
+done < "$work/in_flight"
+log "each of the $in_flight files in flight at the kill done once"
 
 log "the study's results and its SR at the destination"
 for _ in $(seq 180); do
