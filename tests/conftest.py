@@ -148,3 +148,23 @@ def no_leaked_threads() -> Iterator[None]:
         time.sleep(0.05)
     if leaked:
         pytest.fail(f"test leaked non-daemon threads: {', '.join(sorted(t.name for t in leaked))}")
+
+
+# The fast lane (-m "not slow and not integration") stays fast only while long tests carry the mark: name
+# those that took longer than this without it, at the end of the run (a hint, not a failure: a busy
+# machine stretches every test).
+SLOW_AFTER = 10.0
+_unmarked_slow: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when in ("setup", "call") and report.duration > SLOW_AFTER and not (
+            {"slow", "integration"} & set(report.keywords)):
+        _unmarked_slow.append((report.duration, f"{report.nodeid} ({report.when})"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _unmarked_slow:
+        terminalreporter.section("long tests without the slow mark")
+        for duration, name in sorted(_unmarked_slow, reverse=True):
+            terminalreporter.line(f"{duration:6.1f}s {name}: mark it @pytest.mark.slow, or make it faster")

@@ -56,20 +56,33 @@ def database(services: None) -> Iterator[Database]:
 
 @pytest.fixture
 def broker_url(services: None) -> Iterator[str]:
-    """A Redis database number of the shared server that is empty now; emptied again afterwards."""
+    """A Redis database number of the shared server, claimed for this test and empty now; emptied again afterwards.
+
+    The claim (a key in database 0, set only if absent) keeps two test processes running at once (pytest -n,
+    or two people on one machine) from taking the same number between the emptiness check and the first task.
+    """
     client = redis.Redis(REDIS_HOST, REDIS_PORT)
+    token = uuid.uuid4().hex
     numbers = list(range(1, 16))
     random.shuffle(numbers)
     for number in numbers:
+        claim = f"pneumoscan-tests:redis-db:{number}"
+        if not client.set(claim, token, nx=True, ex=3600):
+            continue
         db = redis.Redis(REDIS_HOST, REDIS_PORT, db=number)
         if db.dbsize() == 0:
             break
+        db.close()
+        client.delete(claim)
     else:
-        pytest.fail("no empty Redis database number left on the shared server")
-    client.close()
+        client.close()
+        pytest.fail("no empty, unclaimed Redis database number left on the shared server")
     yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{number}"
     db.flushdb()
     db.close()
+    if client.get(claim) == token.encode():
+        client.delete(claim)
+    client.close()
 
 
 @pytest.fixture
