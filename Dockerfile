@@ -20,12 +20,14 @@ RUN useradd --system --uid 1000 --user-group --home-dir /var/lib/pneumoscan --cr
 
 WORKDIR /opt/pneumoscan
 # Dependencies first, from pyproject.toml alone, so that a change to the source reuses this layer (TensorFlow
-# and all); pip's downloads stay in a build cache, not in the image.
+# and all); pip's downloads stay in a build cache, not in the image, and TensorFlow's C++ headers (290 MB, for
+# building custom ops) are dropped.
 COPY pyproject.toml deploy/requirements.py ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     python requirements.py pyproject.toml $EXTRAS > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && rm /tmp/requirements.txt \
+    && rm -rf "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tensorflow/include"
 COPY README.md ./
 COPY src ./src
 RUN pip install --no-deps --no-cache-dir . && rm -rf build src/*.egg-info
