@@ -349,6 +349,8 @@ def test_a_peer_that_keeps_refusing_is_tried_a_bounded_number_of_times_then_the_
     assert shown.returncode == 0, shown.stderr
     [listed] = [s for s in json.loads(shown.stdout) if s["study_uid"] == study_uid]
     assert listed["send_state"] == "failed" and "0xA700: disk full" in listed["last_send_error"]
+    table = helpers.invoke(["results", "--by", "study"], helpers.pneumoscan_env(site.data_dir, tiny_bundle.path))
+    assert table.returncode == 0 and "failed" in table.stdout and "0xA700: disk full" in table.stdout, table.stdout
     families = {f.name: f for f in PneumoscanCollector(site, sessions, tiny_bundle.version).collect()}
     by_state = {s.labels["send_state"]: s.value for s in families["pneumoscan_study_results"].samples}
     assert by_state["failed"] == 1 and by_state["sent"] == 0

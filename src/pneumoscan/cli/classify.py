@@ -304,7 +304,7 @@ def _print_studies(settings: Settings, limit: int, fmt: str) -> None:
         studies = [{k: _cell(v) for k, v in row.items()} for row in list_studies(session, limit or None)]
     _print_rows(studies, fmt, len(studies), fields=STUDY_FIELDS,
                 shown=("study_uid", "status", "instance_count", "assessed_count", "label", "probability",
-                       "completed_at", "send_state"))
+                       "completed_at", "send_state", "last_send_error"))
 
 
 def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool = False,

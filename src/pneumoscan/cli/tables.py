@@ -10,10 +10,10 @@ from rich.table import Table
 # Short headers, so that the columns that matter keep their room.
 HEADERS = {"probability": "prob.", "classified_at": "classified", "review_label": "review", "model_version": "model",
            "instance_count": "inst.", "assessed_count": "assessed", "completed_at": "completed", "send_state": "sent",
-           "paths": "copies", "study_uid": "study", "status": "result"}
+           "paths": "copies", "study_uid": "study", "status": "result", "last_send_error": "why not sent"}
 # Told apart by their ends (a file name, a UID's last digits): cut from the left. Other long text from the right.
 LEFT_CUT = frozenset({"path", "study_uid"})
-FLEXIBLE = LEFT_CUT | {"reason"}
+FLEXIBLE = LEFT_CUT | {"reason", "last_send_error"}
 _SEPARATOR = 2  # between two columns, at padding (0, 1) and no box
 _FLEX_MIN = 12
 
