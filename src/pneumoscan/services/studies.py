@@ -163,3 +163,5 @@ class StudyMonitor:
                 settle_and_send(self.db, self.settings, self.bundle, self.sender)
             except SQLAlchemyError as exc:
                 log.warning("study results: the database did not answer (%s); trying again", exc)
+            except Exception:  # our bug: keep the monitor alive (the next round may get past it), and say where
+                log.exception("internal error in the study round; trying again in %.0f s", self.interval)
