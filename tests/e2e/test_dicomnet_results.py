@@ -259,6 +259,34 @@ def test_reclassifying_everything_sends_nothing_and_a_changed_result_names_the_r
     assert [tuple(r) for r in history] == [(1, str(first.SOPInstanceUID), 1), (2, str(second.SOPInstanceUID), 1)]
 
 
+def test_a_new_model_reclassifying_a_study_batch_by_batch_sends_one_new_report_once_all_of_it_is_done(
+        tmp_path: Path, settings: Any, sessions: Any, tiny_bundle: Any, pacs: dcmtk.Storescp) -> None:
+    import dataclasses
+
+    from sqlalchemy import select
+
+    from pneumoscan.db.schema import Image
+
+    site = configure(settings, pacs.destination)
+    study_uid, files = new_study(tmp_path / "modality", 2)
+    classify(files, site, sessions, tiny_bundle)
+    assert round_(site, sessions, tiny_bundle).sent == 1
+    newer = dataclasses.replace(tiny_bundle, card=dataclasses.replace(tiny_bundle.card, version="tiny-test-2"))
+    with sessions() as session:
+        ids = dict(session.execute(select(Image.path, Image.id).where(Image.study_uid == study_uid)).tuples().all())
+    first, second = (str(p.resolve()) for p in files)
+    classify([Path(first)], site, sessions, newer, image_ids=[ids[first]])
+    assert round_(site, sessions, newer).settled == 0  # half of the study still has only the old model's result
+    assert study_row(sessions, study_uid).revision == 1
+    classify([Path(second)], site, sessions, newer, image_ids=[ids[second]])
+    assert round_(site, sessions, newer).sent == 1
+    row = study_row(sessions, study_uid)
+    assert (row.status, row.revision, row.model_version, row.assessed_count) == ("complete", 2, "tiny-test-2", 2)
+    old, new = received(pacs, 2)
+    assert new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == old.SOPInstanceUID
+
+
 def test_a_probability_within_the_tolerance_sends_nothing_and_beyond_it_sends_again(
         tmp_path: Path, settings: Any, sessions: Any, tiny_bundle: Any, pacs: dcmtk.Storescp) -> None:
     from sqlalchemy import select

@@ -89,6 +89,8 @@ def settle(session: Session, model_version: str, stable_seconds: float, *, send:
         if study.status == StudyStatus.OPEN and waiting_since is not None \
                 and _aware(waiting_since) <= _aware(study.last_instance_at) + timedelta(seconds=stable_seconds):
             continue  # a file handed over while the study was still arriving has no result yet: it may be one of it
+        if study.status == StudyStatus.COMPLETE and _still_to_reclassify(session, study.study_uid, model_version):
+            continue  # a reclassification half-way through this study (a new model, batch by batch): wait for it
         result = assess(session, study.study_uid, model_version)
         new = changed(study, result, model_version, tolerance)
         study.status, study.reassessed_at, study.instance_count = StudyStatus.COMPLETE, None, result.instance_count
@@ -108,6 +110,13 @@ def settle(session: Session, model_version: str, stable_seconds: float, *, send:
         given.append(study)
     session.flush()
     return given
+
+
+def _still_to_reclassify(session: Session, study_uid: str, model_version: str) -> bool:
+    """Whether an assessed instance of the study has no result from ``model_version`` yet."""
+    current = select(Prediction.id).where(Prediction.image_id == Image.id, Prediction.model_version == model_version)
+    return session.scalar(select(Image.id).where(Image.study_uid == study_uid, Image.status == Status.DONE,
+                                                 ~current.exists()).limit(1)) is not None
 
 
 def _aware(moment: datetime) -> datetime:
