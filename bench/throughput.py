@@ -1,7 +1,7 @@
 """End-to-end throughput of embedded `pneumoscan scan` (folder -> database rows), beside three references.
 
 python -m bench.throughput [--n 2000] [--dicom-n 500] [--kinds jpeg,dicom,dicom-j2k,dicom-htj2k,dicom-jpeg]
-                          [--bundle DIR | --stand-in]
+                          [--bundle DIR | --stand-in] [--engine auto|tensorflow|openvino] [--precision fp32|bf16]
 
 For each input kind, in one run:
   e2e  `pneumoscan scan FOLDER` in a child process with a fresh data folder (SQLite): N full-size files
@@ -18,6 +18,8 @@ For each input kind, in one run:
        not overlap its stages adds on top of (a) and (c).
   full for JPEG 2000, HTJ2K and JPEG baseline DICOM, e2e again on --full-n files with
        PNEUMOSCAN_REDUCED_DECODE=false: the pipeline as it was before decoding at the model's size.
+  (a_tf) TensorFlow's model alone, the reference of issue 30's targets (e2e >= 1.5x it in fp32, >= 2.5x in a
+       checked bf16); (a) is the engine the e2e run uses (--engine, --precision; the pipeline's default auto).
   limit = 1/(1/a + 1/c) on a CPU-only machine (decode and inference share the cores), min(a, c) with a GPU.
 Targets: e2e >= 0.9 x limit for JPEG and uncompressed DICOM, e2e >= 5 x (b) for every kind.
 This process keeps large buffers on the heap as `pneumoscan` does (``memory.keep_large_buffers``), so
@@ -77,11 +79,22 @@ def decode_alone(paths: list[Path], size: int, workers: int) -> dict[str, Any]:
             "threads": workers}
 
 
-def ceiling(bundle_path: Path, batch: np.ndarray, min_seconds: float = 5.0, min_rounds: int = 10) -> dict[str, Any]:
-    """(a): the bundle's compiled predictor (what the pipeline calls) on one decoded batch, repeated."""
+_RUNTIME: dict[str, Any] = {}  # engine, precision, cache folder of the run (main sets them)
+
+
+def ceiling(bundle_path: Path, batch: np.ndarray, min_seconds: float = 5.0, min_rounds: int = 10,
+            engine: str | None = None) -> dict[str, Any]:
+    """(a): the bundle's engine (what the pipeline calls) on one decoded batch, repeated."""
     from pneumoscan.models.bundle import load_bundle
 
-    bundle = load_bundle(bundle_path)
+    try:
+        from pneumoscan.models.engine import EngineConfig
+    except ImportError:  # an older tree (bench.compare_commits): TensorFlow only
+        bundle = load_bundle(bundle_path)
+    else:
+        bundle = load_bundle(bundle_path, runtime=EngineConfig(
+            engine or _RUNTIME.get("engine", "tensorflow"), "fp32" if engine == "tensorflow" else
+            _RUNTIME.get("precision", "fp32"), _RUNTIME.get("cache")))
     bundle.predict(batch)  # load, trace and warm up
     bundle.predict(batch)
     times: list[float] = []
@@ -144,8 +157,10 @@ def end_to_end(folder: Path, bundle_path: Path, work: Path, batch_size: int, dec
 
     data = work / "e2e-data" / kind
     shutil.rmtree(data, ignore_errors=True)
+    runtime = {"PNEUMOSCAN_ENGINE": _RUNTIME["engine"], "PNEUMOSCAN_PRECISION": _RUNTIME["precision"],
+               "PNEUMOSCAN_MODEL_CACHE_DIR": str(_RUNTIME["cache"])} if _RUNTIME else {}
     env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_BATCH_SIZE=str(batch_size),
-                                PNEUMOSCAN_DECODE_WORKERS=str(decode_workers), **settings)
+                                PNEUMOSCAN_DECODE_WORKERS=str(decode_workers), **runtime, **settings)
     run = common.run_child([str(common.PNEUMOSCAN_EXE), "scan", str(folder)], env)
     if run.returncode != 0:
         raise RuntimeError(f"pneumoscan scan failed ({run.returncode}):\n{run.output[-3000:]}")
@@ -188,6 +203,7 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
     e2e = end_to_end(folder, bundle_path, args.work, args.batch_size, args.decode_workers, kind)
     c2 = decode_alone(ref, size, args.decode_workers)
     a2 = ceiling(bundle_path, batch, args.ceiling_seconds)
+    a_tf = ceiling(bundle_path, batch, args.ceiling_seconds, engine="tensorflow") if _RUNTIME else a2
     c = {**c2, "images_per_s": (c1["images_per_s"] + c2["images_per_s"]) / 2,
          "before_after": [c1["images_per_s"], c2["images_per_s"]]}
     a = {**a2, "images_per_s": (a1["images_per_s"] + a2["images_per_s"]) / 2,
@@ -195,7 +211,10 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
     print(f"  (c) decode alone      {c['images_per_s']:8.1f} images/s  ({c['images']} files, {c['threads']} threads; "
           f"before/after {c1['images_per_s']:.1f}/{c2['images_per_s']:.1f})", flush=True)
     print(f"  (a) model alone       {a['images_per_s']:8.1f} images/s  (batch {a['batch_size']}; "
-          f"before/after {a1['images_per_s']:.1f}/{a2['images_per_s']:.1f})", flush=True)
+          f"before/after {a1['images_per_s']:.1f}/{a2['images_per_s']:.1f}; {args.engine} {args.precision})",
+          flush=True)
+    print(f"  (a_tf) TensorFlow     {a_tf['images_per_s']:8.1f} images/s  -> e2e/(a_tf) "
+          f"{e2e['images_per_s'] / a_tf['images_per_s']:.2f}", flush=True)
     limit = min(a["images_per_s"], c["images_per_s"]) if on_gpu else \
         1 / (1 / a["images_per_s"] + 1 / c["images_per_s"])
     full = None
@@ -205,6 +224,7 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
         print(f"  e2e full-size decode  {full['images_per_s']:8.1f} images/s  steady state ({args.full_n} files)",
               flush=True)
     out = {"kind": kind, "n": n, "e2e": e2e, "e2e_full_decode": full, "a_ceiling": a, "b_seed": b, "c_decode": c,
+           "a_tensorflow": a_tf, "e2e_over_tensorflow_model": e2e["images_per_s"] / a_tf["images_per_s"],
            "limit_images_per_s": limit, "limit_rule": "min(a, c)" if on_gpu else "1/(1/a + 1/c)",
            "e2e_over_limit": e2e["images_per_s"] / limit,
            "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"] if b else None,
@@ -234,6 +254,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="[default: the Settings default]")
     parser.add_argument("--decode-workers", type=int, default=None, help="[default: the Settings default]")
     parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    parser.add_argument("--engine", default="auto", help="PNEUMOSCAN_ENGINE of the run [default: auto]")
+    parser.add_argument("--precision", default="fp32", help="PNEUMOSCAN_PRECISION of the run [default: fp32]")
     common.add_bundle_args(parser)
     common.add_output_arg(parser, "throughput")
     args = parser.parse_args()
@@ -245,6 +267,8 @@ def main() -> None:
     args.batch_size = args.batch_size or defaults.batch_size
     args.decode_workers = args.decode_workers or defaults.decode_workers
     bundle_path, bundle = common.resolve_bundle(args, args.work)
+    if "engine" in Settings.model_fields:  # this tree has engines (issue 30); the cache outlives each e2e run
+        _RUNTIME.update(engine=args.engine, precision=args.precision, cache=args.work / "model-cache")
     info = common.machine()
     info["gpus"] = common.gpus()
     print(common.describe_machine(info))
@@ -260,7 +284,8 @@ def main() -> None:
           f"{db_cost['ms_per_batch']:.1f} ms = {db_cost['ms_per_image']:.2f} ms/image")
     results = [measure_kind(kind, args.n if kind == "jpeg" else args.dicom_n, args, bundle_path,
                             bundle["input_size"], bool(info["gpus"])) for kind in kinds]
-    payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size,
+    payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "engine": args.engine,
+               "precision": args.precision,
                "decode_workers": args.decode_workers, "db_cost_sqlite": db_cost, "results": results,
                "preliminary": common.preliminary(info, bundle)}
     common.write_result("throughput", payload, args.out)
