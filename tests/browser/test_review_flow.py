@@ -27,14 +27,14 @@ OTHER = {"PNEUMONIA": "NORMAL", "NORMAL": "PNEUMONIA"}
 
 # The image's loaded state, and how colourful it is: the heatmap is an RGB overlay, the X-ray is grey.
 PICTURE_STATE = """
-const img = document.getElementById('picture');
-const state = {complete: img.complete, width: img.naturalWidth, src: img.currentSrc, colour: null};
-if (img.complete && img.naturalWidth > 0) {
-  const canvas = document.createElement('canvas');
-  canvas.width = 64; canvas.height = 64;
+const stage = document.getElementById('stage');
+const canvas = document.getElementById('view');
+const state = {drawn: Number(stage.dataset.drawn || 0), heatmap: stage.dataset.heatmapState || 'off',
+               full: stage.dataset.full === 'true', colour: null};
+if (state.drawn > 0) {
   const ctx = canvas.getContext('2d');
-  ctx.drawImage(img, 0, 0, 64, 64);
-  const px = ctx.getImageData(0, 0, 64, 64).data;
+  const w = canvas.width, h = canvas.height;
+  const px = ctx.getImageData(Math.floor(w / 4), Math.floor(h / 4), Math.floor(w / 2), Math.floor(h / 2)).data;
   let total = 0;
   for (let i = 0; i < px.length; i += 4) {
     total += Math.abs(px[i] - px[i + 1]) + Math.abs(px[i + 1] - px[i + 2]);
@@ -95,8 +95,10 @@ def _wait_for_case(driver: Any, old_viewer: WebElement, expected: int) -> None:
 
 
 def _picture(driver: Any, suffix: str) -> dict[str, Any] | None:
+    """The viewer's canvas once it shows the picture (``image.png``) or the heatmap over it (``heatmap.png``)."""
     state = driver.execute_script(PICTURE_STATE)
-    if state["complete"] and state["width"] > 0 and state["src"].endswith(suffix):
+    heat = suffix.endswith("heatmap.png")
+    if state["drawn"] > 0 and (state["heatmap"] == "drawn") == heat and (heat or state["full"]):
         return state
     return None
 

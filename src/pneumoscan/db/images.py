@@ -192,3 +192,25 @@ def urgent_counts(session: Session, model_version: str, urgent_at: float) -> dic
                             .where(Prediction.model_version == model_version, Prediction.probability >= urgent_at,
                                    ~reviewed))
     return {"studies": int(studies or 0), "images": int(images or 0)}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An image of the same study, for the viewer's strip: what it shows and whether the model assessed it."""
+
+    id: int
+    view_position: str | None
+    status: str
+    assessed: bool
+
+
+def study_instances(session: Session, image_id: int, model_version: str, limit: int = 24) -> list[Instance]:
+    """Every image of ``image_id``'s study (itself included), by id; [] for an image without a study."""
+    study_uid = session.scalar(select(Image.study_uid).where(Image.id == image_id))
+    if not study_uid:
+        return []
+    predicted = select(Prediction.id).where(Prediction.image_id == Image.id,
+                                            Prediction.model_version == model_version).exists()
+    rows = session.execute(select(Image.id, Image.view_position, Image.status, predicted)
+                           .where(Image.study_uid == study_uid).order_by(Image.id).limit(limit))
+    return [Instance(int(i), view, status, bool(assessed)) for i, view, status, assessed in rows]

@@ -9,7 +9,9 @@ content (and model version, for heatmaps), so a second view costs a file read.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +70,17 @@ class Renderer:
 
     def image_png(self, image_id: int) -> bytes:
         sha256 = self._sha256(image_id)
-        return self._cached(f"{sha256}-image", lambda: png_bytes(self._display(self._source(image_id, sha256))))
+
+        def render() -> bytes:
+            source = self._source(image_id, sha256)
+            try:
+                return png_bytes(self._display(source))
+            except NotRenderable as exc:  # rejected by the pipeline's policy (a lateral, say): shown all the same
+                if exc.status != 422:
+                    raise
+                return png_bytes(fit_within(_windowed(source.data), DISPLAY_SIDE))
+
+        return self._cached(f"{sha256}-image", render)
 
     def heatmap_png(self, image_id: int) -> bytes:
         sha256 = self._sha256(image_id)
@@ -84,6 +96,11 @@ class Renderer:
                 raise NotRenderable(422, f"the file cannot be shown: {exc.reason}") from None
 
         return self._cached(key, render)
+
+    def values(self, image_id: int) -> bytes:
+        """The image's own values for the viewer's window/level, at full resolution (see ``values_payload``)."""
+        sha256 = self._sha256(image_id)
+        return self._cached(f"{sha256}-values", lambda: values_payload(self._source(image_id, sha256).data), ".bin")
 
     def _sha256(self, image_id: int) -> str:
         try:
@@ -114,8 +131,8 @@ class Renderer:
     def _display(self, source: _Source) -> np.ndarray:
         return fit_within(self._decode(source, None), DISPLAY_SIDE)
 
-    def _cached(self, key: str, render: Callable[[], bytes]) -> bytes:
-        path = self.cache / f"{key}-v{_CACHE_VERSION}.png"
+    def _cached(self, key: str, render: Callable[[], bytes], suffix: str = ".png") -> bytes:
+        path = self.cache / f"{key}-v{_CACHE_VERSION}{suffix}"
         try:
             return path.read_bytes()
         except FileNotFoundError:
@@ -128,3 +145,88 @@ class Renderer:
         os.replace(temporary, path)
         return data
 
+
+def values_payload(data: bytes) -> bytes:
+    """A file's values for window/level in the browser: a 4-byte length, JSON, padding, then uint16 pixels.
+
+    DICOM: the first frame's stored values through the Modality LUT (PS3.3 C.11.1), quantized to 16 bits as
+    ``low + q * step``; the JSON gives width, height, low, step, the file's own windows (Window Center and
+    Width, with their explanations), a lung window and the full range, and whether the file is MONOCHROME1.
+    JPEG and PNG: their grey levels (0 to 255), with the full range as the only window. No policy applies
+    here (a lateral the pipeline rejected is shown too), and nothing of the header but these numbers is sent.
+    """
+    from pneumoscan.imaging.kinds import DICOM, detect_kind
+
+    try:
+        if detect_kind(data[:132]) == DICOM:
+            values, meta = _dicom_values(data)
+        else:
+            values, meta = _raster_values(data)
+    except (ImagingError, ValueError, OSError) as exc:
+        raise NotRenderable(422, f"the file cannot be shown: {exc}") from None
+    head = json.dumps(meta).encode()
+    head += b" " * (-(4 + len(head)) % 2)  # the pixels start at an even offset (a Uint16Array's alignment)
+    return struct.pack("<I", len(head)) + head + values.astype("<u2").tobytes()
+
+
+def _dicom_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
+    from pneumoscan.imaging.dicom.pixels import apply_modality_lut
+    from pneumoscan.imaging.dicom.read import first_frame, photometric, read_dataset
+
+    ds = read_dataset(data, header_only=False)
+    stored = first_frame(ds)
+    if stored.ndim == 3:  # colour: its luminance
+        stored = stored[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = apply_modality_lut(stored, ds).astype(np.float32)
+    low, high = float(x.min()), float(x.max())
+    step = max((high - low) / 65535.0, 1.0) if high > low else 1.0
+    q = np.clip(np.rint((x - low) / step), 0, 65535).astype(np.uint16)
+    windows = []
+    centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if centers is not None and widths is not None:
+        centers = list(centers) if hasattr(centers, "__len__") and not isinstance(centers, str) else [centers]
+        widths = list(widths) if hasattr(widths, "__len__") and not isinstance(widths, str) else [widths]
+        names = ds.get("WindowCenterWidthExplanation") or []
+        names = [names] if isinstance(names, str) else list(names)
+        for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+            try:
+                center, width = float(c), float(w)
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(center) and np.isfinite(width) and width > 0:
+                name = str(names[i]).strip() if i < len(names) and str(names[i]).strip() else f"file window {i + 1}"
+                windows.append({"name": name[:32], "center": center, "width": width})
+    sample = x[:: max(1, x.shape[0] // 256), :: max(1, x.shape[1] // 256)]
+    p2, p40, p60, p98 = (float(v) for v in np.percentile(sample, (2, 40, 60, 98)))
+    monochrome1 = photometric(ds) == "MONOCHROME1"
+    # Lung fields are the darker part of a radiograph (the brighter under MONOCHROME1): centred there, and wide
+    # enough to keep the vessels and the edges of the mediastinum in view.
+    windows.append({"name": "lung", "center": p40 if not monochrome1 else p60, "width": max(p98 - p2, 1.0) * 0.75})
+    windows.append({"name": "full range", "center": (low + high) / 2, "width": max(high - low, 1.0)})
+    height, width = q.shape
+    return q, {"kind": "dicom", "width": width, "height": height, "low": low, "step": step, "windows": windows,
+               "invert": monochrome1}
+
+
+def _raster_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as picture:
+        grey = np.asarray(picture.convert("L"), dtype=np.uint16)
+    height, width = grey.shape
+    return grey, {"kind": "raster", "width": width, "height": height, "low": 0.0, "step": 1.0, "invert": False,
+                  "windows": [{"name": "full range", "center": 127.5, "width": 256.0}]}
+
+
+def _windowed(data: bytes) -> np.ndarray:
+    """The file's values through its first window (else the full range) onto [0, 1]: for a file decode() refuses."""
+    payload = values_payload(data)
+    (length,) = struct.unpack("<I", payload[:4])
+    meta = json.loads(payload[4:4 + length])
+    q = np.frombuffer(payload[4 + length:], dtype="<u2").reshape(meta["height"], meta["width"])
+    window = meta["windows"][0]
+    x = meta["low"] + q.astype(np.float32) * meta["step"]
+    shown = np.clip((x - (window["center"] - window["width"] / 2)) / window["width"], 0, 1)
+    return 1 - shown if meta["invert"] else shown

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from pneumoscan.db.images import image_detail, next_case, reviewed_by
+from pneumoscan.db.images import image_detail, next_case, reviewed_by, study_instances
 from pneumoscan.domain import LABELS, AuditAction
 from pneumoscan.web.deps import AppSettings, Db, ImageId, ModelVersion, Pictures, Signed, audit, error_response, page
 from pneumoscan.web.schemas import HEATMAP_PNG, PNG, SIGNED_IN, UNKNOWN_IMAGE, ImageOut
@@ -51,6 +51,12 @@ def api_heatmap_png(db: Db, settings: AppSettings, pictures: Pictures, image_id:
     return PNGResponse(pictures.heatmap_png(image_id), headers=_PNG_HEADERS)
 
 
+@router.get("/images/{image_id}/values.bin", include_in_schema=False)
+def image_values(pictures: Pictures, image_id: ImageId, _account: Signed) -> Response:
+    """The viewer's full-resolution values for window/level (render.values_payload); not in the API."""
+    return Response(pictures.values(image_id), media_type="application/octet-stream", headers=_PNG_HEADERS)
+
+
 @router.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
 def image_page(request: Request, db: Db, settings: AppSettings, model_version: ModelVersion, image_id: ImageId,
                account: Signed) -> Response:
@@ -63,8 +69,10 @@ def image_page(request: Request, db: Db, settings: AppSettings, model_version: M
                    detail["predictions"][-1] if detail["predictions"] else None)
     with db() as session:
         following = next_case(session, model_version, image_id)
+        instances = study_instances(session, image_id, model_version)
     return page(request, "image.html", image=detail, prediction=current, labels=LABELS, next_id=following,
-                renderable=detail["sha256"] is not None, blinded=_blinded(db, settings, image_id, account.name))
+                renderable=detail["sha256"] is not None, instances=instances,
+                blinded=_blinded(db, settings, image_id, account.name))
 
 
 def _blinded(db: Db, settings: AppSettings, image_id: int, reader: str) -> bool:

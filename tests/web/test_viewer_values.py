@@ -1,0 +1,63 @@
+"""The viewer's full-resolution values (/images/{id}/values.bin): the file's own values and windows, by id only,
+signed in, never cached; a file the pipeline rejected (a lateral) is shown too."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+from support import dicoms, xrays
+from web_support import Site
+
+
+def _parse(payload: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    (length,) = struct.unpack("<I", payload[:4])
+    meta = json.loads(payload[4:4 + length])
+    values = np.frombuffer(payload[4 + length:], dtype="<u2").reshape(meta["height"], meta["width"])
+    return meta, values
+
+
+def test_a_dicoms_own_values_and_windows(site: Site, reviewer: Any) -> None:
+    import pydicom
+
+    image_id = site.ids["d0.dcm"]
+    response = reviewer.get(f"/images/{image_id}/values.bin")
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    meta, values = _parse(response.content)
+    ds = pydicom.dcmread(site.paths["d0.dcm"])
+    stored = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    assert values.shape == stored.shape
+    assert np.allclose(meta["low"] + values * meta["step"], stored, atol=meta["step"])
+    assert meta["kind"] == "dicom" and {w["name"] for w in meta["windows"]} >= {"lung", "full range"}
+    assert "patient" not in response.text.lower() and dicoms.PATIENT_ID not in response.text
+    assert reviewer.get(f"/images/{image_id}/values.bin").content == response.content  # from the cache
+
+
+def test_a_raster_image_and_a_rejected_lateral(site: Site, reviewer: Any, tmp_path: Any) -> None:
+    meta, values = _parse(reviewer.get(f"/images/{site.ids['n0.png']}/values.bin").content)
+    assert meta["kind"] == "raster" and values.max() <= 255 and values.shape == (meta["height"], meta["width"])
+    from pneumoscan.pipeline import classify_paths
+
+    lateral = dicoms.write_dicom(xrays.NORMAL_IMAGES[2], tmp_path / "lateral.dcm", ViewPosition="LL")
+    (result,) = classify_paths([str(lateral)], bundle=site.app.state.renderer.bundle(), sessions=site.db,
+                               settings=site.settings)
+    assert result.status == "rejected"
+    from sqlalchemy import select
+
+    from pneumoscan.db.schema import Image
+
+    with site.db() as session:
+        image_id = session.scalar(select(Image.id).where(Image.path == str(lateral.resolve())))
+    picture = reviewer.get(f"/api/images/{image_id}/image.png")
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG"), picture.text
+    assert reviewer.get(f"/images/{image_id}/values.bin").status_code == 200
+
+
+def test_values_need_a_sign_in_and_a_real_id(site: Site, reviewer: Any) -> None:
+    image_id = site.ids["d0.dcm"]
+    assert site.client().get(f"/images/{image_id}/values.bin", follow_redirects=False).status_code == 303
+    for bad in ("2" * 25, "abc", "0", "999999"):
+        assert reviewer.get(f"/images/{bad}/values.bin").status_code == 404, bad
+    assert reviewer.get(f"/images/{site.ids['bad.png']}/values.bin").status_code == 422  # not decodable
