@@ -31,7 +31,9 @@ else
   root="$(mktemp -d /var/tmp/pneumoscan-rootfs.XXXXXX)"
   trap 'rm -rf "$root"' EXIT
   log "debootstrap bookworm into $root (a few minutes)"
-  nice debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" >&2
+  nice debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root" "$mirror" \
+    >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
+  rm -f "$root.log"
   # The slim image's contract: python, python3 and pip on PATH, installing into a writable prefix.
   chroot "$root" /usr/bin/python3 -m venv /usr/local/python >&2
   # pip here reaches its index through a proxy whose CA this machine trusts; the stand-in carries that bundle.

@@ -130,8 +130,9 @@ def test_images_default_to_the_official_ones() -> None:
     services = _compose()["services"]
     assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7-alpine}"
     assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:15}"
-    args = services["migrate"]["build"]["args"]
-    assert args["PNEUMOSCAN_BASE_IMAGE"] == "${PNEUMOSCAN_BASE_IMAGE:-python:3.11-slim-bookworm}"
+    for name in APP_SERVICES:
+        args = services[name]["build"]["args"]
+        assert args["PNEUMOSCAN_BASE_IMAGE"] == "${PNEUMOSCAN_BASE_IMAGE:-python:3.11-slim-bookworm}"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ARG PNEUMOSCAN_BASE_IMAGE=python:3.11-slim-bookworm\nFROM ${PNEUMOSCAN_BASE_IMAGE}\n" in dockerfile
     assert not re.search(r"^#\s*syntax\s*=", dockerfile, re.MULTILINE), "a syntax line fetches the frontend"
