@@ -134,3 +134,24 @@ def test_settings_choose_the_engine(tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path, patient_salt="x").precision == "fp32"
     with pytest.raises(ValueError, match="engine"):
         Settings(data_dir=tmp_path, patient_salt="x", engine="onnx")
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_openvino_stores_what_tensorflow_would(tmp_path: Path, cache: Path) -> None:
+    """classify_paths with the engine the settings pick (auto: OpenVINO here) on the 20 real fixtures: the
+    same labels as TensorFlow and probabilities within 1e-4, each stored once."""
+    from pneumoscan.db import open_database
+    from pneumoscan.pipeline import classify_paths
+
+    paths = sorted(str(p) for p in FIXTURES.rglob("*.jpeg"))
+    runs = {}
+    for name, runtime in (("tensorflow", EngineConfig()), ("openvino", EngineConfig("openvino", "fp32", cache))):
+        settings = Settings(data_dir=tmp_path / name, patient_salt="s")
+        bundle = load_bundle(settings.model_path, runtime=runtime)
+        runs[name] = classify_paths(paths, bundle=bundle, sessions=open_database(settings.sqlalchemy_url),
+                                    settings=settings)
+        assert bundle.engine.name == name
+    for tf_result, ov_result in zip(runs["tensorflow"], runs["openvino"], strict=True):
+        assert ov_result.status == tf_result.status == "done"
+        assert ov_result.label == tf_result.label
+        assert abs((ov_result.probability or 0) - (tf_result.probability or 0)) <= 1e-4
