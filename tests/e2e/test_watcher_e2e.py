@@ -146,6 +146,26 @@ def test_slowly_written_file_is_classified_once_complete(inbox: Path, tiny_bundl
     assert _predictions(settings) == 1
 
 
+def test_a_file_written_slower_than_the_quiet_period_ends_as_one_row(inbox: Path, tiny_bundle: Any, sessions: Any,
+                                                                      settings: Any) -> None:
+    """Each pause outlasts the quiet period, so partial versions are read and rejected as truncated; the
+    complete file supersedes them: one row, done, not seven rejected ones beside it (issue 27)."""
+    data = xrays.png_bytes(xrays.PNEUMONIA_IMAGES[2])
+    chunks = [data[i * len(data) // 4:(i + 1) * len(data) // 4] for i in range(4)]
+    target = inbox / "slow.png"
+    with running_watcher(inbox, tiny_bundle, sessions, settings, quiet_period=0.2, submit_when_idle=True) as (_, seen):
+        for i, chunk in enumerate(chunks):
+            with target.open("ab") as fh:
+                fh.write(chunk)
+            if i < len(chunks) - 1:
+                helpers.wait_for(lambda n=i + 1: len(seen.results) >= n, WAIT, message=f"partial version {i + 1}")
+        helpers.wait_for(lambda: any(r.status == "done" for r in seen.results), WAIT, message="the whole file")
+    assert [r.status for r in seen.results][:3] == ["rejected"] * 3  # the partial versions were read
+    rows = _rows(settings, "SELECT * FROM images")
+    assert [(r["path"], r["status"]) for r in rows] == [(str(target), "done")], [dict(r) for r in rows]
+    assert rows[0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 def test_restarting_classifies_nothing_twice(inbox: Path, tiny_bundle: Any, sessions: Any, settings: Any) -> None:
     names = {"a.jpeg", "b.png", "c.dcm"}
     xrays.write_jpeg(xrays.NORMAL_IMAGES[0], inbox / "a.jpeg")  # already there at start
