@@ -110,6 +110,14 @@ def test_serve_on_a_port_in_use_fails_before_saying_it_serves(tmp_path: Path) ->
     assert "serving on" not in proc.stderr
 
 
+@pytest.mark.parametrize("url", ["notaurl", "mysql://ada@127.0.0.1/scans", "postgresql+psycopg://ada@127.0.0.1:{port}/x"])
+def test_as_a_user_runs_it_exit_1_and_no_traceback(tmp_path: Path, pneumoscan_exe: Path, url: str) -> None:
+    env = _env(tmp_path, PNEUMOSCAN_DATABASE_URL=url.format(port=_free_port()))
+    proc = subprocess.run([str(pneumoscan_exe), "results"], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    _one_line_error(proc)
+
+
 @pytest.mark.parametrize(("given", "expected"), [(None, "2"), ("0", "0")])
 def test_tensorflow_chatter_is_off_unless_asked_for(given: str | None, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
