@@ -229,7 +229,12 @@ def test_site_calibration_meets_its_target_is_recorded_and_can_be_undone(
     refused = _cli(pneumoscan_exe, "calibrate", "--from-reviews", "--min-reviews", "60", env=env)
     assert refused.returncode == 1 and "59 NORMAL and 70 PNEUMONIA" in refused.stderr
 
-    # A correction through the CLI is a new review; the latest reading counts.
+    # A correction through the CLI is a new review; the latest reading counts. Reviewers are enabled users.
+    from pneumoscan.db.users import add_user
+
+    with sessions.begin() as session:
+        for name in ("dr-b", "x"):
+            add_user(session, name, "reviewer", "a-long-enough-password")
     wrong = next(i for i, t in zip(ids, truth, strict=True) if t == 1 and i not in normals)
     for label in ("NORMAL", "PNEUMONIA"):
         proc = _cli(pneumoscan_exe, "review", str(wrong), "--label", label, "--reviewer", "dr-b", env=env)
