@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).parent))  # make tests/helpers.py and tests/support importable
 
+import helpers  # noqa: E402
 from support import dicoms, xrays  # noqa: E402
 
 TINY_VERSION = "tiny-test-1"
@@ -51,7 +52,8 @@ def _settings(tmp_path: Path, **changes: Any) -> Any:
     from pneumoscan.config import Settings
 
     return Settings(data_dir=tmp_path / "data", quiet_period=0.5, max_batch_wait=0.3, batch_size=8,
-                    patient_salt="test-salt", password_hashing="cheapest", **changes)
+                    patient_salt="test-salt", password_hashing="cheapest", model_cache_dir=helpers.MODEL_CACHE,
+                    **changes)
 
 
 @pytest.fixture
@@ -66,6 +68,8 @@ def db_settings(tmp_path: Path) -> Any:
 @pytest.fixture
 def settings(tmp_path: Path, tiny_bundle: Any) -> Any:
     """Settings for one test: data (and the SQLite file) in tmp_path/data, the tiny model, short waits.
+
+    Converted models go to the run's shared cache (``helpers.MODEL_CACHE``), as for `pneumoscan` children.
 
     Passwords are hashed with argon2's cheapest parameters (a real setting; a hash made under another
     profile still verifies), since a full-strength hash costs 0.2 to 0.7 s.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,24 @@ def policy(**changes: Any) -> Any:
 
 POLICY = policy()
 
+# One cache of converted models (PNEUMOSCAN_MODEL_CACHE_DIR) for every `pneumoscan` child of this test run:
+# the first child converts the tiny model for the CPU engine (importing TensorFlow, about 6 s of CPU), and
+# every later one loads the conversion without TensorFlow (about 1 s), as a site's processes share theirs.
+# Entries are keyed by the model file's sha256 and written whole, so children that start together are safe.
+MODEL_CACHE = Path(tempfile.mkdtemp(prefix="pneumoscan-model-cache-"))
+atexit.register(shutil.rmtree, MODEL_CACHE, ignore_errors=True)
+
 
 def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str, str]:
-    """The environment for running `pneumoscan` as a user would, with short waits and small batches."""
+    """The environment for running `pneumoscan` as a user would, with short waits and small batches.
+
+    Converted models come from the run's shared ``MODEL_CACHE``, and passwords are hashed cheaply.
+    """
     return process.pneumoscan_env(data_dir, model, **{"PNEUMOSCAN_QUIET_PERIOD": "0.5",
                                                       "PNEUMOSCAN_MAX_BATCH_WAIT": "0.3",
-                                                      "PNEUMOSCAN_BATCH_SIZE": "8", **extra})
+                                                      "PNEUMOSCAN_BATCH_SIZE": "8",
+                                                      "PNEUMOSCAN_MODEL_CACHE_DIR": str(MODEL_CACHE),
+                                                      "PNEUMOSCAN_PASSWORD_HASHING": "cheapest", **extra})
 
 
 def invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
