@@ -34,6 +34,8 @@ class DecodePolicy:
     # Compressed DICOM (JPEG 2000, HTJ2K, JPEG baseline) decoded at the resolution the model needs, where
     # the codec can; False always decodes at full size first.
     reduced: bool = True
+    # AccessionNumber as it is (True), or only a salted short reference to it (False).
+    store_accession: bool = False
 
 
 def _data_home() -> Path:
@@ -86,6 +88,8 @@ class Settings(BaseSettings):
                                    "unset: random per install, kept in data_dir.")
     blinded_reading: bool = Field(default=False, description="Hide the model's call, probability and heatmap from "
                                   "a reader until they have saved their own reading of the case.")
+    store_accession: bool = Field(default=False, description="Store a DICOM file's AccessionNumber (the link to the "
+                                  "RIS; an identifier). Off: only a salted short reference to it, as for PatientID.")
     urgent_probability: float = Field(default=0.9, ge=0, le=1, description="A study or image whose probability is at "
                                       "or above this is urgent: listed first and counted on the dashboard and "
                                       "in /metrics.")
@@ -220,7 +224,7 @@ class Settings(BaseSettings):
     def decode_policy(self) -> DecodePolicy:
         """The decoding rules these settings make (size limit, DICOM allow-lists, PatientID salt)."""
         return DecodePolicy(self.max_pixels, self.modality_set, self.body_part_set, self.salt,
-                            _upper_set(self.assessed_views), self.reduced_decode)
+                            _upper_set(self.assessed_views), self.reduced_decode, self.store_accession)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -145,9 +145,10 @@ class DicomMeta:
     study_date: str | None = None
     manufacturer: str | None = None
     patient_ref: str | None = None  # salted SHA-256 of PatientID
+    accession: str | None = None  # AccessionNumber (PNEUMOSCAN_STORE_ACCESSION), else "ref-" and a salted hash
 
 
-DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref")
+DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref", "accession")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ import pytest
 from helpers import invoke
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
+from support import dicoms, xrays
 from web_support import PASSWORD, Site, csrf_of, login
 
-from pneumoscan.db.schema import AuditEvent, Review
+from pneumoscan.db.schema import AuditEvent, Image, Review
 
 
 def _events(site: Site, action: str | None = None) -> list[AuditEvent]:
@@ -236,3 +237,25 @@ def test_the_worklist_by_study_shows_study_context_urgent_first(site: Site, revi
     other = TestClient(create_app(calm, site.db))
     assert login(other, "rex", PASSWORD).status_code == 303
     assert "urgent</span>" not in other.get("/studies").text
+
+
+def test_the_accession_number_is_stored_only_when_asked_else_a_salted_short_reference(site: Site, reviewer: Any,
+                                                                                     tmp_path: Any) -> None:
+    from pneumoscan.pipeline import classify_paths
+
+    def stored(name: str, **changes: Any) -> str | None:
+        path = dicoms.write_dicom(xrays.NORMAL_IMAGES[3], tmp_path / name, AccessionNumber="ACC-55501",
+                                  StudyInstanceUID=f"1.2.3.{len(name)}")
+        classify_paths([str(path)], bundle=site.app.state.renderer.bundle(), sessions=site.db,
+                       settings=site.settings.model_copy(update=changes))
+        with site.db() as session:
+            image_id = session.scalar(select(Image.id).where(Image.path == str(path.resolve())))
+        return reviewer.get(f"/api/images/{image_id}").json()["dicom"]["accession"]
+
+    reference = stored("default.dcm")
+    assert reference is not None and reference.startswith("ref-") and len(reference) == 16
+    assert "ACC-55501" not in reviewer.get("/studies").text and reference in reviewer.get("/studies").text
+    assert stored("kept.dcm", store_accession=True) == "ACC-55501"
+    with site.db() as session:
+        assert "ACC-55501" not in str(session.execute(text(
+            "SELECT accession FROM images WHERE accession LIKE 'ref-%'")).all())

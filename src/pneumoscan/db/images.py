@@ -147,6 +147,7 @@ class StudyContext:
     label: str | None
     probability: float | None
     patient: str | None  # a short reference: the first characters of the salted PatientID hash
+    accession: str | None  # AccessionNumber, or its salted short reference (PNEUMOSCAN_STORE_ACCESSION)
     urgent: bool
     send_state: str | None = None  # its result on its way to PACS: failed shows the peer's reason
     send_error: str | None = None
@@ -160,15 +161,16 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
     urgent = case((Study.probability >= urgent_at, 1), else_=0)
     studies = list(session.scalars(select(Study).order_by(urgent.desc(), Study.last_instance_at.desc(), Study.id.desc())
                                    .limit(limit)))
-    context: dict[str, dict[str, set[str]]] = {s.study_uid: {"date": set(), "modality": set(), "views": set(),
-                                                              "patient": set()} for s in studies}
+    keys = ("date", "modality", "views", "patient", "accession")
+    context: dict[str, dict[str, set[str]]] = {s.study_uid: {key: set() for key in keys} for s in studies}
     if studies:
         rows = session.execute(select(Image.study_uid, Image.study_date, Image.modality, Image.view_position,
-                                      Image.patient_ref).where(Image.study_uid.in_(list(context))).distinct())
-        for uid, date, modality, view, patient in rows:
+                                      Image.patient_ref, Image.accession)
+                               .where(Image.study_uid.in_(list(context))).distinct())
+        for uid, *seen in rows:
             if uid is None:
                 continue
-            for key, value in (("date", date), ("modality", modality), ("views", view), ("patient", patient)):
+            for key, value in zip(keys, seen, strict=True):
                 if value:
                     context[uid][key].add(value)
     out = []
@@ -179,6 +181,7 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
             modality="/".join(sorted(found["modality"])) or None, views=sorted(found["views"]),
             instance_count=s.instance_count, assessed_count=s.assessed_count, label=s.label,
             probability=s.probability, patient=(min(found["patient"])[:PATIENT_SHOWN] if found["patient"] else None),
+            accession=min(found["accession"], default=None),
             urgent=s.probability is not None and s.probability >= urgent_at, send_state=s.send_state,
             send_error=s.last_send_error))
     return out

@@ -57,6 +57,7 @@ class Image(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     patient_ref: Mapped[str | None] = mapped_column(String(64))
+    accession: Mapped[str | None] = mapped_column(String(64))  # see domain.DicomMeta.accession
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -107,6 +107,7 @@ class DicomOut(_Out):
     study_date: str | None
     manufacturer: str | None
     patient_ref: str | None
+    accession: str | None  # AccessionNumber, or (by default) "ref-" and a salted short hash of it
 
 
 class ImageOut(_Out):

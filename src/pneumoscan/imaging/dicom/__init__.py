@@ -48,7 +48,7 @@ def _decode_dataset(
         header = read_dataset(data, header_only=True)
     except damaged as exc:
         raise Rejected(f"corrupt or truncated DICOM header: {describe(exc)}") from None
-    meta = metadata(header, policy.salt)
+    meta = metadata(header, policy.salt, policy.store_accession)
     try:
         triage(header, meta, policy)
     except Rejected as exc:

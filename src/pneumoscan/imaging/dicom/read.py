@@ -79,11 +79,20 @@ def patient_ref(patient_id: str, salt: bytes) -> str:
     return hashlib.sha256(salt + b"\x00" + patient_id.strip().encode()).hexdigest()
 
 
-def metadata(header: Any, salt: bytes) -> DicomMeta:
-    """The header's fields that are stored (``DICOM_FIELDS``), with the PatientID only as its salted hash."""
+ACCESSION_SHOWN = 12  # hex digits of an AccessionNumber's salted hash kept when the number itself is not
+
+
+def metadata(header: Any, salt: bytes, store_accession: bool = False) -> DicomMeta:
+    """The header's fields that are stored (``DICOM_FIELDS``), with the PatientID only as its salted hash.
+
+    The AccessionNumber as it is with ``store_accession``, else "ref-" and the first digits of its salted hash.
+    """
     values = {name: text(header, keyword, limit) for name, (keyword, limit) in DICOM_FIELDS.items()}
     pid = text(header, "PatientID", 256)
-    return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None)
+    accession = text(header, "AccessionNumber", 64)
+    if accession and not store_accession:
+        accession = "ref-" + hashlib.sha256(salt + b"\x01" + accession.strip().encode()).hexdigest()[:ACCESSION_SHOWN]
+    return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None, accession=accession)
 
 
 def first_frame(ds: Any) -> np.ndarray:

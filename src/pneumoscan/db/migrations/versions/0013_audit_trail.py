@@ -1,4 +1,4 @@
-"""The reading workstation: the audit trail (append-only) and reader-alone (blinded) reviews.
+"""The reading workstation: the audit trail (append-only), reader-alone (blinded) reviews, images' accession.
 
 Revision ID: 0013
 Revises: 0012
@@ -47,9 +47,13 @@ def upgrade() -> None:
                    f"BEGIN SELECT RAISE(ABORT, '{_NO_UPDATE}'); END")
     with op.batch_alter_table("reviews") as batch:
         batch.add_column(sa.Column("blinded", sa.Boolean, nullable=False, server_default=sa.false()))
+    with op.batch_alter_table("images") as batch:  # AccessionNumber, or its salted short reference
+        batch.add_column(sa.Column("accession", sa.String(64)))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("images") as batch:
+        batch.drop_column("accession")
     with op.batch_alter_table("reviews") as batch:
         batch.drop_column("blinded")
     op.execute("DROP TRIGGER IF EXISTS audit_events_no_update" +
