@@ -24,6 +24,10 @@ command -v docker >/dev/null || skip "no docker client"
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || skip "no Docker engine answers and dockerd is not installed (apt-get install docker.io docker-compose)"
   [[ $(id -u) == 0 ]] || skip "no Docker engine answers and only root can start one"
+  # A dockerd ended without its cleanup (CI ends what a session left running) leaves its pid files behind.
+  for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    [[ -f $pidfile ]] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null && rm -f "$pidfile"
+  done
   log "starting dockerd (log: /var/log/pneumoscan-dockerd.log)"
   nohup dockerd >/var/log/pneumoscan-dockerd.log 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
