@@ -292,3 +292,8 @@ class AuditEvent(Base):
     address: Mapped[str | None] = mapped_column(String(64))  # the client's address; "cli" from the command line
 
     __table_args__ = (_one_of("action", AUDIT_ACTIONS, "ck_audit_events_action"),)
+
+
+# The worklist by study (db.images.study_worklist): urgent studies by probability, the rest newest first.
+Index("ix_studies_probability", Study.probability)
+Index("ix_studies_last_instance_at", Study.last_instance_at, Study.id)

@@ -49,9 +49,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("blinded", sa.Boolean, nullable=False, server_default=sa.false()))
     with op.batch_alter_table("images") as batch:  # AccessionNumber, or its salted short reference
         batch.add_column(sa.Column("accession", sa.String(64)))
+    # The worklist by study: urgent studies by probability, the rest newest first.
+    op.create_index("ix_studies_probability", "studies", ["probability"])
+    op.create_index("ix_studies_last_instance_at", "studies", ["last_instance_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_studies_last_instance_at", table_name="studies")
+    op.drop_index("ix_studies_probability", table_name="studies")
     with op.batch_alter_table("images") as batch:
         batch.drop_column("accession")
     with op.batch_alter_table("reviews") as batch:
