@@ -278,6 +278,7 @@ class StudyResult(Base):
     capture_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+
 class AuditEvent(Base):
     """One line of the audit trail: who did what, when, from which address. Append-only (triggers refuse updates)."""
 
