@@ -85,7 +85,7 @@ PNEUMOSCAN_DICOM_PORT=$dicom_port
 PNEUMOSCAN_RESULTS_DESTINATION=SINK@host.docker.internal:$sink_port
 PNEUMOSCAN_DICOM_ALLOWED_AES=SMOKESCU
 PNEUMOSCAN_STUDY_STABLE_SECONDS=5
-PNEUMOSCAN_BATCH_SIZE=4
+PNEUMOSCAN_BATCH_SIZE=16
 PNEUMOSCAN_MAX_BATCH_WAIT=1
 PNEUMOSCAN_QUIET_PERIOD=1
 PNEUMOSCAN_REQUEUE_AFTER=15
@@ -167,33 +167,40 @@ code=0; storescu -aet INTRUDER -aec PNEUMOSCAN 127.0.0.1 "$dicom_port" "$work"/s
   >/dev/null 2>&1 || code=$?
 ((code != 0)) || fail "a calling AE outside the allow-list was accepted"
 
-log "drop 48 more PNGs; freeze both workers while one holds a batch, kill that one"
-batch=48
+log "drop 96 more PNGs; freeze the worker holding a batch, show the batch is its own, kill it"
+batch=96
 drop batch "$batch" 100
-# Read-only look at the outbox: the rows a worker claimed and has not stored yet (only to show the kill's timing).
+# Read-only looks at the outbox: the rows a worker claimed and has not stored yet (only to show the kill's timing).
 sql() { docker exec "$(compose ps -q postgres)" psql -U pneumoscan -d pneumoscan -tAc "$1"; }
 tasks() { docker logs "$1" 2>&1 | grep -Ec "classify_batch\\[.*\\] $2" || true; }
 victim=""
-for _ in $(seq 300); do
-  if (($(count '*/inbox/batch-*' done) >= 4)); then
-    docker pause "${workers[@]}" >/dev/null
-    for w in "${workers[@]}"; do
-      if (($(tasks "$w" received) > $(tasks "$w" '(succeeded|failed|retry)'))); then victim=$w; break; fi
-    done
-    in_flight=$(sql "select count(*) from queued_files where claimed_at is not null")
-    [[ -n $victim ]] && ((in_flight > 0)) && break
+for _ in $(seq 100); do
+  for w in "${workers[@]}"; do
+    if (($(tasks "$w" received) > $(tasks "$w" '(succeeded|failed|retry)'))); then victim=$w; break; fi
+  done
+  if [[ -n $victim ]]; then
+    # The cgroup freezer can refuse while a process is mid-fork: try again.
+    for _ in $(seq 20); do docker pause "$victim" >/dev/null 2>&1 && break; sleep 0.1; done
+    [[ $(docker inspect -f '{{.State.Paused}}' "$victim") == true ]] || fail "cannot freeze ${victim:0:12}"
+    frozen_at=$(sql "select now()")
+    survivor=${workers[0]}; [[ $survivor == "$victim" ]] && survivor=${workers[1]}
+    survivor_started=$(tasks "$survivor" received)
+    # Once the other worker has finished every batch it had started before the freeze, the files claimed
+    # before the freeze and still unsettled can only be the frozen worker's.
+    for _ in $(seq 100); do (($(tasks "$survivor" '(succeeded|failed|retry)') >= survivor_started)) && break; sleep 0.1; done
+    sql "select path from queued_files where claimed_at < '$frozen_at'" > "$work/in_flight"
+    (($(tasks "$survivor" '(succeeded|failed|retry)') >= survivor_started)) && [[ -s $work/in_flight ]] && break
+    docker unpause "$victim" >/dev/null
     victim=""
-    docker unpause "${workers[@]}" >/dev/null
   fi
   sleep 0.2
 done
 [[ -n $victim ]] || fail "never caught a worker with a batch in flight"
-sql "select path from queued_files where claimed_at is not null" > "$work/in_flight"
+in_flight=$(grep -c . "$work/in_flight")
 done_at_kill=$(count '*/inbox/batch-*' done)
 docker kill "$victim" >/dev/null
 killed_at=$SECONDS
-for w in "${workers[@]}"; do [[ $w == "$victim" ]] || docker unpause "$w" >/dev/null; done
-log "killed worker ${victim:0:12} in the middle of a batch: $done_at_kill of $batch done, $in_flight files claimed and not stored"
+log "killed worker ${victim:0:12} in the middle of a batch: $done_at_kill of $batch done, its $in_flight files claimed and not stored"
 
 total=$((first + batch))
 for _ in $(seq 300); do
@@ -220,7 +227,7 @@ while read -r path; do
   [[ -z $path ]] && continue
   [[ $(count "$path" done) == 1 ]] || fail "$path, in flight at the kill, is not done exactly once"
 done < "$work/in_flight"
-log "each of the $in_flight files in flight at the kill done once"
+log "each of the $in_flight files the killed worker held done once"
 
 log "the study's results and its SR at the destination"
 for _ in $(seq 180); do
@@ -239,7 +246,7 @@ log "SR received by storescp: $(ls "$work/sink" | grep '^SR' | head -1)"
 
 log "healthchecks: a stopped worker process and an unreachable database go unhealthy"
 health() { docker inspect -f '{{.State.Health.Status}}' "$1"; }
-live=${workers[1]}
+live=$survivor
 web=$(compose ps -q web)
 postgres=$(compose ps -q postgres)
 for _ in $(seq 60); do [[ $(health "$live") == healthy && $(health "$web") == healthy ]] && break; sleep 2; done
