@@ -102,6 +102,14 @@ def reviewed_by(session: Session, image_id: int, reviewer: str) -> bool:
                           .limit(1)) is not None
 
 
+def reviewed_among(session: Session, image_ids: list[int], reviewer: str) -> set[int]:
+    """Those of ``image_ids`` that ``reviewer`` has saved a reading of (one query for a page of results)."""
+    if not image_ids:
+        return set()
+    return set(session.scalars(select(Review.image_id).where(Review.image_id.in_(set(image_ids)),
+                                                             Review.reviewer == reviewer).distinct()))
+
+
 def content_hash(session: Session, image_id: int) -> str | None:
     """The image's SHA-256 (None for a file that could never be read); UnknownImage when there is no such id."""
     sha256 = session.scalar(select(Image.sha256).where(Image.id == image_id))

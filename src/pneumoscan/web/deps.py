@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database
+from pneumoscan.db.images import reviewed_among
 from pneumoscan.db.results import ResultFilter
 from pneumoscan.db.users import Account
 from pneumoscan.domain import AuditAction, Label, ReviewState, Sort, Status
@@ -44,6 +45,21 @@ def page(request: Request, template: str, **context: Any) -> HTMLResponse:
     context.setdefault("account", getattr(request.state, "account", None))
     context.setdefault("blinded_reading", request.app.state.settings.blinded_reading)
     return templates.TemplateResponse(request, template, context)
+
+
+def blinded_images(db: Database, settings: Settings, image_ids: list[int], reader: str) -> set[int]:
+    """Those of ``image_ids`` whose model call (label, probability, threshold, heatmap) and earlier readings are
+    hidden from ``reader``, on the viewer page and in the API alike: with PNEUMOSCAN_BLINDED_READING, the ones
+    they have saved no reading of yet (whatever their role). Without it, none."""
+    if not settings.blinded_reading or not image_ids:
+        return set()
+    with db() as session:
+        return set(image_ids) - reviewed_among(session, image_ids, reader)
+
+
+def is_blinded(db: Database, settings: Settings, image_id: int, reader: str) -> bool:
+    """Whether the model's call on the image is hidden from ``reader`` (see blinded_images)."""
+    return bool(blinded_images(db, settings, [image_id], reader))
 
 
 def client_address(request: Request) -> str | None:

@@ -19,6 +19,11 @@ Timestamp = Annotated[datetime, PlainSerializer(_iso, return_type=str),
                       WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
+# PNEUMOSCAN_BLINDED_READING: the model's call and earlier readings are withheld from a reader (of any role) until
+# they have saved their own reading of the image, in the API as on the viewer page.
+_BLINDED = "with blinded reading, until the signed-in reader has saved their own reading of this image"
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -39,13 +44,13 @@ class ResultOut(_Out):
     kind: str | None
     status: Status
     reason: str | None
-    label: Label | None
-    probability: float | None
-    threshold: float | None
+    label: Label | None = Field(description=f"The model's call; null when none, or {_BLINDED}.")
+    probability: float | None = Field(description=f"null when no prediction, or {_BLINDED}.")
+    threshold: float | None = Field(description=f"null when no prediction, or {_BLINDED}.")
     model_version: str | None
     classified_at: Timestamp | None
-    review_label: Label | None = Field(description="The latest review's reading.")
-    reviewed_by: str | None
+    review_label: Label | None = Field(description=f"The latest review's reading; null when none, or {_BLINDED}.")
+    reviewed_by: str | None = Field(description=f"null when no review, or {_BLINDED}.")
     study_uid: str | None
     series_uid: str | None
     sop_instance_uid: str | None
@@ -123,9 +128,9 @@ class ImageOut(_Out):
     first_seen_at: Timestamp
     updated_at: Timestamp
     dicom: DicomOut
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut] | None = Field(description=f"Every model version's call; null {_BLINDED}.")
     paths: list[PathOut]
-    reviews: list[ReviewOut]
+    reviews: list[ReviewOut] | None = Field(description=f"Every review, oldest first; null {_BLINDED}.")
 
 
 class StudyOut(_Out):
@@ -135,8 +140,9 @@ class StudyOut(_Out):
     status: StudyStatus
     instance_count: int
     assessed_count: int
-    label: Label | None
-    probability: float | None
+    label: Label | None = Field(description="The study's call; null until settled, and always null with blinded "
+                                            "reading (as on the studies page).")
+    probability: float | None = Field(description="null until settled, and always null with blinded reading.")
     model_version: str | None
     completed_at: Timestamp | None
     revision: int
@@ -159,6 +165,8 @@ SIGNED_IN: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "Invalid parameters."},
 }
 UNKNOWN_IMAGE: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No image with this id."}}
+BLINDED: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "Blinded reading: the reader has not saved a reading yet."}}
 # A PNG route's own media type is image/png, and FastAPI files a response model under it: the JSON errors are
 # spelled out (Problem is in the components, as the other routes use it).
 _PROBLEM_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}

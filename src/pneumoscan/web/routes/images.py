@@ -5,9 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from pneumoscan.db.images import image_detail, next_case, reviewed_by, study_instances
+from pneumoscan.db.images import image_detail, next_case, study_instances
 from pneumoscan.domain import LABELS, AuditAction
-from pneumoscan.web.deps import AppSettings, Db, ImageId, ModelVersion, Pictures, Signed, audit, error_response, page
+from pneumoscan.web.deps import (
+    AppSettings,
+    Db,
+    ImageId,
+    ModelVersion,
+    Pictures,
+    Signed,
+    audit,
+    error_response,
+    is_blinded,
+    page,
+)
 from pneumoscan.web.schemas import HEATMAP_PNG, PNG, SIGNED_IN, UNKNOWN_IMAGE, ImageOut
 from pneumoscan.web.security import Forbidden
 
@@ -27,10 +38,12 @@ def _detail(db: Db, image_id: int) -> ImageOut | None:
 
 @router.get("/api/images/{image_id}", tags=["images"], response_model=ImageOut,
             responses={**SIGNED_IN, **UNKNOWN_IMAGE}, summary="One image: predictions, paths, DICOM fields, reviews")
-def api_image(db: Db, image_id: ImageId, _account: Signed) -> ImageOut:
+def api_image(db: Db, settings: AppSettings, image_id: ImageId, account: Signed) -> ImageOut:
     detail = _detail(db, image_id)
     if detail is None:
         raise HTTPException(404, f"no image with id {image_id}")
+    if is_blinded(db, settings, image_id, account.name):  # as the viewer page hides them
+        return detail.model_copy(update={"predictions": None, "reviews": None})
     return detail
 
 
@@ -46,7 +59,7 @@ def api_image_png(pictures: Pictures, image_id: ImageId, _account: Signed) -> PN
             summary="The image with the current model's Grad-CAM heatmap over it, labelled as such")
 def api_heatmap_png(db: Db, settings: AppSettings, pictures: Pictures, image_id: ImageId,
                     account: Signed) -> PNGResponse:
-    if _blinded(db, settings, image_id, account.name):
+    if is_blinded(db, settings, image_id, account.name):
         raise Forbidden("blinded reading: the model's heatmap shows once you have saved your own reading")
     return PNGResponse(pictures.heatmap_png(image_id), headers=_PNG_HEADERS)
 
@@ -72,12 +85,4 @@ def image_page(request: Request, db: Db, settings: AppSettings, model_version: M
         instances = study_instances(session, image_id, model_version)
     return page(request, "image.html", image=detail, prediction=current, labels=LABELS, next_id=following,
                 renderable=detail["sha256"] is not None, instances=instances,
-                blinded=_blinded(db, settings, image_id, account.name))
-
-
-def _blinded(db: Db, settings: AppSettings, image_id: int, reader: str) -> bool:
-    """Whether the model's call is hidden from ``reader``: blinded reading, and no reading of theirs saved yet."""
-    if not settings.blinded_reading:
-        return False
-    with db() as session:
-        return not reviewed_by(session, image_id, reader)
+                blinded=is_blinded(db, settings, image_id, account.name))

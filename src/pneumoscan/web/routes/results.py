@@ -12,11 +12,13 @@ from pneumoscan.db import Database
 from pneumoscan.db.results import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter, model_versions
 from pneumoscan.db.results import results_page as query_page
 from pneumoscan.domain import LABELS, REVIEW_STATES, STATUSES, ReviewState, Sort
-from pneumoscan.web.deps import ALL, MAX_PAGE, Db, Filters, Signed, page
+from pneumoscan.web.deps import ALL, MAX_PAGE, AppSettings, Db, Filters, Signed, blinded_images, page
 from pneumoscan.web.schemas import SIGNED_IN, ResultsPage
 
 router = APIRouter()
 WORKLIST_PAGE = 50
+# What a blinded reader does not see of an image they have not read yet: the model's call and earlier readings.
+BLINDED_FIELDS = ("label", "probability", "threshold", "review_label", "reviewed_by")
 
 
 def _page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, Any]], int]:
@@ -26,8 +28,10 @@ def _page(db: Database, filters: ResultFilter) -> tuple[list[dict[str, Any]], in
 
 @router.get("/api/results", tags=["results"], response_model=ResultsPage, responses=SIGNED_IN,
             summary="Stored results, filtered as `pneumoscan results` filters")
-def api_results(db: Db, _account: Signed, filters: Filters) -> ResultsPage:
+def api_results(db: Db, settings: AppSettings, account: Signed, filters: Filters) -> ResultsPage:
     rows, total = _page(db, filters)
+    hidden = blinded_images(db, settings, [row["id"] for row in rows], account.name)
+    rows = [{**row, **dict.fromkeys(BLINDED_FIELDS)} if row["id"] in hidden else row for row in rows]
     return ResultsPage.model_validate({"total": total, "total_is_lower_bound": total >= COUNT_AT_MOST,
                                        "offset": filters.offset, "limit": filters.limit, "fields": list(RESULT_FIELDS),
                                        "results": rows})

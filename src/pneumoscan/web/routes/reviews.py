@@ -23,9 +23,10 @@ from pneumoscan.web.deps import (
     Signed,
     client_address,
     error_response,
+    is_blinded,
 )
-from pneumoscan.web.schemas import SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
-from pneumoscan.web.security import check_csrf
+from pneumoscan.web.schemas import BLINDED, SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
+from pneumoscan.web.security import Forbidden, check_csrf
 
 router = APIRouter()
 NEXT = "next"  # the review form's `then`: go on to the next case
@@ -53,12 +54,14 @@ def _save(request: Request, image_id: int, account: Account, label: Label, comme
 
 
 @router.get("/api/images/{image_id}/reviews", tags=["reviews"], response_model=list[ReviewOut],
-            responses={**SIGNED_IN, **UNKNOWN_IMAGE}, summary="Every review of an image, oldest first")
-def api_reviews(db: Db, image_id: ImageId, _account: Signed) -> list[ReviewOut]:
+            responses={**SIGNED_IN, **UNKNOWN_IMAGE, **BLINDED}, summary="Every review of an image, oldest first")
+def api_reviews(db: Db, settings: AppSettings, image_id: ImageId, account: Signed) -> list[ReviewOut]:
     with db() as session:
         reviews = image_reviews(session, image_id)
     if reviews is None:
         raise _unknown(image_id)
+    if is_blinded(db, settings, image_id, account.name):  # earlier readings, as the viewer page hides them
+        raise Forbidden("blinded reading: earlier readings show once you have saved your own reading")
     return [ReviewOut.model_validate(r) for r in reviews]
 
 

@@ -18,9 +18,13 @@ STUDIES_PAGE = 200
 
 @router.get("/api/studies", tags=["studies"], response_model=list[StudyOut], responses=SIGNED_IN,
             summary="DICOM studies and their results, newest first")
-def api_studies(db: Db, _account: Signed, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> list[StudyOut]:
+def api_studies(db: Db, settings: AppSettings, _account: Signed,
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100) -> list[StudyOut]:
     with db() as session:
-        return [StudyOut.model_validate(row) for row in list_studies(session, limit)]
+        rows = list_studies(session, limit)
+    if settings.blinded_reading:  # as the studies page: a study's call would give away its images' calls
+        rows = [{**row, "label": None, "probability": None} for row in rows]
+    return [StudyOut.model_validate(row) for row in rows]
 
 
 @router.get("/studies", response_class=HTMLResponse, include_in_schema=False)
