@@ -131,7 +131,8 @@ def test_every_bad_input_ends_in_a_row_with_its_reason(tmp_path: Path, inbox: Pa
         "random.png": ("rejected", "unrecognized format"),
         "bomb.png": ("rejected", "image too large"),
         "animated.gif": ("rejected", "animated GIF with 2 frames"),
-        "report.dcm": ("rejected", "not an image: Basic Text SR Storage is a structured report"),
+        # A non-image object is ignored by rule (issue 27): stored once, never counted in its study.
+        "report.dcm": ("ignored", "not an image: Basic Text SR Storage is a structured report"),
         "ct.dcm": ("rejected", "modality CT is not a radiograph"),
         "link-outside.jpeg": ("rejected", "symbolic link: not followed"),
         "link-inside.jpeg": ("rejected", "symbolic link: not followed"),

@@ -56,9 +56,11 @@ def test_add_list_token_disable_enable(pneumoscan_exe: Path, tiny_bundle: Any, t
     assert "disabled" in _users(pneumoscan_exe, env, "list").stdout.splitlines()[1]
     assert _api(data, tiny_bundle, token) == 401
     assert _users(pneumoscan_exe, env, "enable", "rex").returncode == 0
-    assert _api(data, tiny_bundle, token) == 200
+    assert _api(data, tiny_bundle, token) == 401  # disabling revoked it; enabling does not revive it (issue 29)
+    fresh = _users(pneumoscan_exe, env, "token", "rex").stdout.strip()
+    assert _api(data, tiny_bundle, fresh) == 200
     revoked = _users(pneumoscan_exe, env, "token", "rex", "--revoke")
     assert "revoked 1 tokens of rex" in revoked.stdout
-    assert _api(data, tiny_bundle, token) == 401
+    assert _api(data, tiny_bundle, fresh) == 401
     unknown = _users(pneumoscan_exe, env, "disable", "nobody")
     assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr

@@ -50,7 +50,11 @@ def test_review_flow_filters_and_lockout_on_postgresql(settings: Any, tiny_bundl
     stranger = site.client()
     for _ in range(LOCK_AFTER):
         login(stranger, "ana", "wrong-password")
-    assert "locked" in login(stranger, "ana", PASSWORD).text
+    # Locked: the right password is refused too, with the same answer as a wrong one (issue 29), and the lock
+    # is in the database.
+    refused = login(stranger, "ana", PASSWORD)
+    assert refused.status_code == 401 and "wrong name or password" in refused.text and "locked" not in refused.text
+    assert database.count("SELECT count(*) FROM users WHERE name = 'ana' AND locked_until IS NOT NULL") == 1
     site.db.dispose()
 
 
