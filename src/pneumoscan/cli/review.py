@@ -174,12 +174,7 @@ def users_list(ctx: click.Context) -> None:
 @_friendly
 def users_disable(ctx: click.Context, name: str) -> None:
     """Disable a user: their sessions and API tokens stop working at once."""
-    from pneumoscan.db.users import set_disabled
-
-    with _database(_settings(ctx)).begin() as session:
-        set_disabled(session, name, True)
-        _audit(session, AuditAction.USER_DISABLE, name)
-    click.echo(f"disabled {name}")
+    _set_disabled(ctx, name, True)
 
 
 @users.command("enable")
@@ -188,12 +183,16 @@ def users_disable(ctx: click.Context, name: str) -> None:
 @_friendly
 def users_enable(ctx: click.Context, name: str) -> None:
     """Enable a disabled user, or unlock one locked after failed sign-ins."""
+    _set_disabled(ctx, name, False)
+
+
+def _set_disabled(ctx: click.Context, name: str, disabled: bool) -> None:
     from pneumoscan.db.users import set_disabled
 
     with _database(_settings(ctx)).begin() as session:
-        set_disabled(session, name, False)
-        _audit(session, AuditAction.USER_ENABLE, name)
-    click.echo(f"enabled {name}")
+        set_disabled(session, name, disabled)
+        _audit(session, AuditAction.USER_DISABLE if disabled else AuditAction.USER_ENABLE, name)
+    click.echo(f"{'disabled' if disabled else 'enabled'} {name}")
 
 
 @users.command("token")
