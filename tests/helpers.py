@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,13 @@ def invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
     For checks of options and output formats, where an interpreter start (and a TensorFlow import) per
     call buys nothing; exit codes, signals and "no traceback" are checked on real subprocesses. An
     exception the command does not turn into a message propagates, failing the test with its traceback.
+    With a broker (PNEUMOSCAN_BROKER_URL) the command runs as a real subprocess all the same: distributed
+    mode builds the process's one Celery app (``worker.app.get_app``), which must not outlive the test.
     """
+    if env.get("PNEUMOSCAN_BROKER_URL"):
+        exe = Path(sys.executable).with_name("pneumoscan")
+        return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
     from click.testing import CliRunner
 
     from pneumoscan.cli import main
