@@ -98,6 +98,7 @@ def serve(exe: Path, data: Path, model: Path, spool: Path, **settings: str) -> I
 @dataclass
 class Orthanc:
     url: str  # its REST API; DICOMweb under /dicom-web
+    dicom_port: int = 0  # its DICOM (DIMSE) port, AE title ORTHANC
 
     def post(self, path: str, body: Any) -> httpx.Response:
         return httpx.post(self.url + path, json=body, auth=ORTHANC_AUTH, timeout=120)
@@ -112,10 +113,10 @@ class Orthanc:
         assert answer.status_code == 200, answer.text
 
 
-def orthanc_binary() -> str:
-    """Orthanc's program; without it or its DICOMweb plugin the test skips, or fails under CI."""
+def orthanc_binary(dicomweb: bool = True) -> str:
+    """Orthanc's program; without it (or its DICOMweb plugin, when asked for) the test skips, or fails under CI."""
     binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
-    if binary is None or not ORTHANC_PLUGIN.exists():
+    if binary is None or (dicomweb and not ORTHANC_PLUGIN.exists()):
         message = ("Orthanc with its DICOMweb plugin is not installed (Debian: orthanc orthanc-dicomweb; "
                    ".ci/run installs them)")
         if os.environ.get("CI"):
@@ -125,28 +126,32 @@ def orthanc_binary() -> str:
 
 
 @contextmanager
-def orthanc(folder: Path, pneumoscan: Server | None = None) -> Iterator[Orthanc]:
-    """A real Orthanc (HTTP Basic ``ORTHANC_AUTH``) whose DICOMweb client knows ``pneumoscan`` by its sender token."""
-    binary = orthanc_binary()
+def orthanc(folder: Path, pneumoscan: Server | None = None, *, dicomweb: bool = True,
+            modalities: dict[str, list[Any]] | None = None) -> Iterator[Orthanc]:
+    """A real Orthanc (HTTP Basic ``ORTHANC_AUTH``) whose DICOMweb client knows ``pneumoscan`` by its sender token;
+    with ``dicomweb=False``, Orthanc alone (no plugin), knowing the DICOM peers in ``modalities``."""
+    binary = orthanc_binary(dicomweb)
     folder.mkdir(parents=True, exist_ok=True)
     servers = {}
     if pneumoscan is not None:
         servers["pneumoscan"] = {"Url": f"{pneumoscan.url}/dicomweb/",
                                  "HttpHeaders": {"Authorization": f"Bearer {pneumoscan.tokens['sender']}"}}
-    http_port = dcmtk.free_port()
-    config = {
+    http_port, dicom_port = dcmtk.free_port(), dcmtk.free_port()
+    config: dict[str, Any] = {
         "Name": "pneumoscan-test", "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "storage"),
-        "HttpPort": http_port, "DicomPort": dcmtk.free_port(), "RemoteAccessAllowed": False,
+        "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True, "RegisteredUsers": {ORTHANC_AUTH[0]: ORTHANC_AUTH[1]},
-        "Plugins": [str(ORTHANC_PLUGIN)], "StableAge": 1,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers},
+        "StableAge": 1, "DicomModalities": modalities or {},
     }
+    if dicomweb:
+        config |= {"Plugins": [str(ORTHANC_PLUGIN)],
+                   "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers}}
     (folder / "orthanc.json").write_text(json.dumps(config))
     log_path = folder / "orthanc.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    place = Orthanc(f"http://127.0.0.1:{http_port}")
+    place = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port)
 
     def up() -> bool:
         assert proc.poll() is None, log_path.read_text()[-3000:]
