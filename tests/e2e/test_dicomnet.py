@@ -245,19 +245,8 @@ def no_tracebacks(watch: Watch) -> None:
 
 
 def reports(pacs: dcmtk.Storescp, count: int) -> list[Any]:
-    """Wait for ``count`` objects at the PACS and read them all (each file once fully written)."""
-    import pydicom
-
-    def read() -> list[Any] | None:
-        files = pacs.received()
-        if len(files) < count:
-            return None
-        try:
-            return [pydicom.dcmread(p) for p in files]
-        except (OSError, pydicom.errors.InvalidDicomError, EOFError):  # still being written
-            return None
-
-    return helpers.wait_for(read, WAIT, interval=0.3, message=f"{count} objects at the PACS:\n{pacs.log()}")
+    """Wait for ``count`` objects at the PACS and read them all."""
+    return pacs.read(count, WAIT, interval=0.3)
 
 
 def check_report(ds: Any, study: dict[str, Any], sources: list[Path], assessed: list[Path], version: str) -> Any:

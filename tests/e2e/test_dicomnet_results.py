@@ -120,18 +120,7 @@ def new_study(folder: Path, count: int = 2) -> tuple[str, list[Path]]:
 
 
 def received(pacs: dcmtk.Storescp, count: int) -> list[Any]:
-    import pydicom
-
-    def read() -> list[Any] | None:
-        files = pacs.received()
-        if len(files) < count:
-            return None
-        try:
-            return [pydicom.dcmread(p) for p in files]
-        except (OSError, pydicom.errors.InvalidDicomError, EOFError):
-            return None
-
-    return helpers.wait_for(read, 30, interval=0.1, message=f"{count} objects at the PACS:\n{pacs.log()}")
+    return pacs.read(count, 30, interval=0.1)
 
 
 # --- 1. our own outputs and non-image objects never reopen a study ---------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .process import wait_for
 
@@ -124,6 +125,21 @@ class Storescp:
         if not self.folder.is_dir():
             return []
         return sorted((p for p in self.folder.iterdir() if p.is_file()), key=lambda p: (p.stat().st_mtime, p.name))
+
+    def read(self, count: int, timeout: float, interval: float = 0.2) -> list[Any]:
+        """Wait for ``count`` objects and read them all with pydicom (each file once fully written)."""
+        import pydicom
+
+        def ready() -> list[Any] | None:
+            files = self.received()
+            if len(files) < count:
+                return None
+            try:
+                return [pydicom.dcmread(p) for p in files]
+            except (OSError, pydicom.errors.InvalidDicomError, EOFError):  # still being written
+                return None
+
+        return wait_for(ready, timeout, interval=interval, message=f"{count} objects at the PACS:\n{self.log()}")
 
 
 class CutProxy:
