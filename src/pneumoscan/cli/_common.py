@@ -109,11 +109,22 @@ def check_sqlite_folder(settings: Settings) -> None:
                                    "create the folder first, or fix the URL")
 
 
+def shown_url(url: str) -> str:
+    """A database or broker URL as the CLI prints it: its password hidden by SQLAlchemy's own rendering."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a URL)"
+
+
 def _database(settings: Settings) -> Any:
     def make() -> Any:
         url = settings.sqlalchemy_url
         check_sqlite_folder(settings)
-        err.print(f"database: {url.split('@')[-1] if '@' in url else url}", style="dim")
+        err.print(f"database: {shown_url(url)}", style="dim")
         return open_database(url)
 
     return _once(f"database {settings.sqlalchemy_url}", make)
@@ -143,7 +154,7 @@ def _celery_app(settings: Settings) -> Any:
     from pneumoscan.worker.app import get_app
 
     url = settings.broker_url or ""
-    err.print(f"broker: {url.split('@')[-1] if '@' in url else url}", style="dim")
+    err.print(f"broker: {shown_url(url)}", style="dim")
     return get_app(settings)
 
 
