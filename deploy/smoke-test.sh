@@ -225,6 +225,9 @@ PY
 log "every one of the $total inbox files done exactly once, through the API, $((SECONDS - killed_at)) s after the kill"
 while read -r path; do
   [[ -z $path ]] && continue
+  # A held file outside the inbox (a received study's instance) may still be waiting for the reaper to send it
+  # again: wait for it as for the inbox files above, then hold it to exactly once.
+  for _ in $(seq 300); do (($(count "$path" done) >= 1)) && break; sleep 1; done
   [[ $(count "$path" done) == 1 ]] || fail "$path, in flight at the kill, is not done exactly once"
 done < "$work/in_flight"
 log "each of the $in_flight files the killed worker held done once"
