@@ -17,7 +17,7 @@ import pytest
 from pneumoscan.config import SHIPPED_MODEL_DIR, Settings
 from pneumoscan.imaging import decode
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.engine import EngineConfig, EngineError, check_record_path, openvino_version, resolve_engine
+from pneumoscan.models.engine import EngineConfig, EngineError, check_record_path, ir_dir, resolve_engine
 
 if importlib.util.find_spec("openvino") is None:  # not imported here: the engine imports it without telemetry
     pytest.skip("openvino is not installed", allow_module_level=True)
@@ -54,7 +54,12 @@ def test_openvino_fp32_agrees_with_tensorflow_within_1e4_on_real_images(cache: P
     one = np.concatenate([fast.predict(x[None]) for x in real_batch[:2]])
     np.testing.assert_allclose(one, ov_p[:2], atol=1e-5)
     assert fast.predict(np.zeros((0, 224, 224), np.float32)).shape == (0,)
-    converted = list(cache.glob(f"{fast.model_sha256}-openvino{openvino_version()}-fp32/model.*"))
+    # The second output, the penultimate features the domain gate scores, agrees too.
+    (_, tf_f), (_, ov_f) = reference.engine.run(real_batch[..., None]), fast.engine.run(real_batch[..., None])
+    assert tf_f is not None and ov_f is not None and tf_f.shape == (len(real_batch), 1280)
+    np.testing.assert_allclose(ov_f, tf_f, atol=1e-4)
+    assert tf_f.std(axis=0).mean() > 1e-3  # features that vary between images
+    converted = list(ir_dir(cache, fast.model_sha256).glob("model.*"))
     assert sorted(p.name for p in converted) == ["model.bin", "model.xml"]
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
@@ -91,7 +96,7 @@ def test_a_process_with_the_cache_never_imports_tensorflow(cache: Path, real_bat
 
 def test_a_corrupt_cache_entry_is_an_error_not_a_wrong_answer(tmp_path: Path, cache: Path) -> None:
     bundle = load_bundle(SHIPPED_MODEL_DIR, runtime=EngineConfig("openvino", "fp32", tmp_path))
-    entry = tmp_path / f"{bundle.model_sha256}-openvino{openvino_version()}-fp32"
+    entry = ir_dir(tmp_path, bundle.model_sha256)
     entry.mkdir()
     (entry / "model.xml").write_text("<net>not a model")
     with pytest.raises(Exception):  # noqa: B017  (OpenVINO's own parse error)
@@ -118,7 +123,7 @@ def test_an_unchecked_precision_is_refused_in_one_line(tmp_path: Path, record: A
     assert "\n" not in message
     assert ("has not passed `pneumoscan model check DATA --precision bf16`" in message
             or "needs a CPU with BF16" in message)
-    assert not any(p.name.endswith("fp32") for p in tmp_path.iterdir())  # refused before any conversion
+    assert not any(p.name.endswith("-features") for p in tmp_path.iterdir())  # refused before any conversion
 
 
 def test_tensorflow_runs_fp32_only(tmp_path: Path) -> None:

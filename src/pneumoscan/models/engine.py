@@ -1,7 +1,8 @@
 """Inference engines behind one interface: TensorFlow (the reference, and any GPU) or OpenVINO on a CPU.
 
 ``ModelBundle.predict`` calls an :class:`Engine` with a (n, size, size, 1) float32 batch and gets the
-network's own probabilities back; temperature scaling and thresholds stay in the bundle. The OpenVINO
+network's own probabilities back; temperature scaling and thresholds stay in the bundle. ``Engine.run``
+also gives the penultimate features (the classifier's input), which the domain gate scores. The OpenVINO
 model is converted once per machine from the Keras model (``openvino.convert_model`` on a ``tf.function``
 with a fixed input signature) and cached under ``cache_dir``, keyed by the model file's SHA-256, the engine,
 the precision and the library's version, so a process that finds it never imports TensorFlow.
@@ -27,8 +28,8 @@ import numpy as np
 from pneumoscan.config import Settings
 from pneumoscan.models.card import BundleError
 
-__all__ = ["ENGINES", "PRECISIONS", "Engine", "EngineConfig", "EngineError", "check_record_path", "open_engine",
-           "openvino_version", "resolve_engine"]
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "EngineConfig", "EngineError", "check_record_path", "ir_dir",
+           "open_engine", "openvino_version", "resolve_engine", "with_features"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,41 @@ class EngineConfig:
 
 
 class Engine(Protocol):
-    """A loaded model: a float32 batch in, the network's probabilities of PNEUMONIA out (shape (n,))."""
+    """A loaded model: a float32 batch in, the network's probabilities of PNEUMONIA out (shape (n,)).
+
+    ``run`` gives the probabilities and the penultimate features, (n, d), or None for a model without one
+    layer feeding its classifier (an ensemble).
+    """
 
     name: str
     precision: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+FEATURE_LAYER = "dropout"  # the layer in front of every architecture's classifier: its input is the features
+
+
+def with_features(model: Any) -> Any:
+    """``model`` with a second output, the features its classifier reads (the input of its ``dropout`` layer).
+
+    A model without that layer (an ensemble, whose members each have their own) is returned as it is.
+    """
+    import keras
+
+    try:
+        layer = model.get_layer(FEATURE_LAYER)
+    except ValueError:
+        return model
+    return keras.Model(model.inputs, [model.outputs[0], layer.input], name=f"{model.name}_with_features")
+
+
+def _split(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    probabilities = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+    features = np.asarray(outputs[1], dtype=np.float32).reshape(len(probabilities), -1) if len(outputs) > 1 else None
+    return probabilities, features
 
 
 def gpu_present() -> bool:
@@ -96,6 +126,13 @@ def _key(sha256: str, precision: str) -> str:
     return f"{sha256}-openvino{openvino_version()}-{precision}"
 
 
+def ir_dir(cache_dir: Path, sha256: str) -> Path:
+    """Where the OpenVINO IR of one model is cached. The IR is full precision (the precision is a compile-time
+    hint, so fp32 and bf16 share it) with two outputs, the probability and the features ("-features": IRs
+    from before had only the first)."""
+    return cache_dir / f"{_key(sha256, 'fp32')}-features"
+
+
 def check_record_path(cache_dir: Path, sha256: str, precision: str) -> Path:
     """Where `pneumoscan model check` records its figures for one model, precision and OpenVINO version."""
     return cache_dir / "checks" / f"{_key(sha256, precision)}.json"
@@ -118,11 +155,16 @@ class TensorFlowEngine:
         import tensorflow as tf
 
         self._tf = tf
+        model = with_features(model)
         self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                                  input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
 
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self._call(self._tf.convert_to_tensor(batch, self._tf.float32))
+        return _split(list(out) if isinstance(out, list | tuple) else [out])
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._call(self._tf.convert_to_tensor(batch, self._tf.float32))).reshape(-1)
+        return self.run(batch)[0]
 
 
 _core_lock = threading.Lock()
@@ -165,10 +207,13 @@ class OpenVINOEngine:
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with self._lock:
             out = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            return np.array(next(iter(out.values())), dtype=np.float32).reshape(-1)
+            return _split([np.array(out[port]) for port in self._compiled.outputs])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)[0]
 
 
 def convert_to_openvino(model: Any, size: int, dest: Path) -> Path:
@@ -179,6 +224,7 @@ def convert_to_openvino(model: Any, size: int, dest: Path) -> Path:
     import tensorflow as tf
 
     ov = _openvino()
+    model = with_features(model)
     call = tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
     converted = ov.convert_model(call.get_concrete_function())
@@ -222,8 +268,7 @@ def open_engine(sha256: str, size: int, config: EngineConfig, keras_model: Calla
         raise EngineError(f"precision {config.precision} has not passed `pneumoscan model check DATA --precision "
                           f"{config.precision}` on this machine for this model and OpenVINO {openvino_version()}; "
                           "run it, or set PNEUMOSCAN_PRECISION=fp32")
-    # The IR itself is full precision; the precision is a compile-time hint, so fp32 and bf16 share it.
-    dest = config.cache_dir / _key(sha256, "fp32")
+    dest = ir_dir(config.cache_dir, sha256)
     xml = dest / "model.xml"
     if not xml.is_file():
         log.info("converting the model to OpenVINO into %s (once per machine and model)", dest)
