@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="Inference precision. fp32 agrees with TensorFlow within 1e-4; bf16 (OpenVINO, a "
         "CPU with BF16) only after `pneumoscan model check DATA --precision bf16` passed on this machine.")
+    out_of_domain: Literal["flag", "skip"] = Field(
+        default="flag", description="An image outside the population the model was validated on (an age band outside "
+        "the card's, or a domain score above its threshold): flag scores and labels it, marked out; skip stores it "
+        "as not assessed, with the reason.")
     model_cache_dir: Path | None = Field(default=None, description="Where converted models (and precision checks) "
                                          "are kept per machine; unset: DATA_DIR/model-cache.")
     engine_threads: int = Field(default=0, ge=0, description="Inference threads of the OpenVINO engine; 0: its "
@@ -139,6 +143,9 @@ class Settings(BaseSettings):
     spool_retention_days: float | None = Field(default=None, gt=0, description="Received DICOM files (the "
                                                "receiver's spool) of studies complete and delivered this many days "
                                                "ago are removed by the nightly job; unset: kept. Never the inbox.")
+    engine_streams: int = Field(default=0, ge=0, description="Inference streams of the OpenVINO engine: a batch is "
+                                "split over them, run at once; 0: OpenVINO's choice (one per core), 1: one request "
+                                "with every thread (its latency mode).")
 
     @field_validator("broker_url", "results_destination", "dicom_port", "spool_retention_days", mode="before")
     @classmethod

@@ -6,8 +6,10 @@ this module imports nothing of the project.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 
 
@@ -42,6 +44,13 @@ class Label(StrEnum):
 
     NORMAL = "NORMAL"
     PNEUMONIA = "PNEUMONIA"
+
+
+class Domain(StrEnum):
+    """Whether an image is like those the model was validated on (the domain gate, ``models.domain``)."""
+
+    IN = "in"
+    OUT = "out"  # an age band or an image unlike the validated population: the operating point may not hold
 
 
 class Role(StrEnum):
@@ -100,6 +109,7 @@ class AuditAction(StrEnum):
 
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+DOMAINS: tuple[str, ...] = tuple(d.value for d in Domain)
 LABELS: tuple[str, ...] = tuple(label.value for label in Label)
 ROLES: tuple[str, ...] = tuple(role.value for role in Role)
 STUDY_STATUSES: tuple[str, ...] = tuple(s.value for s in StudyStatus)
@@ -116,6 +126,35 @@ def display_path(path: str) -> str:
 def label_at(probability: float, threshold: float) -> Label:
     """PNEUMONIA when the probability reaches the threshold, else NORMAL."""
     return Label.PNEUMONIA if probability >= threshold else Label.NORMAL
+
+
+# Age bands, (label, first year, last year): the only form in which an age is kept.
+AGE_BANDS: tuple[tuple[str, int, int], ...] = (
+    ("under 1y", 0, 0), ("1-5y", 1, 5), ("6-17y", 6, 17), ("18-64y", 18, 64), ("65y+", 65, 200))
+
+_AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
+
+
+def age_in_years(patient_age: str | None, birth_date: str | None, study_date: str | None) -> float | None:
+    """The patient's age at the study, from PatientAge ("005Y", "018M", "003W", "010D") or else from the birth
+    and study dates (YYYYMMDD). None when neither gives a plausible age. The value stays in memory."""
+    text = (patient_age or "").strip().upper()
+    if len(text) == 4 and text[:3].isdigit() and text[3] in _AGE_UNITS:
+        return int(text[:3]) / _AGE_UNITS[text[3]]
+    try:
+        born, seen = (date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in (birth_date or "", study_date or ""))
+    except (ValueError, TypeError):
+        return None
+    years = (seen - born).days / 365.25
+    return years if 0 <= years < 150 else None
+
+
+def age_band(years: float | None) -> str | None:
+    """The band an age in years falls in (whole years completed), or None for no age."""
+    if years is None or not math.isfinite(years) or years < 0:
+        return None
+    whole = int(years)
+    return next((label for label, first, last in AGE_BANDS if first <= whole <= last), None)
 
 
 # The DICOM attributes pneumoscan keeps: DicomMeta field -> (DICOM keyword, stored width). The one list:
@@ -146,9 +185,10 @@ class DicomMeta:
     manufacturer: str | None = None
     patient_ref: str | None = None  # salted SHA-256 of PatientID
     accession: str | None = None  # AccessionNumber (PNEUMOSCAN_STORE_ACCESSION), else "ref-" and a salted hash
+    age_band: str | None = None  # the age at the study as a band ("1-5y"): the age itself is never kept
 
 
-DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref", "accession")
+DICOM_COLUMNS: tuple[str, ...] = (*DICOM_FIELDS, "patient_ref", "accession", "age_band")
 
 
 @dataclass(frozen=True)
@@ -174,3 +214,5 @@ class Result:
     image_id: int | None = None
     mtime: float | None = None  # of the file when it was read, for its sighting
     skip: SkipReason | None = None
+    domain: Domain | None = None  # in or out of the validated population; None: no gate (or not scored)
+    domain_score: float | None = None

@@ -17,7 +17,7 @@ from pneumoscan.config import Settings
 from pneumoscan.db import Database, outbox
 from pneumoscan.db.reviews import active_point
 from pneumoscan.db.writes import save_results, settled_hashes
-from pneumoscan.domain import Outcome, Result, SkipReason, display_path, label_at
+from pneumoscan.domain import Domain, Outcome, Result, SkipReason, display_path, label_at
 from pneumoscan.imaging import DecodedImage, Ignored, ImagingError, InternalError, clean_text, decode, detect_kind
 from pneumoscan.inputs import open_input
 from pneumoscan.models.bundle import ModelBundle
@@ -144,7 +144,7 @@ def classify_paths(
             assert upcoming is not None
             prepared = upcoming.result()
             upcoming = prepare(k + 1)  # batches are prepared one after another, so `seen` needs no lock
-            batch = _finish(prepared, bundle, sessions)
+            batch = _finish(prepared, bundle, sessions, settings)
             results.extend(batch)
             if on_batch is not None:
                 on_batch(batch)
@@ -194,26 +194,39 @@ def _prepare(
     return _Prepared(reads, image_ids, outcome, images)
 
 
-def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database) -> list[Result]:
+def _finish(prepared: _Prepared, bundle: ModelBundle, sessions: Database, settings: Settings) -> list[Result]:
     """Predict a prepared batch and write all its results in one transaction.
 
     The label uses the site's operating point for this model when one is in force (read in the same
-    transaction as the write), else the card's threshold.
+    transaction as the write), else the card's threshold. With a domain gate, each result says whether the
+    image is like those the model was validated on; under ``out_of_domain=skip`` one that is not is stored
+    as not assessed, without a label.
     """
     reads, outcome = prepared.reads, prepared.outcome
-    probabilities = bundle.predict(np.stack([d.pixels for _, d in prepared.images])) if prepared.images else np.zeros(0)
+    probabilities, scores = (bundle.infer(np.stack([d.pixels for _, d in prepared.images])) if prepared.images
+                             else (np.zeros(0), None))
+    gate = bundle.domain_gate
     with sessions.begin() as session:
         point = active_point(session, bundle.version) if prepared.images else None
         threshold = point.threshold if point is not None else bundle.threshold
-        for (i, image), probability in zip(prepared.images, probabilities, strict=True):
+        for k, ((i, image), probability) in enumerate(zip(prepared.images, probabilities, strict=True)):
             read = reads[i]
             assert read.data is not None
-            outcome[i] = Result(
+            score = float(scores[k]) if scores is not None else None
+            verdict = gate.verdict(score, image.dicom.age_band if image.dicom else None) if gate else None
+            why_out = verdict.reason if verdict is not None and verdict.out else None
+            notes = [*image.notes, *([f"outside the validated population: {why_out}"] if why_out else [])]
+            result = Result(
                 read.path, Outcome.DONE, sha256=read.sha256, kind=image.kind, byte_size=len(read.data),
-                reason="; ".join(image.notes) or None, probability=float(probability),
-                label=label_at(float(probability), threshold), threshold=threshold,
-                model_version=bundle.version, dicom=image.dicom,
+                reason="; ".join(notes) or None, probability=float(probability),
+                label=label_at(float(probability), threshold), threshold=threshold, model_version=bundle.version,
+                dicom=image.dicom, domain=None if verdict is None else Domain.OUT if why_out else Domain.IN,
+                domain_score=score,
             )
+            if why_out and settings.out_of_domain == "skip":
+                result = replace(result, status=Outcome.REJECTED, probability=None, label=None, threshold=None,
+                                 reason=f"not assessed: outside the validated population ({why_out})")
+            outcome[i] = result
         # Reclassification: each result names the stored image it was read for, so that image can be
         # told when its file now holds other content (see save_results).
         ordered = [replace(outcome[i], image_id=prepared.image_ids[i], mtime=read.mtime,

@@ -249,21 +249,21 @@ def test_the_next_batch_is_prepared_while_this_one_is_predicted(inbox: Path, tin
     paths = [xrays.write_jpeg(s, inbox / f"{s.stem}.jpeg") for s in xrays.ALL_IMAGES]
     paths += [xrays.write_png(s, inbox / f"{s.stem}.png") for s in xrays.ALL_IMAGES]
     events: list[tuple[str, float]] = []
-    real_prepare, real_predict = pipeline._prepare, type(tiny_bundle).predict
+    real_prepare, real_infer = pipeline._prepare, type(tiny_bundle).infer
 
     def prepare(paths: Any, *args: Any) -> Any:
         events.append(("prepare starts", time.monotonic()))
         return real_prepare(paths, *args)
 
-    def predict(bundle: Any, batch: Any) -> Any:
+    def infer(bundle: Any, batch: Any) -> Any:
         events.append(("predict starts", time.monotonic()))
         time.sleep(1.0)  # a slow model: the next batch's preparation must run meanwhile
-        probabilities = real_predict(bundle, batch)
+        outputs = real_infer(bundle, batch)
         events.append(("predict ends", time.monotonic()))
-        return probabilities
+        return outputs
 
     monkeypatch.setattr(pipeline, "_prepare", prepare)
-    monkeypatch.setattr(type(tiny_bundle), "predict", predict)
+    monkeypatch.setattr(type(tiny_bundle), "infer", infer)
     results = _classify(paths, tiny_bundle, sessions, settings)
     assert [r.status for r in results] == ["done"] * 16
     names = [name for name, _ in events]

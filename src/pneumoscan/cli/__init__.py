@@ -9,7 +9,7 @@ import sys
 import click
 from pydantic import ValidationError
 
-from pneumoscan.cli import audit, classify, dicom, doctor, models, review, web
+from pneumoscan.cli import audit, classify, dicom, doctor, domain_gate, models, review, web
 from pneumoscan.config import Settings
 
 # TensorFlow's C++ info and warning lines off stderr, for every command that imports it (training and explain
@@ -50,6 +50,8 @@ for _command in (
     main.add_command(_command)
 main.add_command(doctor.doctor)
 main.add_command(audit.audit)
+models.model.add_command(domain_gate.fit_domain)
+models.model.add_command(domain_gate.domain_check)
 main.add_command(models.model)
 
 __all__ = ["main"]

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pneumoscan.domain import AUDIT_ACTIONS, LABELS, ROLES, STATUSES, STUDY_STATUSES
+from pneumoscan.domain import AUDIT_ACTIONS, DOMAINS, LABELS, ROLES, STATUSES, STUDY_STATUSES
 
 
 def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
@@ -58,6 +58,10 @@ class Image(Base):
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     patient_ref: Mapped[str | None] = mapped_column(String(64))
     accession: Mapped[str | None] = mapped_column(String(64))  # see domain.DicomMeta.accession
+    age_band: Mapped[str | None] = mapped_column(String(16))  # see domain.DicomMeta.age_band: never the age
+    # The domain gate's verdict at the latest classification (models.domain): in or out, and the image's score.
+    domain: Mapped[str | None] = mapped_column(String(3))
+    domain_score: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -67,6 +71,7 @@ class Image(Base):
 
     __table_args__ = (
         _one_of("status", STATUSES, "ck_images_status"),
+        _one_of("domain", DOMAINS, "ck_images_domain"),
         Index("ix_images_status_updated_at", "status", "updated_at", "id"),
         Index("ix_images_path", "path"),
         Index("ix_images_updated_at", "updated_at"),

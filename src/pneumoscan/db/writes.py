@@ -179,7 +179,8 @@ def _lock_contents(session: Session, hashes: Collection[str]) -> None:
 def _image_values(result: Result, now: datetime) -> dict[str, Any]:
     dicom = asdict(result.dicom) if result.dicom else dict.fromkeys(DICOM_COLUMNS)
     return {"path": result.path, "kind": result.kind, "byte_size": result.byte_size, "status": result.status,
-            "reason": result.reason, "updated_at": now, **dicom}
+            "reason": result.reason, "domain": result.domain, "domain_score": result.domain_score, "updated_at": now,
+            **dicom}
 
 
 def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pneumoscan.models.card import BundleError, ModelCard
+from pneumoscan.models.domain import DomainGate, load_gate
 from pneumoscan.models.engine import Engine, EngineConfig, open_engine
 from pneumoscan.models.temperature import apply_temperature
 
@@ -128,6 +129,26 @@ class ModelBundle:
 
                 self._state["model"] = keras.models.load_model(self.path / MODEL_FILE, compile=False)
             return self._state["model"]
+
+    @property
+    def domain_gate(self) -> DomainGate | None:
+        """The bundle's domain gate (``domain.npz`` and the card's ``domain``), or None when it has none."""
+        with self._lock:
+            if "gate" not in self._state:
+                self._state["gate"] = load_gate(self.path, self.card.domain)
+            return self._state["gate"]
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities of a (n, size, size) batch and, with a domain gate, each image's domain score."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[..., None]
+        if len(batch) == 0:
+            return np.zeros(0, np.float32), None
+        gate = self.domain_gate
+        raw, features = self.engine.run(batch)
+        probabilities = apply_temperature(np.asarray(raw, dtype=np.float32), self.temperature)
+        return probabilities, gate.scores(features) if gate is not None and features is not None else None
 
     def predict(self, batch: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
         """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1].

@@ -261,6 +261,16 @@ class ModelCard:
         figures = self.extra.get("test_metrics")
         return figures if isinstance(figures, Mapping) else None
 
+    @property
+    def domain(self) -> Mapping[str, Any] | None:
+        """The domain gate's record (``models.domain``: threshold, validated age bands, shares marked), if fitted."""
+        record = self.extra.get("domain")
+        return record if isinstance(record, Mapping) else None
+
+    def with_domain(self, record: Mapping[str, Any]) -> ModelCard:
+        """This card with the domain gate's record set."""
+        return replace(self, extra={**self.extra, "domain": _plain(record)})
+
     def with_test_metrics(self, figures: Mapping[str, Any]) -> ModelCard:
         """This card with ``figures`` recorded as its test metrics."""
         return replace(self, extra={**self.extra, "test_metrics": _plain(figures)})

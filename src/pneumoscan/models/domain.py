@@ -9,7 +9,7 @@ Two checks, either of which marks a result ``out``:
   2% of it scores above. Both live beside the model, in ``domain.npz`` and the card's ``domain``.
 - **The patient's age**, where a DICOM header gives it: an age band outside the card's validated bands.
 
-The age itself is never stored: decoding keeps only its band (``age_band``).
+The age itself is never stored: decoding keeps only its band (``domain.age_band``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,11 @@ import numpy as np
 
 from pneumoscan.models.card import BundleError
 
-__all__ = ["AGE_BANDS", "DOMAIN_FILE", "MAX_VALIDATION_MARKED", "DomainGate", "DomainVerdict", "age_band",
-           "age_in_years", "fit_gate", "ledoit_wolf", "load_gate", "save_statistics", "threshold_for"]
+__all__ = ["DOMAIN_FILE", "MAX_VALIDATION_MARKED", "DomainGate", "DomainVerdict", "fit_gate", "ledoit_wolf",
+           "load_gate", "save_statistics", "threshold_for"]
 
 DOMAIN_FILE = "domain.npz"
 MAX_VALIDATION_MARKED = 0.02  # the threshold leaves at most this share of validation images marked
-
-# Age bands, (label, first year, last year): the only form in which an age is kept.
-AGE_BANDS: tuple[tuple[str, int, int], ...] = (
-    ("under 1y", 0, 0), ("1-5y", 1, 5), ("6-17y", 6, 17), ("18-64y", 18, 64), ("65y+", 65, 200))
-
-_AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
-
-
-def age_in_years(patient_age: str | None, birth_date: str | None, study_date: str | None) -> float | None:
-    """The patient's age at the study, from PatientAge ("005Y", "018M", "003W", "010D") or else from the birth
-    and study dates (YYYYMMDD). None when neither gives a plausible age. The value stays in memory."""
-    text = (patient_age or "").strip().upper()
-    if len(text) == 4 and text[:3].isdigit() and text[3] in _AGE_UNITS:
-        return int(text[:3]) / _AGE_UNITS[text[3]]
-    try:
-        born, seen = (date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in (birth_date or "", study_date or ""))
-    except (ValueError, TypeError):
-        return None
-    years = (seen - born).days / 365.25
-    return years if 0 <= years < 150 else None
-
-
-def age_band(years: float | None) -> str | None:
-    """The band an age in years falls in (whole years completed), or None for no age."""
-    if years is None or not math.isfinite(years) or years < 0:
-        return None
-    whole = int(years)
-    return next((label for label, first, last in AGE_BANDS if first <= whole <= last), None)
-
 
 def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, shrunk covariance, shrinkage) of ``features`` (n, d): Ledoit and Wolf's well-conditioned estimate,
@@ -80,7 +50,7 @@ def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 def threshold_for(validation_scores: np.ndarray, share: float = MAX_VALIDATION_MARKED) -> float:
     """The lowest score threshold that marks (score > threshold) at most ``share`` of the validation scores."""
     ordered = np.sort(np.asarray(validation_scores, dtype=np.float64))
-    allowed = int(math.floor(share * len(ordered)))
+    allowed = math.floor(share * len(ordered))
     return float(ordered[len(ordered) - allowed - 1])
 
 

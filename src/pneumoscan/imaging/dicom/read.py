@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumoscan.domain import DICOM_FIELDS, DicomMeta
+from pneumoscan.domain import DICOM_FIELDS, DicomMeta, age_band, age_in_years
 from pneumoscan.imaging.errors import PYDICOM_DAMAGED, Rejected, clean_text, codec
 from pneumoscan.imaging.kinds import DICOM, HEAD
 
@@ -86,13 +86,17 @@ def metadata(header: Any, salt: bytes, store_accession: bool = False) -> DicomMe
     """The header's fields that are stored (``DICOM_FIELDS``), with the PatientID only as its salted hash.
 
     The AccessionNumber as it is with ``store_accession``, else "ref-" and the first digits of its salted hash.
+    The patient's age at the study (PatientAge, or birth date and study date) is kept only as its band.
     """
     values = {name: text(header, keyword, limit) for name, (keyword, limit) in DICOM_FIELDS.items()}
     pid = text(header, "PatientID", 256)
     accession = text(header, "AccessionNumber", 64)
     if accession and not store_accession:
         accession = "ref-" + hashlib.sha256(salt + b"\x01" + accession.strip().encode()).hexdigest()[:ACCESSION_SHOWN]
-    return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None, accession=accession)
+    study_date = text(header, "StudyDate", 8) or text(header, "SeriesDate", 8) or text(header, "AcquisitionDate", 8)
+    band = age_band(age_in_years(text(header, "PatientAge", 8), text(header, "PatientBirthDate", 8), study_date))
+    return DicomMeta(**values, patient_ref=patient_ref(pid, salt) if pid else None, accession=accession,
+                     age_band=band)
 
 
 def first_frame(ds: Any) -> np.ndarray:
