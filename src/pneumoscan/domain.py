@@ -145,8 +145,11 @@ def age_in_years(patient_age: str | None, birth_date: str | None, study_date: st
         born, seen = (date(int(d[:4]), int(d[4:6]), int(d[6:8])) for d in (birth_date or "", study_date or ""))
     except (ValueError, TypeError):
         return None
-    years = (seen - born).days / 365.25
-    return years if 0 <= years < 150 else None
+    if seen < born:
+        return None
+    completed = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+    fraction = min(max((seen - born).days / 365.25 - completed, 0.0), 0.999)  # of the year since the birthday
+    return completed + fraction if completed < 150 else None
 
 
 def age_band(years: float | None) -> str | None:

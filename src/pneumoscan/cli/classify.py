@@ -36,7 +36,7 @@ from pneumoscan.cli.dicom import receiver_beside
 from pneumoscan.cli.tables import fitted_table
 from pneumoscan.config import Settings
 from pneumoscan.db.results import RESULT_FIELDS, ResultFilter, query_results
-from pneumoscan.domain import Label, Outcome, Result, ReviewState, SkipReason, Sort, Status
+from pneumoscan.domain import Domain, Label, Outcome, Result, ReviewState, SkipReason, Sort, Status
 from pneumoscan.models.bundle import BundleError, load_bundle
 
 
@@ -114,12 +114,14 @@ def watch(ctx: click.Context, folder: Path) -> None:
 
 def _report_batch(results: list[Result], verbose: bool) -> None:
     """One line per classified batch: what happened to its files; with -v, a line per file too."""
-    counts = Counter(_outcome(r) + (f" {r.label}" if r.label else "") for r in results)
+    counts = Counter(_outcome(r) + (f" {r.label}" if r.label else "") + (" out of domain" if r.domain == Domain.OUT
+                                                                          else "") for r in results)
     err.print(f"{datetime.now():%H:%M:%S} batch of {len(results)}: "
               + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
     for r in results if verbose else ():
         err.print(f"  {r.path}: {r.label or _outcome(r)}"
-                  + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}"))
+                  + (f" ({r.probability:.3f})" if r.probability is not None else f" - {r.reason}")
+                  + (f" [out of domain: {r.reason}]" if r.domain == Domain.OUT and r.probability is not None else ""))
 
 
 @contextmanager
@@ -316,8 +318,8 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, total: int, at_least: bool
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = shown or ("id", "path", "paths", "status", "label", "probability", "model_version", "classified_at",
-                          "review_label", "reason")
+        shown = shown or ("id", "path", "paths", "status", "label", "probability", "domain", "model_version",
+                          "classified_at", "review_label", "reason")
 
         def text(row: dict[str, Any], key: str) -> str:
             value = row[key]

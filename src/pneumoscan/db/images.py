@@ -60,6 +60,8 @@ class ImageDetail:
     first_seen_at: datetime
     updated_at: datetime
     dicom: dict[str, str | None]
+    domain: str | None  # the domain gate's verdict at the latest classification: in, out, or none
+    domain_score: float | None
     predictions: list[PredictionRow]
     paths: list[SightingRow]
     reviews: list[ReviewRow]
@@ -82,7 +84,8 @@ def image_detail(session: Session, image_id: int) -> ImageDetail | None:
     return ImageDetail(
         id=image.id, sha256=image.sha256, kind=image.kind, byte_size=image.byte_size, status=image.status,
         reason=image.reason, path=image.path, first_seen_at=image.first_seen_at, updated_at=image.updated_at,
-        dicom={name: getattr(image, name) for name in DICOM_COLUMNS},
+        dicom={name: getattr(image, name) for name in DICOM_COLUMNS}, domain=image.domain,
+        domain_score=image.domain_score,
         predictions=[PredictionRow(p.model_version, p.label, p.probability, p.threshold, p.created_at)
                      for p in predictions],
         paths=[SightingRow(s.path, s.first_seen_at, s.last_seen_at, s.byte_size) for s in sightings],

@@ -48,7 +48,7 @@ class ResultFilter:
 
 RESULT_FIELDS = ("id", "path", "paths", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
                  "model_version", "classified_at", "review_label", "reviewed_by", "study_uid", "series_uid",
-                 "sop_instance_uid", "modality", "view_position", "updated_at")
+                 "sop_instance_uid", "modality", "view_position", "domain", "domain_score", "updated_at")
 
 
 # The latest review of an image is its review with the highest id: reviews are append-only, and a correction
@@ -123,7 +123,8 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         Prediction.label, Prediction.probability, Prediction.threshold, Prediction.model_version,
         Prediction.created_at.label("classified_at"), latest_review(Review.label).label("review_label"),
         latest_review(Review.reviewer).label("reviewed_by"), Image.study_uid, Image.series_uid,
-        Image.sop_instance_uid, Image.modality, Image.view_position, Image.updated_at,
+        Image.sop_instance_uid, Image.modality, Image.view_position, Image.domain, Image.domain_score,
+        Image.updated_at,
     ).join(Prediction, on, isouter=filters.review is None)
     conditions = _prediction_conditions(filters, indexable=not walk)
     if filters.review is not None:

@@ -218,13 +218,14 @@ class Instance:
     status: str
     label: str | None
     probability: float | None
+    domain: str | None = None  # the domain gate's verdict: in or out of the validated population
 
 
 def instances(session: Session, study_uid: str, model_version: str) -> list[Instance]:
     """The instances of a study, with every path their content was seen at (the stored one first)."""
     rows = session.execute(
         select(Image.id, Image.sop_instance_uid, Image.path, Image.sha256, Image.status, Prediction.label,
-               Prediction.probability)
+               Prediction.probability, Image.domain)
         .outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.model_version == model_version))
         .where(Image.study_uid == study_uid, Image.status != Status.IGNORED).order_by(Image.id)).all()
     seen: dict[int, list[str]] = {}
@@ -232,7 +233,7 @@ def instances(session: Session, study_uid: str, model_version: str) -> list[Inst
                                           .where(Sighting.image_id.in_([r.id for r in rows]))):
         seen.setdefault(image_id, []).append(path)
     return [Instance(r.id, r.sop_instance_uid, list(dict.fromkeys([r.path, *seen.get(r.id, [])])), r.sha256,
-                     r.status, r.label, r.probability) for r in rows]
+                     r.status, r.label, r.probability, r.domain) for r in rows]
 
 
 STUDY_FIELDS = ("study_uid", "status", "instance_count", "assessed_count", "label", "probability", "model_version",

@@ -1,6 +1,7 @@
 """The study result as a DICOM structured report: Enhanced SR, TID 1500 measurement report, IHE AI Results style.
 
-The report holds the finding (pneumonia, or normal), the probability and the threshold, the model's
+The report holds the finding (pneumonia, or normal), the probability and the threshold, whether the
+images are within the population the model was validated on (outside when any instance is), the model's
 name and version as the algorithm and the observing device, and references to the instances it is
 about. It is marked UNVERIFIED: no person has read it. Patient and study attributes are copied at send
 time from the received files, which is what a PACS needs to file the report with its study; the
@@ -18,7 +19,7 @@ from pydicom.sr.coding import Code
 from pneumoscan.db import studies
 from pneumoscan.db.schema import Study
 from pneumoscan.dicomnet.sender import SendError
-from pneumoscan.domain import Label, Status
+from pneumoscan.domain import Domain, Label, Status
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -33,6 +34,10 @@ NO_UNITS = codes.UCUM.NoUnits
 PROBABILITY = Code("PROBABILITY", SCHEME, "Probability of pneumonia")
 THRESHOLD = Code("THRESHOLD", SCHEME, "Decision threshold")
 PROCEDURE = Code("CHEST-XR", SCHEME, "Chest radiograph screening for pneumonia")
+# The domain gate: whether the study's images are like those the model was validated on.
+POPULATION = Code("POPULATION", SCHEME, "Validated population of the model")
+WITHIN = {Domain.IN: Code("WITHIN", SCHEME, "Within the validated population"),
+          Domain.OUT: Code("OUTSIDE", SCHEME, "Outside the validated population: operating point may not hold")}
 
 REPORT_SERIES_NUMBER = 9901
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -140,6 +145,10 @@ def build_report(study: Study, instances: list[studies.Instance], predecessor: s
         if study.threshold is not None:
             measurements.append(hd.sr.Measurement(THRESHOLD, float(study.threshold), NO_UNITS,
                                                   algorithm_id=algorithm))
+    verdicts = {Domain(instance.domain) for instance, _ in sources if instance.domain}
+    if verdicts:
+        evaluations.append(hd.sr.QualitativeEvaluation(POPULATION, WITHIN[Domain.OUT if Domain.OUT in verdicts
+                                                                           else Domain.IN]))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[study.study_uid, "pneumoscan finding"]),

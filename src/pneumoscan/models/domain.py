@@ -78,13 +78,15 @@ class DomainGate:
         return np.sqrt(np.sum(z.astype(np.float64) ** 2, axis=1))
 
     def verdict(self, score: float | None, band: str | None) -> DomainVerdict:
-        """``out`` when the age band is known and not validated, or the image scores above the threshold."""
+        """``out`` when the age band is known and not validated, or the image scores above the threshold (each
+        reason that applies is given)."""
+        reasons = []
         if band is not None and band not in self.age_bands:
-            return DomainVerdict(True, score, f"age {band} is outside the validated {', '.join(self.age_bands)}")
+            reasons.append(f"age {band} is outside the validated {', '.join(self.age_bands)}")
         if score is not None and score > self.threshold:
-            return DomainVerdict(True, score, f"the image is unlike the validated images (domain score {score:.1f} "
-                                              f"> {self.threshold:.1f})")
-        return DomainVerdict(False, score)
+            reasons.append(f"the image is unlike the validated images (domain score {score:.1f} > "
+                           f"{self.threshold:.1f})")
+        return DomainVerdict(bool(reasons), score, "; ".join(reasons) or None)
 
 
 def fit_gate(train_features: np.ndarray, validation_features: np.ndarray, age_bands: tuple[str, ...]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from pneumoscan.domain import Label, SendState, Status, StudyStatus
+from pneumoscan.domain import Domain, Label, SendState, Status, StudyStatus
 
 
 def _iso(value: datetime) -> str:
@@ -26,6 +26,11 @@ _BLINDED = "with blinded reading, until the signed-in reader has saved their own
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+_DOMAIN = ("Whether the image is like those the model was validated on (its age band, its domain score): in or "
+           "out; null when the model has no domain gate or the image was not scored.")
+_DOMAIN_SCORE = "Mahalanobis distance of the image's features to the training images'; out above the card's threshold."
 
 
 class Problem(BaseModel):
@@ -56,6 +61,8 @@ class ResultOut(_Out):
     sop_instance_uid: str | None
     modality: str | None
     view_position: str | None
+    domain: Domain | None = Field(description=_DOMAIN)
+    domain_score: float | None = Field(description=_DOMAIN_SCORE)
     updated_at: Timestamp
 
 
@@ -113,6 +120,7 @@ class DicomOut(_Out):
     manufacturer: str | None
     patient_ref: str | None
     accession: str | None  # AccessionNumber, or (by default) "ref-" and a salted short hash of it
+    age_band: str | None = Field(description="The patient's age at the study as a band (1-5y); never the age.")
 
 
 class ImageOut(_Out):
@@ -128,6 +136,8 @@ class ImageOut(_Out):
     first_seen_at: Timestamp
     updated_at: Timestamp
     dicom: DicomOut
+    domain: Domain | None = Field(description=_DOMAIN)
+    domain_score: float | None = Field(description=_DOMAIN_SCORE)
     predictions: list[PredictionOut] | None = Field(description=f"Every model version's call; null {_BLINDED}.")
     paths: list[PathOut]
     reviews: list[ReviewOut] | None = Field(description=f"Every review, oldest first; null {_BLINDED}.")
