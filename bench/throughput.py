@@ -94,7 +94,8 @@ def ceiling(bundle_path: Path, batch: np.ndarray, min_seconds: float = 5.0, min_
     else:
         bundle = load_bundle(bundle_path, runtime=EngineConfig(
             engine or _RUNTIME.get("engine", "tensorflow"), "fp32" if engine == "tensorflow" else
-            _RUNTIME.get("precision", "fp32"), _RUNTIME.get("cache"), _RUNTIME.get("threads", 0)))
+            _RUNTIME.get("precision", "fp32"), _RUNTIME.get("cache"), _RUNTIME.get("threads", 0),
+            *([_RUNTIME.get("streams", 0)] if "streams" in EngineConfig.__dataclass_fields__ else [])))
     bundle.predict(batch)  # load, trace and warm up
     bundle.predict(batch)
     times: list[float] = []
@@ -159,7 +160,8 @@ def end_to_end(folder: Path, bundle_path: Path, work: Path, batch_size: int, dec
     shutil.rmtree(data, ignore_errors=True)
     runtime = {"PNEUMOSCAN_ENGINE": _RUNTIME["engine"], "PNEUMOSCAN_PRECISION": _RUNTIME["precision"],
                "PNEUMOSCAN_MODEL_CACHE_DIR": str(_RUNTIME["cache"]),
-               "PNEUMOSCAN_ENGINE_THREADS": str(_RUNTIME["threads"])} if _RUNTIME else {}
+               "PNEUMOSCAN_ENGINE_THREADS": str(_RUNTIME["threads"]),
+               "PNEUMOSCAN_ENGINE_STREAMS": str(_RUNTIME["streams"])} if _RUNTIME else {}
     env = common.pneumoscan_env(data, bundle_path, PNEUMOSCAN_BATCH_SIZE=str(batch_size),
                                 PNEUMOSCAN_DECODE_WORKERS=str(decode_workers), **runtime, **settings)
     run = common.run_child([str(common.PNEUMOSCAN_EXE), "scan", str(folder)], env)
@@ -258,6 +260,7 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", help="PNEUMOSCAN_ENGINE of the run [default: auto]")
     parser.add_argument("--precision", default="fp32", help="PNEUMOSCAN_PRECISION of the run [default: fp32]")
     parser.add_argument("--engine-threads", type=int, default=0, help="PNEUMOSCAN_ENGINE_THREADS [default: 0]")
+    parser.add_argument("--engine-streams", type=int, default=0, help="PNEUMOSCAN_ENGINE_STREAMS [default: 0]")
     common.add_bundle_args(parser)
     common.add_output_arg(parser, "throughput")
     args = parser.parse_args()
@@ -271,7 +274,7 @@ def main() -> None:
     bundle_path, bundle = common.resolve_bundle(args, args.work)
     if "engine" in Settings.model_fields:  # this tree has engines (issue 30); the cache outlives each e2e run
         _RUNTIME.update(engine=args.engine, precision=args.precision, cache=args.work / "model-cache",
-                        threads=args.engine_threads)
+                        threads=args.engine_threads, streams=args.engine_streams)
     info = common.machine()
     info["gpus"] = common.gpus()
     print(common.describe_machine(info))
@@ -289,6 +292,7 @@ def main() -> None:
                             bundle["input_size"], bool(info["gpus"])) for kind in kinds]
     payload = {"machine": info, "bundle": bundle, "batch_size": args.batch_size, "engine": args.engine,
                "precision": args.precision, "engine_threads": args.engine_threads,
+               "engine_streams": args.engine_streams,
                "decode_workers": args.decode_workers, "db_cost_sqlite": db_cost, "results": results,
                "preliminary": common.preliminary(info, bundle)}
     common.write_result("throughput", payload, args.out)

@@ -32,7 +32,7 @@ def _broken_resize(pixels: Any, size: tuple[int, int]) -> Any:
 
 @pytest.mark.parametrize(("module", "helper", "bug", "data"), [
     (pixels, "first_window", _misspelt_window, dicoms.dicom_bytes(xrays.PNEUMONIA_IMAGES[0])),
-    (raster, "resize", _broken_resize, xrays.png_bytes(xrays.PNEUMONIA_IMAGES[0])),
+    (raster, "scaled_gray", _broken_resize, xrays.png_bytes(xrays.PNEUMONIA_IMAGES[0])),
 ])
 def test_a_bug_in_decoding_is_an_internal_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch, module: Any,
                                                                 helper: str, bug: Any, data: bytes) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.imaging.errors import PILLOW_DAMAGED, Rejected, codec
-from pneumoscan.imaging.image import DecodedImage, resize, stretch, too_large
+from pneumoscan.imaging.image import DecodedImage, resize, scaled_gray, stretch, too_large
 from pneumoscan.imaging.kinds import GIF, JPEG, PNG, TIFF
 
 _PILLOW_FORMAT = {JPEG: "JPEG", PNG: "PNG", TIFF: "TIFF", GIF: "GIF"}
@@ -39,10 +39,12 @@ def decode_raster(data: bytes, kind: str, size: tuple[int, int] | None, max_pixe
             # Decode at reduced scale straight from the DCT; never smaller than the target.
             image.draft("L", (size[1], size[0]))
         image.load()
-    deep = image.mode in _DEEP_MODES
+    if image.mode in _DEEP_MODES:
+        with codec(kind, PILLOW_DAMAGED):
+            values = np.asarray(image, dtype=np.float64)
+        # 16-bit and 32-bit gray keep their values, and have no window to apply: stretch the stored range.
+        return DecodedImage(resize(stretch(values, robust=False), size), kind)
     with codec(kind, PILLOW_DAMAGED):
-        # 16-bit and 32-bit gray keep their values; palette, CMYK, RGB(A), YCbCr, bilevel: Pillow's luma.
-        values = np.asarray(image, dtype=np.float64) if deep else np.asarray(image.convert("L"), dtype=np.float32)
-    # Deep gray has no window to apply: stretch the stored range.
-    pixels = stretch(values, robust=False) if deep else values / 255.0
-    return DecodedImage(resize(pixels, size), kind)
+        # Palette, CMYK, RGB(A), YCbCr, bilevel: Pillow's luma.
+        gray = image if image.mode == "L" else image.convert("L")
+    return DecodedImage(scaled_gray(gray, size), kind)

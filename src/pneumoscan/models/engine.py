@@ -50,10 +50,12 @@ class EngineConfig:
     precision: str = "fp32"
     cache_dir: Path | None = None
     threads: int = 0
+    streams: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
-        return cls(settings.engine, settings.precision, settings.model_cache, settings.engine_threads)
+        return cls(settings.engine, settings.precision, settings.model_cache, settings.engine_threads,
+                   settings.engine_streams)
 
 
 class Engine(Protocol):
@@ -194,23 +196,47 @@ def cpu_has_bf16() -> bool:
 
 
 class OpenVINOEngine:
-    """A compiled OpenVINO model on the CPU. One inference runs at a time (the pipeline predicts serially)."""
+    """A compiled OpenVINO model on the CPU, in throughput mode: a batch is split over one inference request per
+    stream, run at once (each stream has its own threads), so the cores stay busy through the model's small
+    late layers. One batch runs at a time (the pipeline predicts serially).
+
+    ``streams`` 0 and ``threads`` 0 leave the numbers to OpenVINO (on 2 cores: 2 streams of 1 thread); 1 stream
+    is the single-request way (OpenVINO's latency mode). Splitting changes no figure: each image is computed
+    alone whatever its neighbours.
+    """
 
     name = "openvino"
 
-    def __init__(self, xml: Path, precision: str, threads: int = 0) -> None:
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+    def __init__(self, xml: Path, precision: str, threads: int = 0, streams: int = 0) -> None:
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision],
+                                  "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
         self.precision = precision
         self._compiled = _ov_core().compile_model(str(xml), "CPU", config)
-        self._request = self._compiled.create_infer_request()
+        requests = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = [self._compiled.create_infer_request() for _ in range(requests)]
         self._lock = threading.Lock()
 
+    @property
+    def streams(self) -> int:
+        return len(self._requests)
+
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        parts = np.array_split(batch, min(len(self._requests), len(batch))) if len(batch) else [batch]
+        ports = range(len(self._compiled.outputs))
         with self._lock:
-            out = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-            return _split([np.array(out[port]) for port in self._compiled.outputs])
+            used = list(zip(self._requests, parts, strict=False))
+            for request, part in used:
+                request.start_async({0: part})
+            outputs: list[list[np.ndarray]] = []
+            for request, _ in used:
+                request.wait()
+                outputs.append([np.array(request.get_output_tensor(i).data) for i in ports])
+        return _split([np.concatenate([out[i] for out in outputs]) for i in ports])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)[0]
@@ -273,4 +299,4 @@ def open_engine(sha256: str, size: int, config: EngineConfig, keras_model: Calla
     if not xml.is_file():
         log.info("converting the model to OpenVINO into %s (once per machine and model)", dest)
         xml = convert_to_openvino(keras_model(), size, dest)
-    return OpenVINOEngine(xml, config.precision, config.threads)
+    return OpenVINOEngine(xml, config.precision, config.threads, config.streams)
