@@ -107,6 +107,6 @@ def test_typed_answers_keep_their_shape(site: Site, reviewer: Any) -> None:
     assert datetime.fromisoformat(row["classified_at"]) and datetime.fromisoformat(row["updated_at"])
     detail = reviewer.get(f"/api/images/{row['id']}").json()
     assert set(detail) == {"id", "sha256", "kind", "byte_size", "status", "reason", "path", "first_seen_at",
-                           "updated_at", "dicom", "predictions", "paths", "reviews"}
+                           "updated_at", "dicom", "domain", "domain_score", "predictions", "paths", "reviews"}
     assert set(detail["dicom"]) == set(DICOM_COLUMNS)
     assert reviewer.get("/api/images/999999/reviews").json() == {"detail": "no image with id 999999"}

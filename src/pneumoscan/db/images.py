@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from pneumoscan.db.results import ResultFilter, query_results
 from pneumoscan.db.reviews import UnknownImage, reviews_of
 from pneumoscan.db.schema import Image, Prediction, Review, Sighting, Study
-from pneumoscan.domain import DICOM_COLUMNS, ReviewState, Sort
+from pneumoscan.domain import DICOM_COLUMNS, Domain, ReviewState, Sort
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,7 @@ class StudyContext:
     urgent: bool
     send_state: str | None = None  # its result on its way to PACS: failed shows the peer's reason
     send_error: str | None = None
+    out_of_domain: bool = False  # an instance is outside the validated population (the domain gate)
 
 
 def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list[StudyContext]:
@@ -177,11 +178,11 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
     if len(studies) < limit:
         calm = or_(Study.probability < urgent_at, Study.probability.is_(None))
         studies += session.scalars(select(Study).where(calm).order_by(*newest).limit(limit - len(studies)))
-    keys = ("date", "modality", "views", "patient", "accession")
+    keys = ("date", "modality", "views", "patient", "accession", "domain")
     context: dict[str, dict[str, set[str]]] = {s.study_uid: {key: set() for key in keys} for s in studies}
     if studies:
         rows = session.execute(select(Image.study_uid, Image.study_date, Image.modality, Image.view_position,
-                                      Image.patient_ref, Image.accession)
+                                      Image.patient_ref, Image.accession, Image.domain)
                                .where(Image.study_uid.in_(list(context))).distinct())
         for uid, *seen in rows:
             if uid is None:
@@ -199,7 +200,7 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
             probability=s.probability, patient=(min(found["patient"])[:PATIENT_SHOWN] if found["patient"] else None),
             accession=min(found["accession"], default=None),
             urgent=s.probability is not None and s.probability >= urgent_at, send_state=s.send_state,
-            send_error=s.last_send_error))
+            send_error=s.last_send_error, out_of_domain=Domain.OUT in found["domain"]))
     return out
 
 
