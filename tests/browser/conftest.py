@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +17,8 @@ from typing import Any
 
 import pytest
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+from . import chromium
+
 FIXTURE_IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "test_images"
 PASSWORD = "a-long-password-for-tests"
 ADMIN, REVIEWER = "ada", "rex"
@@ -53,22 +50,6 @@ class Served:
         return rows
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _health(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 def _child_env(data_dir: Path) -> dict[str, str]:
     """This environment less any PNEUMOSCAN_* setting, plus a data folder and a salt; the shipped model."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMOSCAN_")}
@@ -83,58 +64,27 @@ def served(tmp_path_factory: pytest.TempPathFactory, pneumoscan_exe: Path) -> It
     root = tmp_path_factory.mktemp("browser-app")
     data_dir = root / "data"
     env = _child_env(data_dir)
-    port = _free_port()
+    port = chromium.free_port()
     served = Served(url=f"http://127.0.0.1:{port}", env=env, exe=pneumoscan_exe, log=root / "serve.log")
     served.cli("scan", str(FIXTURE_IMAGES))
     served.cli("users", "add", ADMIN, "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
     served.cli("users", "add", REVIEWER, "--role", "reviewer", "--password-stdin", stdin=PASSWORD + "\n")
 
-    with served.log.open("wb") as log:
-        proc = subprocess.Popen([str(pneumoscan_exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while (status := _health(served.url)) != 200:
-            if proc.poll() is not None:
-                pytest.fail(f"pneumoscan serve exited {proc.returncode} before answering /health:\n"
-                            f"{served.log.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"/health did not answer 200 within {START_TIMEOUT} s (last: {status}):\n"
-                            f"{served.log.read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield served
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        with chromium.serving(pneumoscan_exe, env, port, served.log, START_TIMEOUT):
+            yield served
+    except chromium.ServeFailed as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Chromium through chromedriver, both given by path (selenium-manager must not download)."""
-    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian's chromium and chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    if not chromium.available():
+        pytest.skip(f"needs {chromium.CHROMIUM} and {chromium.CHROMEDRIVER} (Debian's chromium and chromium-driver)")
     root = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", f"--user-data-dir={root / 'profile'}"):
-        options.add_argument(flag)
-    service = Service(str(CHROMEDRIVER), log_output=str(root / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        driver.set_page_load_timeout(120)  # the first heatmap loads TensorFlow in the server
-        driver.set_script_timeout(60)
+    with chromium.chromium(root / "profile", root / "chromedriver.log") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="session")

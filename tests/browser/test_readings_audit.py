@@ -3,8 +3,6 @@ model's call until the reader saves theirs, and the audit page lists the opening
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import ADMIN, PASSWORD, START_TIMEOUT, Served, _free_port, _health
+from . import chromium
+from .conftest import ADMIN, PASSWORD, START_TIMEOUT, Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 WAIT = 30
@@ -38,23 +37,13 @@ def _sign_in(driver: Any, url: str, name: str) -> None:
 @pytest.fixture(scope="module")
 def blinded_url(served: Served, pneumoscan_exe: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second `pneumoscan serve` on the same database, with PNEUMOSCAN_BLINDED_READING=true."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("blinded") / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(pneumoscan_exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env={**served.env, "PNEUMOSCAN_BLINDED_READING": "true"},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    env = {**served.env, "PNEUMOSCAN_BLINDED_READING": "true"}
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while _health(url) != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"blinded serve did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        with chromium.serving(pneumoscan_exe, env, chromium.free_port(), log, START_TIMEOUT) as url:
+            yield url
+    except chromium.ServeFailed as exc:
+        pytest.fail(f"blinded serve did not start: {exc}")
 
 
 def test_a_blinded_reading_hides_the_call_until_save(served: Served, blinded_url: str, browser: Any,

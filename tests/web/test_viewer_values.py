@@ -61,3 +61,37 @@ def test_values_need_a_sign_in_and_a_real_id(site: Site, reviewer: Any) -> None:
     for bad in ("2" * 25, "abc", "0", "999999"):
         assert reviewer.get(f"/images/{bad}/values.bin").status_code == 404, bad
     assert reviewer.get(f"/images/{site.ids['bad.png']}/values.bin").status_code == 422  # not decodable
+
+
+def test_the_first_paint_is_the_values_at_their_first_window_made_from_one_reading(site: Site, reviewer: Any,
+                                                                                 monkeypatch: Any) -> None:
+    import io
+
+    from PIL import Image
+
+    from pneumoscan.web import render
+
+    image_id = site.ids["d0.dcm"]
+    readings: list[int] = []
+    real = render.file_values
+    monkeypatch.setattr(render, "file_values", lambda data: readings.append(1) or real(data))
+    preview = reviewer.get(f"/images/{image_id}/preview.png")
+    assert preview.status_code == 200 and preview.headers["cache-control"] == "no-store"
+    assert preview.headers["content-type"] == "image/png"
+    values = reviewer.get(f"/images/{image_id}/values.bin")
+    assert values.status_code == 200 and readings == [1]  # both from one reading of the file, then the cache
+    meta, full = _parse(values.content)
+    shown = np.asarray(Image.open(io.BytesIO(preview.content)))
+    factor = -(-max(meta["width"], meta["height"]) // render.DISPLAY_SIDE)
+    assert shown.shape == (meta["height"] // factor, meta["width"] // factor)
+    window = meta["windows"][0]
+    grey = np.clip((meta["low"] + full * meta["step"] - window["center"] + window["width"] / 2)
+                   * 255 / window["width"], 0, 255)
+    if meta["invert"]:
+        grey = 255 - grey
+    expected = grey[:shown.shape[0] * factor, :shown.shape[1] * factor]
+    expected = expected.reshape(shown.shape[0], factor, shown.shape[1], factor).mean(axis=(1, 3))
+    assert np.abs(shown.astype(np.float64) - expected).mean() < 1.5  # the viewer's first window, box-reduced
+    assert site.client().get(f"/images/{image_id}/preview.png", follow_redirects=False).status_code == 303
+    assert reviewer.get("/images/999999/preview.png").status_code == 404
+    assert reviewer.get(f"/images/{site.ids['bad.png']}/preview.png").status_code == 422

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import quote
@@ -27,7 +29,7 @@ from pneumoscan.db.users import use_password_hashing
 from pneumoscan.models.bundle import load_bundle
 from pneumoscan.services import audit as audit_trail
 from pneumoscan.web.deps import error_response, is_api
-from pneumoscan.web.render import NotRenderable, Renderer
+from pneumoscan.web.render import NotRenderable, Renderer, warm
 from pneumoscan.web.routes import ROUTERS
 from pneumoscan.web.security import Forbidden, GuardMiddleware, LoginRequired, LoginThrottle, csrf_token
 
@@ -60,9 +62,16 @@ def _version() -> str:
         return "unknown"
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    warm()  # before the first request, not in the first case a reader opens
+    yield
+
+
 def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     """The app for ``settings``; ``db`` defaults to the configured database (migrated on open)."""
     app = PneumoscanApp(title="pneumoscan", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
+                        lifespan=_lifespan,
                         description="Chest X-ray screening results and their reviews. Sign in with the session "
                                     "cookie of the web app, or send the header Authorization: Bearer TOKEN "
                                     "(a token from: pneumoscan users token NAME).")

@@ -3,6 +3,7 @@ and the page and error helpers. Route modules import this, never one another."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -12,8 +13,8 @@ from fastapi.templating import Jinja2Templates
 
 from pneumoscan.config import Settings
 from pneumoscan.db import Database
-from pneumoscan.db.images import reviewed_among
-from pneumoscan.db.results import ResultFilter
+from pneumoscan.db.images import next_case, reviewed_among
+from pneumoscan.db.results import ResultFilter, query_results
 from pneumoscan.db.users import Account
 from pneumoscan.domain import AuditAction, Label, ReviewState, Sort, Status
 from pneumoscan.models.bundle import ModelBundle
@@ -60,6 +61,27 @@ def blinded_images(db: Database, settings: Settings, image_ids: list[int], reade
 def is_blinded(db: Database, settings: Settings, image_id: int, reader: str) -> bool:
     """Whether the model's call on the image is hidden from ``reader`` (see blinded_images)."""
     return bool(blinded_images(db, settings, [image_id], reader))
+
+
+def blind_filter(filters: ResultFilter) -> tuple[ResultFilter, list[str]]:
+    """``filters`` less what selects or orders images by the model's call (the label, the probability bounds, the
+    most-suspicious-first order, which would each give the call away under blinded reading), newest first; and
+    the names of what was taken out."""
+    taken = [name for name in ("label", "min_probability", "max_probability") if getattr(filters, name) is not None]
+    if filters.sort == Sort.PROBABILITY:
+        taken.append("sort=probability")
+    return replace(filters, label=None, min_probability=None, max_probability=None, sort=Sort.NEWEST), taken
+
+
+def following_case(db: Database, settings: Settings, model_version: str, after: int) -> int | None:
+    """The case to read after ``after``: the most suspicious unreviewed one; under blinded reading the newest
+    unreviewed one (an order by probability would give the model's call away)."""
+    with db() as session:
+        if not settings.blinded_reading:
+            return next_case(session, model_version, after)
+        rows = query_results(session, ResultFilter(model_version=model_version, review=ReviewState.UNREVIEWED,
+                                                   sort=Sort.NEWEST, limit=2))
+    return next((int(r["id"]) for r in rows if r["id"] != after), None)
 
 
 def client_address(request: Request) -> str | None:

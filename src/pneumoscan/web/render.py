@@ -4,6 +4,10 @@ Images are found by database id only. The file is read from the stored path, or 
 its content was seen at, and is shown only if its bytes still hash to the stored SHA-256, so that a
 file replaced on disk is never shown under another image's id. Rendered PNGs are cached on disk by
 content (and model version, for heatmaps), so a second view costs a file read.
+
+The viewer's pictures come from one reading of the file: its own values at full resolution (values.bin, for
+window/level in the browser) and a small first rendition of them at their first window (preview.png, the fast
+first paint), both cached at once, so that opening a case decodes its file once however its pictures are asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +33,7 @@ from pneumoscan.inputs import read_content
 from pneumoscan.models.bundle import ModelBundle, load_bundle
 from pneumoscan.services.heatmaps import DISPLAY_SIDE, fit_within, heatmap_png, png_bytes, render_file
 
-_CACHE_VERSION = "2"  # bump when rendering changes, so old cached pictures are not served
+_CACHE_VERSION = "3"  # bump when rendering changes, so old cached pictures are not served
 
 
 def _private_folder(folder: Path) -> None:
@@ -37,6 +42,16 @@ def _private_folder(folder: Path) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for made in missing:
         os.chmod(made, 0o700)  # mkdir's mode is masked by the umask
+
+
+def warm() -> None:
+    """Load what reading a file for the viewer takes (pydicom: about 0.3 s; numpy's percentile, PIL's PNG encoder)
+    ahead of time, by importing it and drawing a tiny preview."""
+    import pydicom.pixels  # noqa: F401
+
+    np.percentile(np.zeros(4), 50)
+    preview_png(np.zeros((2, 2), np.uint16), {"low": 0.0, "step": 1.0, "invert": False,
+                                              "windows": [{"center": 0.5, "width": 1.0}]})
 
 
 class NotRenderable(Exception):
@@ -61,6 +76,7 @@ class Renderer:
         self.cache = settings.data_dir / "cache" / "render"
         self._bundle: ModelBundle | None = None
         self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(16)]
 
     def bundle(self) -> ModelBundle:
         with self._lock:
@@ -99,8 +115,26 @@ class Renderer:
 
     def values(self, image_id: int) -> bytes:
         """The image's own values for the viewer's window/level, at full resolution (see ``values_payload``)."""
+        return self._viewer(image_id, "values")
+
+    def preview(self, image_id: int) -> bytes:
+        """The viewer's first paint: the values at their first window, small (see ``preview_png``)."""
+        return self._viewer(image_id, "preview")
+
+    def _viewer(self, image_id: int, which: Literal["values", "preview"]) -> bytes:
+        """One of the viewer's pictures; on a miss both are made from one reading of the file, and cached."""
         sha256 = self._sha256(image_id)
-        return self._cached(f"{sha256}-values", lambda: values_payload(self._source(image_id, sha256).data), ".bin")
+        path = self._path(f"{sha256}-{which}")
+        with self._stripes[int(sha256[:8], 16) % len(self._stripes)]:  # the same file is read once at a time
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                pass
+            values, meta = file_values(self._source(image_id, sha256).data)
+            made = {"values": payload(values, meta), "preview": preview_png(values, meta)}
+            for name, data in made.items():
+                self._store(self._path(f"{sha256}-{name}"), data)
+            return made[which]
 
     def _sha256(self, image_id: int) -> str:
         try:
@@ -131,42 +165,81 @@ class Renderer:
     def _display(self, source: _Source) -> np.ndarray:
         return fit_within(self._decode(source, None), DISPLAY_SIDE)
 
-    def _cached(self, key: str, render: Callable[[], bytes], suffix: str = ".png") -> bytes:
-        path = self.cache / f"{key}-v{_CACHE_VERSION}{suffix}"
+    def _path(self, key: str) -> Path:
+        return self.cache / f"{key}-v{_CACHE_VERSION}{'.bin' if key.endswith('-values') else '.png'}"
+
+    def _cached(self, key: str, render: Callable[[], bytes]) -> bytes:
+        path = self._path(key)
         try:
             return path.read_bytes()
         except FileNotFoundError:
             pass
         data = render()
+        self._store(path, data)
+        return data
+
+    def _store(self, path: Path, data: bytes) -> None:
         _private_folder(self.cache)
         temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             out.write(data)
         os.replace(temporary, path)
-        return data
 
 
 def values_payload(data: bytes) -> bytes:
-    """A file's values for window/level in the browser: a 4-byte length, JSON, padding, then uint16 pixels.
+    """A file's values for window/level in the browser (``file_values``), as values.bin sends them."""
+    return payload(*file_values(data))
+
+
+def file_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
+    """A file's values for window/level: uint16 pixels, and the numbers to read them by.
 
     DICOM: the first frame's stored values through the Modality LUT (PS3.3 C.11.1), quantized to 16 bits as
-    ``low + q * step``; the JSON gives width, height, low, step, the file's own windows (Window Center and
+    ``low + q * step``; the numbers are width, height, low, step, the file's own windows (Window Center and
     Width, with their explanations), a lung window and the full range, and whether the file is MONOCHROME1.
     JPEG and PNG: their grey levels (0 to 255), with the full range as the only window. No policy applies
-    here (a lateral the pipeline rejected is shown too), and nothing of the header but these numbers is sent.
+    here (a lateral the pipeline rejected is shown too), and nothing of the header but these numbers is kept.
     """
     from pneumoscan.imaging.kinds import DICOM, detect_kind
 
     try:
         if detect_kind(data[:132]) == DICOM:
-            values, meta = _dicom_values(data)
-        else:
-            values, meta = _raster_values(data)
+            return _dicom_values(data)
+        return _raster_values(data)
     except (ImagingError, ValueError, OSError) as exc:
         raise NotRenderable(422, f"the file cannot be shown: {exc}") from None
+
+
+def payload(values: np.ndarray, meta: dict[str, object]) -> bytes:
+    """values.bin: a 4-byte length, the numbers as JSON, padding, then the uint16 pixels (little-endian)."""
     head = json.dumps(meta).encode()
     head += b" " * (-(4 + len(head)) % 2)  # the pixels start at an even offset (a Uint16Array's alignment)
     return struct.pack("<I", len(head)) + head + values.astype("<u2").tobytes()
+
+
+def windowed(values: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """The values through their first window (inverted for MONOCHROME1) as 8-bit grey, as the viewer draws them."""
+    window = meta["windows"][0]
+    lower = window["center"] - window["width"] / 2
+    grey = (meta["low"] + np.arange(65536, dtype=np.float64) * meta["step"] - lower) * (255 / window["width"])
+    table = np.clip(grey, 0, 255).astype(np.uint8)  # truncated, as the viewer's own table is
+    return (255 - table if meta["invert"] else table)[values]
+
+
+def preview_png(values: np.ndarray, meta: dict[str, Any], side: int = DISPLAY_SIDE) -> bytes:
+    """The viewer's first paint: the values at their first window, reduced by a whole factor (box averages) to at
+    most ``side`` a side (and more than half of it), as a PNG compressed for speed (the full values follow it)."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(windowed(values, meta))
+    factor = -(-max(picture.size) // side)  # ceil
+    if factor > 1:
+        picture = picture.reduce(factor)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def _dicom_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
@@ -221,12 +294,5 @@ def _raster_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
 
 
 def _windowed(data: bytes) -> np.ndarray:
-    """The file's values through its first window (else the full range) onto [0, 1]: for a file decode() refuses."""
-    payload = values_payload(data)
-    (length,) = struct.unpack("<I", payload[:4])
-    meta = json.loads(payload[4:4 + length])
-    q = np.frombuffer(payload[4 + length:], dtype="<u2").reshape(meta["height"], meta["width"])
-    window = meta["windows"][0]
-    x = meta["low"] + q.astype(np.float32) * meta["step"]
-    shown = np.clip((x - (window["center"] - window["width"] / 2)) / window["width"], 0, 1)
-    return 1 - shown if meta["invert"] else shown
+    """The file's values through its first window onto [0, 1]: for a file decode() refuses."""
+    return windowed(*file_values(data)).astype(np.float32) / 255

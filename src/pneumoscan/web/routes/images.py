@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from pneumoscan.db.images import image_detail, next_case, study_instances
+from pneumoscan.db.images import image_detail, study_instances
 from pneumoscan.domain import LABELS, AuditAction
 from pneumoscan.web.deps import (
     AppSettings,
@@ -16,6 +16,7 @@ from pneumoscan.web.deps import (
     Signed,
     audit,
     error_response,
+    following_case,
     is_blinded,
     page,
 )
@@ -70,6 +71,12 @@ def image_values(pictures: Pictures, image_id: ImageId, _account: Signed) -> Res
     return Response(pictures.values(image_id), media_type="application/octet-stream", headers=_PNG_HEADERS)
 
 
+@router.get("/images/{image_id}/preview.png", include_in_schema=False)
+def image_preview(pictures: Pictures, image_id: ImageId, _account: Signed) -> PNGResponse:
+    """The viewer's fast first paint (render.preview_png), drawn until values.bin is in; not in the API."""
+    return PNGResponse(pictures.preview(image_id), headers=_PNG_HEADERS)
+
+
 @router.get("/images/{image_id}", response_class=HTMLResponse, include_in_schema=False)
 def image_page(request: Request, db: Db, settings: AppSettings, model_version: ModelVersion, image_id: ImageId,
                account: Signed) -> Response:
@@ -80,8 +87,8 @@ def image_page(request: Request, db: Db, settings: AppSettings, model_version: M
     detail = found.model_dump(mode="json")
     current = next((p for p in detail["predictions"] if p["model_version"] == model_version),
                    detail["predictions"][-1] if detail["predictions"] else None)
+    following = following_case(db, settings, model_version, image_id)
     with db() as session:
-        following = next_case(session, model_version, image_id)
         instances = study_instances(session, image_id, model_version)
     return page(request, "image.html", image=detail, prediction=current, labels=LABELS, next_id=following,
                 renderable=detail["sha256"] is not None, instances=instances,

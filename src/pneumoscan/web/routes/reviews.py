@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from pneumoscan.db import Database
 from pneumoscan.db.audit import add_event
-from pneumoscan.db.images import ReviewRow, image_reviews, next_case, review_row, reviewed_by
+from pneumoscan.db.images import ReviewRow, image_reviews, review_row, reviewed_by
 from pneumoscan.db.reviews import UnknownImage, add_review
 from pneumoscan.db.users import Account
 from pneumoscan.domain import AuditAction, Label
@@ -23,6 +23,7 @@ from pneumoscan.web.deps import (
     Signed,
     client_address,
     error_response,
+    following_case,
     is_blinded,
 )
 from pneumoscan.web.schemas import BLINDED, SIGNED_IN, UNKNOWN_IMAGE, Problem, ReviewIn, ReviewOut
@@ -89,6 +90,5 @@ def review_form(request: Request, db: Db, settings: AppSettings, model_version: 
         return error_response(request, 404, f"no image with id {image_id}")
     following = None
     if then == NEXT:
-        with db() as session:
-            following = next_case(session, model_version, image_id)
+        following = following_case(db, settings, model_version, image_id)
     return RedirectResponse(f"/images/{following or image_id}", status_code=303)

@@ -44,7 +44,8 @@ function setupViewer() {
 
 // The picture: a canvas fitted to the viewport, zoomed (wheel, + and -) and panned (drag) by one transform; the
 // image's own values (values.bin: uint16 with a JSON header) windowed here, so a window change is one table and
-// one pass over the pixels; a fast first paint from the cached PNG; the heatmap drawn over it with an opacity.
+// one pass over the pixels; a fast first paint from a small rendition (preview.png); the heatmap drawn over it
+// with an opacity.
 function setupStage(viewer, stage) {
   const canvas = document.getElementById("view");
   const ctx = canvas.getContext("2d");
@@ -140,25 +141,8 @@ function setupStage(viewer, stage) {
     applyWindow();
   };
 
-  // First paint: the cached PNG (at most 1024 px a side), then the full-resolution values.
-  const first = new Image();
-  first.addEventListener("load", () => {
-    if (state.values) return;
-    state.source = first;
-    state.width = first.naturalWidth;
-    state.height = first.naturalHeight;
-    resize(); fit(); draw();
-    status.textContent = "full resolution loading…";
-  });
-  first.addEventListener("error", () => {
-    fetch(stage.dataset.image, { credentials: "same-origin" })
-      .then((r) => r.json()).then((body) => { problem.textContent = body.detail; problem.hidden = false; })
-      .catch(() => { problem.textContent = "The picture cannot be shown."; problem.hidden = false; });
-    status.hidden = true;
-  });
-  first.src = stage.dataset.image;
-
-  fetch(stage.dataset.values, { credentials: "same-origin" })
+  // First paint: a small rendition at the first window (preview.png); then the full-resolution values.
+  const loadValues = () => fetch(stage.dataset.values, { credentials: "same-origin" })
     .then((r) => (r.ok ? r.arrayBuffer() : Promise.reject(new Error(String(r.status)))))
     .then((buffer) => {
       const length = new DataView(buffer).getUint32(0, true);
@@ -189,6 +173,29 @@ function setupStage(viewer, stage) {
       setWindow(meta.windows[0].center, meta.windows[0].width);
     })
     .catch(() => { status.textContent = "full resolution unavailable"; });
+
+  // The preview is an <img> of the page itself, so that it is asked for while the page is still being read.
+  const first = document.getElementById("first-paint");
+  const painted = () => {
+    state.source = first;
+    state.width = first.naturalWidth;
+    state.height = first.naturalHeight;
+    resize(); fit(); draw();
+    status.textContent = "full resolution loading…";
+    loadValues();  // after the first paint, so that it never waits behind the larger transfer
+  };
+  const failed = () => {  // the API's image route says why, in JSON
+    fetch(stage.dataset.image, { credentials: "same-origin" })
+      .then((r) => r.json()).then((body) => { problem.textContent = body.detail; problem.hidden = false; })
+      .catch(() => { problem.textContent = "The picture cannot be shown."; problem.hidden = false; });
+    status.hidden = true;
+  };
+  if (first.complete) {
+    if (first.naturalWidth) painted(); else failed();
+  } else {
+    first.addEventListener("load", painted);
+    first.addEventListener("error", failed);
+  }
 
   preset.addEventListener("change", () => {
     const w = state.meta.windows[Number(preset.value)];
