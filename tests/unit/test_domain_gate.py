@@ -121,3 +121,20 @@ def test_the_shipped_gate_passes_pediatric_films_and_marks_what_is_not_one() -> 
     marked = dict(zip(outsiders, (scores > gate.threshold).tolist(), strict=True))
     assert all(marked.values()), dict(zip(outsiders, scores.round(1).tolist(), strict=True))
     assert scores.min() > np.median(film_scores)
+
+
+@pytest.mark.slow
+def test_doctor_names_the_gate_and_fails_on_a_damaged_one(tmp_path: Path) -> None:
+    import shutil
+
+    from pneumoscan.services.doctor import check_model
+
+    model = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL_DIR, model)
+    settings = Settings(data_dir=tmp_path / "data", model=model, engine="tensorflow")
+    healthy = check_model(settings)
+    threshold = load_bundle(model).card.domain["threshold"]  # type: ignore[index]
+    assert healthy.ok and f"domain gate threshold {threshold:.1f}, ages 1-5y" in healthy.detail, healthy
+    (model / DOMAIN_FILE).write_bytes(b"\x00" * 64)
+    damaged = check_model(settings)
+    assert not damaged.ok and "fit it again with `pneumoscan model fit-domain DATA`" in damaged.detail, damaged

@@ -64,17 +64,23 @@ def check_broker(settings: Settings) -> Check | None:
 
 
 def check_model(settings: Settings) -> Check:
-    """The bundle's model file matches the sha256 on its card, and the model loads."""
+    """The bundle's model file matches the sha256 on its card, the model loads on the configured engine, and its
+    domain gate (if it has one) is readable."""
     from pneumoscan.models.bundle import BundleError, load_bundle
+    from pneumoscan.models.engine import EngineConfig
 
     try:
-        bundle = load_bundle(settings.model_path, verify=True)
+        bundle = load_bundle(settings.model_path, verify=True, runtime=EngineConfig.from_settings(settings))
         with _native_stderr_to_null():  # TensorFlow's oneDNN notice, which no log level turns off (TF 2.21)
             bundle.load()
+        gate = bundle.domain_gate
     except (BundleError, OSError) as exc:
         return Check("model", False, str(exc))
     digest = (bundle.card.sha256 or "")[:12]
-    return Check("model", True, f"{bundle.version} from {bundle.path}, sha256 {digest}… matches its card")
+    domain = (f"domain gate threshold {gate.threshold:.1f}, ages {', '.join(gate.age_bands)}" if gate is not None
+              else "no domain gate")
+    return Check("model", True, f"{bundle.version} from {bundle.path}, sha256 {digest}… matches its card, on "
+                                f"{bundle.engine.name} {bundle.engine.precision}; {domain}")
 
 
 def check_salt(settings: Settings) -> Check:
