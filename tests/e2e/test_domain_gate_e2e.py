@@ -89,6 +89,13 @@ def test_flagged_images_are_scored_marked_and_say_why_everywhere(tmp_path: Path,
     table = list(csv.DictReader(io.StringIO(invoke(["results", "--format", "csv"], env).stdout)))
     assert {Path(r["path"]).name: r["domain"] for r in table} == {n: r.domain for n, r in by_name.items()}
     assert float(next(r for r in table if r["path"].endswith("adult.dcm"))["domain_score"]) > threshold
+    marked = json.loads(invoke(["results", "--domain", "out", "--format", "json"], env).stdout)
+    assert sorted(Path(r["path"]).name for r in marked) == ["adult.dcm", "aged45.dcm"]
+    fresh = pneumoscan_env(tmp_path / "fresh", SHIPPED_MODEL_DIR, PNEUMOSCAN_ENGINE="tensorflow")
+    summary = invoke(["scan", str(tmp_path / "inbox" / "adult.dcm")], fresh)
+    assert summary.returncode == 0, summary.stderr
+    assert "domain" in summary.stdout and "out" in summary.stdout.split("domain", 1)[1], summary.stdout
+    assert "domain out: outside the validated population" in summary.stderr
 
     _api_and_report(settings, sessions, by_name)
 

@@ -73,13 +73,17 @@ def _outcome(result: Result) -> str:
 
 
 def _print_summary(results: Sequence[Result]) -> None:
-    counts = Counter((_outcome(r), r.label or "") for r in results)
+    """Files by outcome and label; with a domain gate, by domain too (out: outside the validated population)."""
+    gated = any(r.domain for r in results)
+    counts = Counter((_outcome(r), r.label or "", *((r.domain or "",) if gated else ())) for r in results)
     table = Table(title=f"{len(results)} files")
-    for column in ("status", "label", "files"):
+    for column in ("status", "label", *(("domain",) if gated else ()), "files"):
         table.add_column(column, justify="right" if column == "files" else "left")
-    for (status, label), n in sorted(counts.items()):
-        table.add_row(status, label, str(n))
+    for key, n in sorted(counts.items()):
+        table.add_row(*key, str(n))
     Console().print(table)
+    if any(r.domain == Domain.OUT for r in results):
+        err.print("domain out: outside the validated population; `pneumoscan results` says why")
 
 
 @click.command()
@@ -264,6 +268,8 @@ def _cell(value: Any) -> Any:
                    "of a content counts.")
 @click.option("--review", type=EnumChoice(ReviewState),
               help="Only predictions not yet reviewed, reviewed, or whose latest review disagrees with them.")
+@click.option("--domain", type=EnumChoice(Domain),
+              help="Only images in (or out of) the population the model was validated on (the domain gate).")
 @click.option("--by", "by", type=click.Choice(["image", "study"]), default="image", show_default=True,
               help="study: one row per DICOM study (instances, assessed, label, probability, status, send state).")
 @click.pass_context
@@ -271,7 +277,7 @@ def _cell(value: Any) -> Any:
 def results(ctx: click.Context, status: Status | None, label: Label | None, min_probability: float | None,
             max_probability: float | None, since: datetime | None, model_version: str | None,
             all_versions: bool, limit: int, fmt: str, sort: Sort, path_pattern: str | None,
-            review: ReviewState | None, by: str) -> None:
+            review: ReviewState | None, domain: Domain | None, by: str) -> None:
     """List stored results, newest first (or by --sort), filtered and formatted for review or export."""
     from pneumoscan.db.results import COUNT_AT_MOST, count_results, model_versions
 
@@ -281,7 +287,7 @@ def results(ctx: click.Context, status: Status | None, label: Label | None, min_
         return
     version = model_version if model_version is not None or all_versions else _current_version(settings)
     filters = ResultFilter(status, label, min_probability, max_probability, _utc(since), version, limit or None, sort,
-                           path_pattern, review)
+                           path_pattern, review, domain=domain)
     with _database(settings)() as session:
         if model_version is not None and model_version not in (known := model_versions(session)):
             raise click.ClickException(f"no predictions of model version {model_version!r}; known versions: "

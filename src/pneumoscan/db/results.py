@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, Select, Subquery, and_, exis
 from sqlalchemy.orm import Session
 
 from pneumoscan.db.schema import Image, Prediction, Review, Sighting
-from pneumoscan.domain import REVIEW_STATES, Label, ReviewState, Sort, Status
+from pneumoscan.domain import REVIEW_STATES, Domain, Label, ReviewState, Sort, Status
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class ResultFilter:
     review: ReviewState | None = None
     offset: int = 0  # rows to skip, for paging
     study_uid: str | None = None  # only the instances of this DICOM study
+    domain: Domain | None = None  # only images in (or out of) the validated population, at their latest verdict
 
     def __post_init__(self) -> None:
         # Frozen: the enum members replace their text through object.__setattr__, as dataclasses do themselves.
@@ -44,6 +45,8 @@ class ResultFilter:
         object.__setattr__(self, "sort", Sort(self.sort))
         if self.review is not None:
             object.__setattr__(self, "review", ReviewState(self.review))
+        if self.domain is not None:
+            object.__setattr__(self, "domain", Domain(self.domain))
 
 
 RESULT_FIELDS = ("id", "path", "paths", "sha256", "kind", "status", "reason", "label", "probability", "threshold",
@@ -137,6 +140,8 @@ def results_statement(filters: ResultFilter, image_ids: Collection[int] | None =
         conditions.append(Image.updated_at >= filters.since)
     if filters.study_uid is not None:
         conditions.append(Image.study_uid == filters.study_uid)
+    if filters.domain is not None:
+        conditions.append(Image.domain == filters.domain)
     if image_ids is not None:
         conditions.append(Image.id.in_(sorted(image_ids)))
     if filters.path is not None:
