@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import pytest
 from support import dicoms, xrays
 from web_support import Site
 
@@ -95,3 +96,23 @@ def test_the_first_paint_is_the_values_at_their_first_window_made_from_one_readi
     assert site.client().get(f"/images/{image_id}/preview.png", follow_redirects=False).status_code == 303
     assert reviewer.get("/images/999999/preview.png").status_code == 404
     assert reviewer.get(f"/images/{site.ids['bad.png']}/preview.png").status_code == 422
+
+
+@pytest.mark.parametrize("extra", [{}, {"RescaleSlope": 0.5, "RescaleIntercept": -1024}, {"PixelRepresentation": 1}],
+                         ids=["unsigned", "rescaled", "signed"])
+def test_values_are_the_modality_values_within_a_step(tmp_path: Any, extra: dict[str, Any]) -> None:
+    import pydicom
+
+    from pneumoscan.web.render import file_values
+
+    stored = xrays.twelve_bit(xrays.NORMAL_IMAGES[0]).astype(np.int32)
+    if extra.get("PixelRepresentation"):
+        stored = stored - 2048  # negative values too, kept as their 16-bit patterns
+    path = dicoms.write_dicom(xrays.NORMAL_IMAGES[0], tmp_path / "x.dcm", stored=stored, **extra)
+    values, meta = file_values(path.read_bytes())
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + \
+        float(ds.get("RescaleIntercept", 0))
+    assert values.dtype == np.uint16 and values.shape == expected.shape
+    assert np.abs(meta["low"] + values * meta["step"] - expected).max() <= meta["step"] / 2 + 1e-6
+    assert meta["low"] == expected.min()

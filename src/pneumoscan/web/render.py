@@ -250,10 +250,15 @@ def _dicom_values(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
     stored = first_frame(ds)
     if stored.ndim == 3:  # colour: its luminance
         stored = stored[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    x = apply_modality_lut(stored, ds).astype(np.float32)
+    x = apply_modality_lut(stored, ds)
     low, high = float(x.min()), float(x.max())
-    step = max((high - low) / 65535.0, 1.0) if high > low else 1.0
-    q = np.clip(np.rint((x - low) / step), 0, 65535).astype(np.uint16)
+    if x.dtype.kind in "iu" and high - low <= 65535:  # integers (no rescale, say): exact, in whole steps
+        step = 1.0
+        q = (x.astype(np.int64 if x.dtype.itemsize >= 4 else np.int32) - int(low)).astype(np.uint16)
+    else:
+        x = x.astype(np.float32)
+        step = max((high - low) / 65535.0, 1.0) if high > low else 1.0
+        q = np.clip(np.rint((x - low) / step), 0, 65535).astype(np.uint16)
     windows = []
     centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
     if centers is not None and widths is not None:
