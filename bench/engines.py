@@ -2,7 +2,7 @@
 and the time to a first prediction in a fresh process (a worker's start-up) with and without the cache.
 
 python -m bench.engines [--data ../shared/datasets/chest_xray_224] [--rounds 15] [--batch 32]
-                        [--threads 0,1,2] [--startup-runs 3] [--check fp32,bf16]
+                        [--threads 0,1,2] [--streams 0,1] [--startup-runs 3] [--check fp32,bf16]
 
 Speed: one batch of real train-split radiographs (decoded as the pipeline decodes), every engine run on
 it round by round, interleaved, so that the load of a shared machine hits all alike; the median per
@@ -35,6 +35,7 @@ from pneumoscan.models.engine import (
     EngineConfig,
     OpenVINOEngine,
     cpu_has_bf16,
+    ir_dir,
     open_engine,
     openvino_version,
 )
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", default="0", help="OpenVINO inference threads to time (0: its default)")
+    parser.add_argument("--streams", default="0,1",
+                        help="OpenVINO streams to time (0: its choice, one per core; 1: one request, every thread)")
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--check", default="", help="precisions to check on the validation split (fp32,bf16)")
     parser.add_argument("--cache", type=Path, default=common.DEFAULT_WORK / "model-cache")
@@ -93,21 +96,26 @@ def main() -> None:
                                                          EngineConfig("tensorflow"), lambda: bundle.model)}
     open_engine(bundle.model_sha256, bundle.input_size, EngineConfig("openvino", "fp32", args.cache),
                 lambda: bundle.model)  # fills the cache
-    xml = next(args.cache.glob(f"{bundle.model_sha256}-openvino{openvino_version()}-fp32/model.xml"))
+    xml = ir_dir(args.cache, bundle.model_sha256) / "model.xml"
     precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
     for threads in (int(t) for t in args.threads.split(",")):
-        for precision in precisions:
-            engines[f"openvino {precision}" + (f" {threads} threads" if threads else "")] = \
-                OpenVINOEngine(xml, precision, threads)
+        for streams in (int(t) for t in args.streams.split(",")):
+            for precision in precisions:
+                engines[f"openvino {precision}" + (f" {threads} threads" if threads else "")
+                        + (f" {streams} stream{'s' if streams > 1 else ''}" if streams else "")] = \
+                    OpenVINOEngine(xml, precision, threads, streams)
     outputs = {name: np.asarray(engine(batch)) for name, engine in engines.items()}  # warm up
     times: dict[str, list[float]] = {name: [] for name in engines}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}  # CPU time of every thread of this process
     for _ in range(args.rounds):
         for name, engine in engines.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             engine(batch)
             times[name].append((time.perf_counter() - start) / len(batch) * 1000)
+            cpu[name].append((time.process_time() - start_cpu) / len(batch) * 1000)
     tf_ms = statistics.median(times["tensorflow"])
     speed = {name: {"ms_per_image": statistics.median(t), "vs_tensorflow": tf_ms / statistics.median(t),
+                    "cpu_ms_per_image": statistics.median(cpu[name]),
                     "max_abs_dp_raw_vs_tensorflow": float(np.abs(outputs[name] - outputs["tensorflow"]).max())}
              for name, t in times.items()}
     info = common.machine()
@@ -115,7 +123,8 @@ def main() -> None:
     print(f"OpenVINO {openvino_version()}, batch {len(batch)} real train images, median of {args.rounds} "
           "interleaved rounds")
     for name, s in speed.items():
-        print(f"  {name:<28} {s['ms_per_image']:6.2f} ms/image  {s['vs_tensorflow']:5.2f}x TensorFlow  "
+        print(f"  {name:<36} {s['ms_per_image']:6.2f} ms/image  {s['vs_tensorflow']:5.2f}x TensorFlow  "
+              f"CPU {s['cpu_ms_per_image']:6.2f} ms/image  "
               f"max |dp| {s['max_abs_dp_raw_vs_tensorflow']:.1e}")
     starts = startup(args.bundle, args.startup_runs) if args.startup_runs else {}
     for name, s in starts.items():

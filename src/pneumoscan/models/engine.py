@@ -28,14 +28,15 @@ import numpy as np
 from pneumoscan.config import Settings
 from pneumoscan.models.card import BundleError
 
-__all__ = ["ENGINES", "PRECISIONS", "Engine", "EngineConfig", "EngineError", "check_record_path", "ir_dir",
-           "open_engine", "openvino_version", "resolve_engine", "with_features"]
+__all__ = ["ENGINES", "PRECISIONS", "Engine", "EngineConfig", "EngineError", "check_record_path", "int8_dir",
+           "ir_dir", "open_engine", "openvino_ir", "openvino_version", "resolve_engine", "save_ir", "with_features"]
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("fp32", "bf16")
-_OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8")
+# int8 is a quantized IR (``int8_dir``); what NNCF left unquantized runs in f32.
+_OV_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class EngineError(BundleError):
@@ -133,6 +134,12 @@ def ir_dir(cache_dir: Path, sha256: str) -> Path:
     hint, so fp32 and bf16 share it) with two outputs, the probability and the features ("-features": IRs
     from before had only the first)."""
     return cache_dir / f"{_key(sha256, 'fp32')}-features"
+
+
+def int8_dir(cache_dir: Path, sha256: str) -> Path:
+    """Where the int8 IR of one model is cached: ``ir_dir``'s IR quantized by NNCF (``models.quantize``), with
+    both outputs, and the record of its calibration beside it."""
+    return cache_dir / f"{_key(sha256, 'int8')}-features"
 
 
 def check_record_path(cache_dir: Path, sha256: str, precision: str) -> Path:
@@ -253,12 +260,21 @@ def convert_to_openvino(model: Any, size: int, dest: Path) -> Path:
     model = with_features(model)
     call = tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)])
-    converted = ov.convert_model(call.get_concrete_function())
+    return save_ir(ov.convert_model(call.get_concrete_function()), dest)
+
+
+def save_ir(model: Any, dest: Path, extra: dict[str, str] | None = None) -> Path:
+    """Save an OpenVINO model as IR in ``dest`` (written whole in a temporary folder with the ``extra`` text
+    files, then renamed). When another process renamed its copy first, that one is kept. Returns the .xml path.
+    """
+    ov = _openvino()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
-        for name in ("model.xml", "model.bin"):
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+        for name in ("model.xml", "model.bin", *(extra or {})):
             with (tmp / name).open("rb") as fh:
                 os.fsync(fh.fileno())
         try:
@@ -269,6 +285,16 @@ def convert_to_openvino(model: Any, size: int, dest: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest / "model.xml"
+
+
+def openvino_ir(sha256: str, size: int, cache_dir: Path, keras_model: Callable[[], Any]) -> Path:
+    """The full-precision IR of the model whose file has ``sha256``, converted into ``cache_dir`` if not there."""
+    dest = ir_dir(cache_dir, sha256)
+    xml = dest / "model.xml"
+    if not xml.is_file():
+        log.info("converting the model to OpenVINO into %s (once per machine and model)", dest)
+        xml = convert_to_openvino(keras_model(), size, dest)
+    return xml
 
 
 def open_engine(sha256: str, size: int, config: EngineConfig, keras_model: Callable[[], Any], *,
@@ -294,9 +320,12 @@ def open_engine(sha256: str, size: int, config: EngineConfig, keras_model: Calla
         raise EngineError(f"precision {config.precision} has not passed `pneumoscan model check DATA --precision "
                           f"{config.precision}` on this machine for this model and OpenVINO {openvino_version()}; "
                           "run it, or set PNEUMOSCAN_PRECISION=fp32")
-    dest = ir_dir(config.cache_dir, sha256)
-    xml = dest / "model.xml"
-    if not xml.is_file():
-        log.info("converting the model to OpenVINO into %s (once per machine and model)", dest)
-        xml = convert_to_openvino(keras_model(), size, dest)
+    if config.precision == "int8":
+        xml = int8_dir(config.cache_dir, sha256) / "model.xml"
+        if not xml.is_file():
+            raise EngineError("precision int8 needs the model quantized on this machine: run `pneumoscan model "
+                              "check DATA --precision int8` (it calibrates on DATA's train split), or set "
+                              "PNEUMOSCAN_PRECISION=fp32")
+    else:
+        xml = openvino_ir(sha256, size, config.cache_dir, keras_model)
     return OpenVINOEngine(xml, config.precision, config.threads, config.streams)

@@ -21,7 +21,14 @@ import numpy as np
 from pneumoscan.config import DecodePolicy
 from pneumoscan.models.bundle import ModelBundle
 from pneumoscan.models.dataset import labels_of, load_images, train_validation
-from pneumoscan.models.engine import EngineConfig, EngineError, check_record_path, open_engine, openvino_version
+from pneumoscan.models.engine import (
+    EngineConfig,
+    EngineError,
+    check_record_path,
+    int8_dir,
+    open_engine,
+    openvino_version,
+)
 from pneumoscan.models.temperature import apply_temperature
 
 __all__ = ["GATE", "agreement", "cpu_name", "run_check"]
@@ -75,9 +82,14 @@ def run_check(bundle: ModelBundle, data_dir: Path, precision: str, config: Engin
     """Compare ``precision`` on OpenVINO with fp32 TensorFlow on the validation split; record and return it.
 
     fp32 may be checked too (it is allowed regardless): its record is the agreement figure of the engine.
+    int8 is first quantized (once per machine), calibrated on the train part of the same split.
     """
     if config.cache_dir is None:
         raise EngineError("no model cache folder to record the check in (PNEUMOSCAN_MODEL_CACHE_DIR)")
+    if precision == "int8":  # quantized first, on train images only (models.quantize)
+        from pneumoscan.models.quantize import quantize_int8
+
+        quantize_int8(bundle, data_dir, config.cache_dir, policy)
     images, _ = validation_images(bundle, data_dir, policy)
     candidate = open_engine(bundle.model_sha256, bundle.input_size, EngineConfig("openvino", precision,
                             config.cache_dir, config.threads), lambda: bundle.model, unchecked=True)
@@ -97,6 +109,9 @@ def run_check(bundle: ModelBundle, data_dir: Path, precision: str, config: Engin
               "split": "validation (train carved by patient as the card says; test never read)",
               "cpu": cpu_name(), "checked_at": datetime.now(UTC).isoformat(timespec="seconds"), "gate": GATE,
               **figures}
+    if precision == "int8":
+        record["quantization"] = json.loads((int8_dir(config.cache_dir, bundle.model_sha256)
+                                             / "calibration.json").read_text())
     path = check_record_path(config.cache_dir, bundle.model_sha256, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
