@@ -165,19 +165,23 @@ class StudyContext:
     out_of_domain: bool = False  # an instance is outside the validated population (the domain gate)
 
 
-def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list[StudyContext]:
-    """Studies, the urgent ones (probability at or above ``urgent_at``) first, then the most recent.
+def study_worklist(session: Session, urgent_at: float | None, limit: int = 200) -> list[StudyContext]:
+    """Studies, the urgent ones (probability at or above ``urgent_at``) first, then the most recent; with
+    ``urgent_at`` None (blinded reading), no urgent bucket: the most recent first.
 
     The study's date, modality, views and patient come from its instances (by the study_uid index).
     """
     # Two index reads rather than one sort of every study: the urgent ones (by probability), then the rest
-    # newest first (by last_instance_at, stopping at the page's end).
+    # newest first (by last_instance_at, stopping at the page's end). Without a bucket, the second read alone.
     newest = (Study.last_instance_at.desc(), Study.id.desc())
-    studies = list(session.scalars(select(Study).where(Study.probability >= urgent_at).order_by(*newest)
-                                   .limit(limit)))
-    if len(studies) < limit:
-        calm = or_(Study.probability < urgent_at, Study.probability.is_(None))
-        studies += session.scalars(select(Study).where(calm).order_by(*newest).limit(limit - len(studies)))
+    if urgent_at is None:
+        studies = list(session.scalars(select(Study).order_by(*newest).limit(limit)))
+    else:
+        studies = list(session.scalars(select(Study).where(Study.probability >= urgent_at).order_by(*newest)
+                                       .limit(limit)))
+        if len(studies) < limit:
+            calm = or_(Study.probability < urgent_at, Study.probability.is_(None))
+            studies += session.scalars(select(Study).where(calm).order_by(*newest).limit(limit - len(studies)))
     keys = ("date", "modality", "views", "patient", "accession", "domain")
     context: dict[str, dict[str, set[str]]] = {s.study_uid: {key: set() for key in keys} for s in studies}
     if studies:
@@ -199,7 +203,8 @@ def study_worklist(session: Session, urgent_at: float, limit: int = 200) -> list
             instance_count=s.instance_count, assessed_count=s.assessed_count, label=s.label,
             probability=s.probability, patient=(min(found["patient"])[:PATIENT_SHOWN] if found["patient"] else None),
             accession=min(found["accession"], default=None),
-            urgent=s.probability is not None and s.probability >= urgent_at, send_state=s.send_state,
+            urgent=urgent_at is not None and s.probability is not None and s.probability >= urgent_at,
+            send_state=s.send_state,
             send_error=s.last_send_error, out_of_domain=Domain.OUT in found["domain"]))
     return out
 

@@ -14,7 +14,6 @@ from pneumoscan.web.schemas import SIGNED_IN, StudyOut
 
 router = APIRouter()
 STUDIES_PAGE = 200
-NONE_URGENT = 2.0  # above every probability: no study in the urgent bucket
 
 
 @router.get("/api/studies", tags=["studies"], response_model=list[StudyOut], responses=SIGNED_IN,
@@ -33,7 +32,7 @@ def studies_page(request: Request, db: Db, settings: AppSettings, account: Signe
     """The worklist by study: urgent studies first, each with its date, modality, views and patient reference.
     Under blinded reading newest first, with no urgent bucket: an order by the model's probability would give
     its call away before the reader has read the study."""
-    urgent_at = NONE_URGENT if settings.blinded_reading else settings.urgent_probability
+    urgent_at = None if settings.blinded_reading else settings.urgent_probability
     with db() as session:
         rows = study_worklist(session, urgent_at, STUDIES_PAGE)
     return page(request, "studies.html", rows=rows, urgent_at=settings.urgent_probability)
