@@ -58,3 +58,19 @@ def test_an_image_outside_the_validated_population_is_marked_everywhere(site: Si
         with site.db() as session:
             study_uid = session.scalar(select(Image.study_uid).where(Image.id == out_id))
         assert BADGE in _row(client.get("/studies").text, f'data-study="{study_uid}"'), name
+
+
+def test_results_and_the_worklist_filter_by_domain(site: Site, reviewer: Any) -> None:
+    out_id = _mark_out(site, "d0.dcm")
+    with site.db.begin() as session:
+        session.execute(update(Image).where(Image.id != out_id, Image.status == "done").values(domain="in"))
+    out = reviewer.get("/api/results", params={"domain": "out", "review": "all"}).json()["results"]
+    assert [r["id"] for r in out] == [out_id] and out[0]["domain"] == "out"
+    inside = reviewer.get("/api/results", params={"domain": "in", "review": "all"}).json()["results"]
+    assert inside and out_id not in {r["id"] for r in inside} and {r["domain"] for r in inside} == {"in"}
+    assert reviewer.get("/api/results", params={"domain": "sideways"}).status_code == 422
+    page = reviewer.get("/worklist", params={"domain": "out", "review": "all"}).text
+    assert re.findall(r'<tr class="case" data-id="(\d+)"', page) == [str(out_id)]
+    assert '<option value="out" selected>' in page
+    bea = _client(site, "bea", blinded=True)  # not the model's call: a blinded reader may filter by it
+    assert [r["id"] for r in bea.get("/api/results", params={"domain": "out"}).json()["results"]] == [out_id]

@@ -16,7 +16,7 @@ from pneumoscan.db import Database
 from pneumoscan.db.images import next_case, reviewed_among
 from pneumoscan.db.results import ResultFilter, query_results
 from pneumoscan.db.users import Account
-from pneumoscan.domain import AuditAction, Label, ReviewState, Sort, Status
+from pneumoscan.domain import AuditAction, Domain, Label, ReviewState, Sort, Status
 from pneumoscan.models.bundle import ModelBundle
 from pneumoscan.services import audit as audit_trail
 from pneumoscan.web.render import Renderer
@@ -151,6 +151,9 @@ def result_filter(
                       Query(description="By the latest review; `all` (or none) for every state.")] = None,
     study: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9.]+$", description="A StudyInstanceUID.")]
     = None,
+    domain: Annotated[Domain | None, Query(description="Only images in (or out of) the population the model was "
+                                                        "validated on, at their latest verdict (the domain gate).")]
+    = None,
     sort: Annotated[Sort, Query()] = Sort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -161,7 +164,7 @@ def result_filter(
     return ResultFilter(status=status, label=label, min_probability=min_probability, max_probability=max_probability,
                         since=since, model_version=model_version or model, limit=limit, sort=sort, path=path or None,
                         review=None if review == ALL else ReviewState(review) if review else None,
-                        offset=offset, study_uid=study)
+                        offset=offset, study_uid=study, domain=domain)
 
 
 Filters = Annotated[ResultFilter, Depends(result_filter)]

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from pneumoscan.db import Database
 from pneumoscan.db.results import COUNT_AT_MOST, RESULT_FIELDS, ResultFilter, model_versions
 from pneumoscan.db.results import results_page as query_page
-from pneumoscan.domain import LABELS, REVIEW_STATES, STATUSES, ReviewState, Sort
+from pneumoscan.domain import DOMAINS, LABELS, REVIEW_STATES, STATUSES, ReviewState, Sort
 from pneumoscan.web.deps import ALL, MAX_PAGE, AppSettings, Db, Filters, Signed, blind_filter, blinded_images, page
 from pneumoscan.web.schemas import SIGNED_IN, Problem, ResultsPage
 
@@ -74,7 +74,7 @@ def worklist(request: Request, db: Db, settings: AppSettings, account: Signed,
     with db() as session:
         versions = model_versions(session)
     return page(request, "worklist.html", rows=rows, total=total, filters=filters, labels=LABELS, statuses=STATUSES,
-                review_states=(*REVIEW_STATES, ALL), versions=versions,
+                domains=DOMAINS, review_states=(*REVIEW_STATES, ALL), versions=versions,
                 review=request.query_params.get("review", ReviewState.UNREVIEWED.value), ignored=ignored,
                 previous=link(max(0, filters.offset - limit)) if filters.offset else None,
                 next=link(filters.offset + limit) if filters.offset + limit < total else None, max_page=MAX_PAGE)
