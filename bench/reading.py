@@ -5,11 +5,11 @@ python -m bench.reading [--rows 1000000] [--backends sqlite,postgresql] [--repea
 bench/database.py's synthetic images and predictions, each image given a study (three images a study) and one
 studies row per study with a probability (a tenth of them urgent) and a last-instance time (PostgreSQL then
 vacuumed and analysed, as autovacuum would after such a load). Timed through the
-library calls the /studies page and the dashboard make (pneumoscan.db.images.study_worklist, a page of 200, and
-urgent_counts), median and worst of --repeats after one warm-up. Target: under 200 ms each.
+library calls the /studies page and the dashboard make (pneumoscan.db.images.study_worklist, a page of 200, also
+as under blinded reading, with no urgent bucket; and urgent_counts), median and worst of --repeats after one
+warm-up. Target: under 200 ms each.
 
-The viewer's own figures (first paint of a 2000x1700 DICOM, a window/level change) are measured in headless
-Chromium by tests/browser/test_viewer.py, which prints them.
+The viewer's own figures (first paint of a 2000x1700 DICOM, a window/level change) are bench/viewer.py's.
 """
 
 from __future__ import annotations
@@ -69,11 +69,17 @@ def bench_backend(url: str, repeats: int) -> dict[str, Any]:
                 rows = study_worklist(session, 0.9, 200)
             assert len(rows) == 200 and rows[0].urgent
 
+        def blinded() -> None:  # the studies page under blinded reading: no urgent bucket, the most recent first
+            with db() as session:
+                rows = study_worklist(session, None, 200)
+            assert len(rows) == 200 and not any(r.urgent for r in rows)
+
         def counts() -> None:
             with db() as session:
                 urgent_counts(session, database.CURRENT, 0.9)
 
-        return {"worklist_by_study": _time(worklist, repeats), "urgent_counts": _time(counts, repeats)}
+        return {"worklist_by_study": _time(worklist, repeats), "worklist_by_study_blinded": _time(blinded, repeats),
+                "urgent_counts": _time(counts, repeats)}
     finally:
         db.dispose()
 
