@@ -8,23 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from web_support import PASSWORD, Site, csrf_of, login
+from web_support import Site, csrf_of
 
 from pneumoscan.db.schema import Prediction
 
 MODEL_FIELDS = ("label", "probability", "threshold")
-
-
-def _client(site: Site, name: str, role: str = "reviewer", blinded: bool = True) -> Any:
-    from fastapi.testclient import TestClient
-
-    from pneumoscan.web.app import create_app
-
-    app = create_app(site.settings.model_copy(update={"blinded_reading": blinded}), site.db)
-    site.user(name, role)
-    client = TestClient(app, base_url="http://testserver")
-    assert login(client, name, PASSWORD).status_code == 303
-    return client
 
 
 def _predicted(site: Site) -> dict[int, tuple[str, float, float]]:
@@ -52,7 +40,7 @@ def test_a_blinded_reader_gets_no_model_output_from_the_api_until_they_have_read
     image_id = site.ids["p0.png"]
     other_id = site.ids["n0.png"]
     assert image_id in predicted and other_id in predicted
-    bea = _client(site, "bea")
+    bea = site.reader("bea")
 
     detail = bea.get(f"/api/images/{image_id}")
     assert detail.status_code == 200
@@ -85,7 +73,7 @@ def test_a_blinded_reader_gets_no_model_output_from_the_api_until_they_have_read
     assert bea.get(f"/api/images/{other_id}").json()["predictions"] is None
 
     # Another blinded reader has not read it: neither the model's call nor bea's reading.
-    cid = _client(site, "cid")
+    cid = site.reader("cid")
     assert cid.get(f"/api/images/{image_id}").json()["reviews"] is None
     row = _results(cid)[image_id]
     assert all(row[field] is None for field in (*MODEL_FIELDS, "review_label", "reviewed_by")), row
@@ -93,7 +81,7 @@ def test_a_blinded_reader_gets_no_model_output_from_the_api_until_they_have_read
 
 def test_an_admin_is_blinded_as_on_the_page(site: Site) -> None:
     image_id = site.ids["p1.jpeg"]
-    ada = _client(site, "ada", "admin")
+    ada = site.reader("ada", "admin")
     assert 'id="blinded"' in ada.get(f"/images/{image_id}").text
     assert ada.get(f"/api/images/{image_id}").json()["predictions"] is None
     assert _results(ada)[image_id]["probability"] is None
@@ -103,9 +91,9 @@ def test_an_admin_is_blinded_as_on_the_page(site: Site) -> None:
 
 def test_blinding_off_changes_nothing(site: Site) -> None:
     predicted = _predicted(site)
-    other = _client(site, "dan", blinded=False)
+    other = site.reader("dan", blinded=False)
     _read(other, site.ids["n0.png"], "NORMAL")
-    seeing = _client(site, "eve", blinded=False)
+    seeing = site.reader("eve", blinded=False)
     for image_id, (label, probability, threshold) in predicted.items():
         body = seeing.get(f"/api/images/{image_id}").json()
         assert [(p["label"], p["probability"], p["threshold"]) for p in body["predictions"]] == \

@@ -12,24 +12,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from web_support import PASSWORD, Site, login
+from web_support import Site
 
 from pneumoscan.db.schema import Prediction, Study
 
 CALL_QUERIES = ({"label": "PNEUMONIA"}, {"label": "NORMAL"}, {"min_probability": "0.5"},
                 {"max_probability": "0.5"}, {"sort": "probability"})
-
-
-def _client(site: Site, name: str, blinded: bool = True) -> Any:
-    from fastapi.testclient import TestClient
-
-    from pneumoscan.web.app import create_app
-
-    app = create_app(site.settings.model_copy(update={"blinded_reading": blinded}), site.db)
-    site.user(name, "reviewer")
-    client = TestClient(app, base_url="http://testserver")
-    assert login(client, name, PASSWORD).status_code == 303
-    return client
 
 
 def _worklist_ids(html: str) -> list[int]:
@@ -45,18 +33,18 @@ def _by_probability(site: Site) -> list[int]:
 
 @pytest.mark.parametrize("query", CALL_QUERIES, ids=lambda q: "&".join(f"{k}={v}" for k, v in q.items()))
 def test_the_api_refuses_a_filter_or_order_by_the_call(site: Site, query: dict[str, str]) -> None:
-    bea = _client(site, "bea")
+    bea = site.reader("bea")
     answer = bea.get("/api/results", params={"review": "all", **query})
     assert answer.status_code == 400, answer.text
     detail = answer.json()["detail"]
     assert "blinded reading" in detail and next(iter(query)) in detail
     assert bea.get("/api/results", params={"review": "all", "sort": "newest", "status": "done"}).status_code == 200
-    seeing = _client(site, "eve", blinded=False)
+    seeing = site.reader("eve", blinded=False)
     assert seeing.get("/api/results", params={"review": "all", **query}).status_code == 200
 
 
 def test_the_worklist_ignores_them_visibly_and_lists_newest_first(site: Site) -> None:
-    bea = _client(site, "bea")
+    bea = site.reader("bea")
     plain = bea.get("/worklist")
     assert plain.status_code == 200
     everything = _worklist_ids(plain.text)
@@ -73,7 +61,7 @@ def test_the_worklist_ignores_them_visibly_and_lists_newest_first(site: Site) ->
         notice = re.search(r'id="blinded-filters">(.*?)</p>', page.text, re.S)
         assert notice and "Ignored" in notice.group(1) and next(iter(query)) in notice.group(1), query
 
-    seeing = _client(site, "eve", blinded=False)
+    seeing = site.reader("eve", blinded=False)
     with site.db() as session:
         probabilities = sorted(session.scalars(select(Prediction.probability)))
     middle = (probabilities[len(probabilities) // 2 - 1] + probabilities[len(probabilities) // 2]) / 2
@@ -95,17 +83,17 @@ def test_the_studies_page_has_no_urgent_bucket_and_lists_the_most_recent_first(s
     def order(html: str) -> list[str]:
         return [uid for uid in re.findall(r'data-study="([0-9.]+)"', html) if uid.startswith("1.2.826.0.1.29.")]
 
-    blinded = _client(site, "bea").get("/studies").text
+    blinded = site.reader("bea").get("/studies").text
     assert order(blinded) == ["1.2.826.0.1.29.2", "1.2.826.0.1.29.1"]
     assert "urgent" not in blinded.split('id="studies"')[1]  # no badge, no row class
     assert "Blinded reading" in blinded
-    seeing = _client(site, "eve", blinded=False).get("/studies").text
+    seeing = site.reader("eve", blinded=False).get("/studies").text
     assert order(seeing) == ["1.2.826.0.1.29.1", "1.2.826.0.1.29.2"]  # the urgent one first, as before
     assert 'class="study urgent"' in seeing
 
 
 def test_next_case_is_the_newest_unreviewed_not_the_most_suspicious(site: Site) -> None:
-    bea = _client(site, "bea")
+    bea = site.reader("bea")
     newest = [row["id"] for row in bea.get("/api/results", params={"review": "unreviewed"}).json()["results"]]
     with site.db.begin() as session:  # the newest case the least suspicious, so that the two orders differ
         session.execute(update(Prediction).where(Prediction.image_id == newest[0]).values(probability=0.0001))
@@ -118,4 +106,4 @@ def test_next_case_is_the_newest_unreviewed_not_the_most_suspicious(site: Site) 
         return int(found.group(1))
 
     assert next_link(bea) == newest[0]
-    assert next_link(_client(site, "eve", blinded=False)) == suspicious[0]
+    assert next_link(site.reader("eve", blinded=False)) == suspicious[0]

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from sqlalchemy import select, update
-from web_support import PASSWORD, Site, login
+from web_support import Site
 
 from pneumoscan.db.schema import Image
 
@@ -25,18 +25,6 @@ def _mark_out(site: Site, name: str) -> int:
     return image_id
 
 
-def _client(site: Site, name: str, blinded: bool) -> Any:
-    from fastapi.testclient import TestClient
-
-    from pneumoscan.web.app import create_app
-
-    app = create_app(site.settings.model_copy(update={"blinded_reading": blinded}), site.db)
-    site.user(name, "reviewer")
-    client = TestClient(app, base_url="http://testserver")
-    assert login(client, name, PASSWORD).status_code == 303
-    return client
-
-
 def _row(html: str, marker: str) -> str:
     found = re.search(rf"<tr [^>]*{re.escape(marker)}.*?</tr>", html, re.S)
     assert found, marker
@@ -47,7 +35,7 @@ def test_an_image_outside_the_validated_population_is_marked_everywhere(site: Si
     out_id = _mark_out(site, "d0.dcm")
     inside_id = site.ids["n0.png"]
     for name, blinded in (("eve", False), ("bea", True)):
-        client = _client(site, name, blinded)
+        client = site.reader(name, blinded=blinded)
         worklist = client.get("/worklist", params={"review": "all"}).text
         marked = _row(worklist, f'data-id="{out_id}"')
         assert BADGE in marked and WHY in marked and "0.123" in marked, name
@@ -72,5 +60,5 @@ def test_results_and_the_worklist_filter_by_domain(site: Site, reviewer: Any) ->
     page = reviewer.get("/worklist", params={"domain": "out", "review": "all"}).text
     assert re.findall(r'<tr class="case" data-id="(\d+)"', page) == [str(out_id)]
     assert '<option value="out" selected>' in page
-    bea = _client(site, "bea", blinded=True)  # not the model's call: a blinded reader may filter by it
+    bea = site.reader("bea", blinded=True)  # not the model's call: a blinded reader may filter by it
     assert [r["id"] for r in bea.get("/api/results", params={"domain": "out"}).json()["results"]] == [out_id]

@@ -41,6 +41,18 @@ class Site:
         assert response.status_code == 303, response.text
         return client
 
+    def reader(self, name: str, role: str = "reviewer", blinded: bool = True) -> Any:
+        """A new user signed in to a second app on the same database, with PNEUMOSCAN_BLINDED_READING=``blinded``."""
+        from fastapi.testclient import TestClient
+
+        from pneumoscan.web.app import create_app
+
+        app = create_app(self.settings.model_copy(update={"blinded_reading": blinded}), self.db)
+        self.user(name, role)
+        client = TestClient(app, base_url="http://testserver")
+        assert login(client, name, PASSWORD).status_code == 303
+        return client
+
 
 def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
