@@ -54,9 +54,10 @@ class Settings(BaseSettings):
     engine: Literal["auto", "tensorflow", "openvino"] = Field(
         default="auto", description="Inference engine: auto is TensorFlow on a GPU and OpenVINO on a CPU when it is "
         "installed (else TensorFlow). Heatmaps (Grad-CAM) always use TensorFlow.")
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "bf16", "int8"] = Field(
         default="fp32", description="Inference precision. fp32 agrees with TensorFlow within 1e-4; bf16 (OpenVINO, a "
-        "CPU with BF16) only after `pneumoscan model check DATA --precision bf16` passed on this machine.")
+        "CPU with BF16) and int8 (OpenVINO, quantized with NNCF on DATA's train split: the `int8` extra) only after "
+        "`pneumoscan model check DATA --precision bf16|int8` passed on this machine.")
     out_of_domain: Literal["flag", "skip"] = Field(
         default="flag", description="An image outside the population the model was validated on (an age band outside "
         "the card's, or a domain score above its threshold): flag scores and labels it, marked out; skip stores it "

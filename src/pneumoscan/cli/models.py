@@ -14,6 +14,7 @@ from rich.table import Table
 from pneumoscan.cli._common import F, _bundle, _database, _friendly, _progress, _settings, err
 from pneumoscan.models import ARCHITECTURES, MIN_INPUT_SIZE
 from pneumoscan.models.bundle import ModelBundle, load_bundle
+from pneumoscan.models.engine import PRECISIONS
 from pneumoscan.models.recipe import TrainConfig
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def model() -> None:
 
 @model.command("check")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), required=True,
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), required=True,
               help="The precision to check against fp32 TensorFlow.")
 @click.pass_context
 @_friendly
