@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, compare_commits
+from tests.browser import chromium
 
 FIRST_PAINT_MS, WINDOW_MS = 1000.0, 100.0
 PASSWORD = "bench-password-123"
@@ -104,20 +105,6 @@ def prepare(work: Path, env: dict[str, str]) -> int:
     return int(row["id"])
 
 
-def sign_in(driver: Any, url: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.delete_all_cookies()
-    driver.get(url + "/login")
-    WebDriverWait(driver, 30).until(EC.visibility_of_element_located((By.ID, "name"))).send_keys(READER)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    form = driver.find_element(By.ID, "sign-in")
-    form.click()
-    WebDriverWait(driver, 30).until(EC.staleness_of(form))
-
-
 def open_viewer(driver: Any, url: str, image_id: int) -> dict[str, Any]:
     """Open the viewer and wait for full resolution; its first paint, full-resolution paint and a breakdown."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -131,7 +118,8 @@ def open_viewer(driver: Any, url: str, image_id: int) -> dict[str, Any]:
 
 def one_round(driver: Any, url: str, data_dir: Path, image_id: int, changes: int) -> dict[str, Any]:
     """On a server just started (the reader signed in): the first opening, a cold one, a cached one, window/level."""
-    sign_in(driver, url)
+    driver.delete_all_cookies()
+    chromium.sign_in(driver, url, READER, PASSWORD)
     shutil.rmtree(data_dir / "cache" / "render", ignore_errors=True)
     fresh = open_viewer(driver, url, image_id)
     shutil.rmtree(data_dir / "cache" / "render", ignore_errors=True)
@@ -176,7 +164,6 @@ def table(sides: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main() -> None:
     from pneumoscan.config import SHIPPED_MODEL_DIR
-    from tests.browser import chromium
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15)

@@ -90,3 +90,19 @@ def chromium(profile: Path, log: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def sign_in(driver: Any, url: str, name: str, password: str, timeout: float = 30) -> None:
+    """Fill in and send the sign-in form at ``url``; returns once the form has gone (whatever the answer)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url + "/login")
+    field = WebDriverWait(driver, timeout).until(EC.visibility_of_element_located((By.ID, "name")))
+    field.clear()
+    field.send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password)
+    form = driver.find_element(By.ID, "sign-in")
+    form.click()
+    WebDriverWait(driver, timeout).until(EC.staleness_of(form))

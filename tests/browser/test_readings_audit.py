@@ -23,17 +23,6 @@ def _wait(driver: Any, timeout: float = WAIT) -> WebDriverWait:
     return WebDriverWait(driver, timeout, poll_frequency=0.1)
 
 
-def _sign_in(driver: Any, url: str, name: str) -> None:
-    driver.get(url + "/login")
-    field = _wait(driver).until(EC.visibility_of_element_located((By.ID, "name")))
-    field.clear()
-    field.send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    form = driver.find_element(By.ID, "sign-in")
-    form.click()
-    _wait(driver).until(EC.staleness_of(form))
-
-
 @pytest.fixture(scope="module")
 def blinded_url(served: Served, pneumoscan_exe: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second `pneumoscan serve` on the same database, with PNEUMOSCAN_BLINDED_READING=true."""
@@ -52,7 +41,7 @@ def test_a_blinded_reading_hides_the_call_until_save(served: Served, blinded_url
     driver.set_window_size(1400, 900)
     served.cli("users", "add", "bea", "--role", "reviewer", "--password-stdin", stdin=PASSWORD + "\n")
     case = next(r for r in served.results("--status", "done") if r["label"])
-    _sign_in(driver, blinded_url, "bea")
+    chromium.sign_in(driver, blinded_url, "bea", PASSWORD)
     driver.get(f"{blinded_url}/images/{case['id']}")
     banner = _wait(driver).until(EC.visibility_of_element_located((By.ID, "blinded")))
     assert "Blinded reading" in banner.text
@@ -79,7 +68,7 @@ def test_the_audit_lists_the_opening(served: Served, browser: Any, screenshot: A
     driver = browser
     driver.set_window_size(1400, 900)
     case = served.results("--status", "done")[0]
-    _sign_in(driver, served.url, ADMIN)
+    chromium.sign_in(driver, served.url, ADMIN, PASSWORD)
     driver.get(f"{served.url}/images/{case['id']}")
     _wait(driver).until(EC.presence_of_element_located((By.ID, "review-form")))
     driver.get(f"{served.url}/admin/audit?image={case['id']}")

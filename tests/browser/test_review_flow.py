@@ -16,6 +16,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+from . import chromium
 from .conftest import ADMIN, PASSWORD, REVIEWER, Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
@@ -57,17 +58,6 @@ def _wait(driver: Any, timeout: float = WAIT) -> WebDriverWait:
 
 def _path(driver: Any) -> str:
     return urlparse(driver.current_url).path
-
-
-def _sign_in(driver: Any, url: str, name: str, password: str) -> None:
-    driver.get(url + "/login")
-    field = _wait(driver).until(EC.visibility_of_element_located((By.ID, "name")))
-    field.clear()
-    field.send_keys(name)
-    driver.find_element(By.ID, "password").send_keys(password)
-    form = driver.find_element(By.ID, "sign-in")
-    form.click()
-    _wait(driver).until(EC.staleness_of(form))
 
 
 def _api(driver: Any, path: str) -> Any:
@@ -128,12 +118,12 @@ def test_review_flow(served: Served, browser: Any, screenshot: Any) -> None:
     driver.delete_all_cookies()
 
     # (1) A wrong password shows the reason and stays on the sign-in page; the right one reaches the worklist.
-    _sign_in(driver, url, ADMIN, "not-the-password")
+    chromium.sign_in(driver, url, ADMIN, "not-the-password")
     error = _wait(driver).until(EC.visibility_of_element_located((By.ID, "login-error")))
     assert error.text == "wrong name or password"
     assert _path(driver) == "/login"
     assert not driver.find_elements(By.ID, "worklist")
-    _sign_in(driver, url, ADMIN, PASSWORD)
+    chromium.sign_in(driver, url, ADMIN, PASSWORD)
     _wait(driver).until(lambda d: _path(d) == "/worklist")
     assert driver.find_element(By.CSS_SELECTOR, "form.logout .who").text == f"{ADMIN} (admin)"
 
@@ -262,7 +252,7 @@ def test_review_flow(served: Served, browser: Any, screenshot: Any) -> None:
 def test_reviewer_cannot_manage_users(served: Served, browser: Any) -> None:
     driver, url = browser, served.url
     driver.delete_all_cookies()
-    _sign_in(driver, url, REVIEWER, PASSWORD)
+    chromium.sign_in(driver, url, REVIEWER, PASSWORD)
     _wait(driver).until(lambda d: _path(d) == "/worklist")
     nav = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "header nav a")]
     assert "Worklist" in nav and "Users" not in nav, nav

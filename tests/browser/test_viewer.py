@@ -18,6 +18,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from support import dicoms, xrays
 
+from . import chromium
 from .conftest import ADMIN, PASSWORD, Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -78,12 +79,7 @@ def _settle(served: Served, model_version: str) -> None:
 def signed_in(served: Served, browser: Any) -> Iterator[Any]:
     driver = browser
     driver.set_window_size(1400, 900)
-    driver.get(served.url + "/login")
-    _wait(driver).until(EC.visibility_of_element_located((By.ID, "name"))).send_keys(ADMIN)
-    driver.find_element(By.ID, "password").send_keys(PASSWORD)
-    form = driver.find_element(By.ID, "sign-in")
-    form.click()
-    _wait(driver).until(EC.staleness_of(form))
+    chromium.sign_in(driver, served.url, ADMIN, PASSWORD)
     yield driver
 
 
