@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from web_support import Site
+from web_support import Site, csrf_of
 
 from pneumoscan.db.schema import Prediction, Study
 
@@ -107,3 +107,8 @@ def test_next_case_is_the_newest_unreviewed_not_the_most_suspicious(site: Site) 
 
     assert next_link(bea) == newest[0]
     assert next_link(site.reader("eve", blinded=False)) == suspicious[0]
+    # Saving a reading with "then next" goes to the same case.
+    page = bea.get(f"/images/{current}").text
+    saved = bea.post(f"/images/{current}/reviews", data={"csrf_token": csrf_of(page), "label": "NORMAL",
+                                                          "then": "next"}, follow_redirects=False)
+    assert saved.status_code == 303 and saved.headers["location"] == f"/images/{newest[0]}"
