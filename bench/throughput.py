@@ -21,6 +21,8 @@ For each input kind, in one run:
   (a_tf) TensorFlow's model alone, the reference of issue 30's targets (e2e >= 1.5x it in fp32, >= 2.5x in a
        checked bf16); (a) is the engine the e2e run uses (--engine, --precision; the pipeline's default auto).
   limit = 1/(1/a + 1/c) on a CPU-only machine (decode and inference share the cores), min(a, c) with a GPU.
+  CPU limit = cores / (CPU time per image of (a) + of (c)), every thread counted: what the cores allow when
+       both stages keep them busy; with it, what bounds a run whatever the other load on a shared machine.
 Targets: e2e >= 0.9 x limit for JPEG and uncompressed DICOM, e2e >= 5 x (b) for every kind.
 This process keeps large buffers on the heap as `pneumoscan` does (``memory.keep_large_buffers``), so
 (b) and (c) decode as fast as the e2e run can.
@@ -72,11 +74,12 @@ def decode_file(path: Path, size: int) -> np.ndarray:
 def decode_alone(paths: list[Path], size: int, workers: int) -> dict[str, Any]:
     """(c): read and decode every file on ``workers`` threads; images/s."""
     decode_file(paths[0], size)  # import pydicom / codecs outside the timing
+    cpu = time.process_time()
     with ThreadPoolExecutor(workers) as pool, common.Timer() as t:
         for _ in pool.map(lambda p: decode_file(p, size), paths):
             pass
     return {"images": len(paths), "seconds": t.seconds, "images_per_s": len(paths) / t.seconds,
-            "threads": workers}
+            "threads": workers, "cpu_ms_per_image": (time.process_time() - cpu) / len(paths) * 1000}
 
 
 _RUNTIME: dict[str, Any] = {}  # engine, precision, cache folder of the run (main sets them)
@@ -99,14 +102,15 @@ def ceiling(bundle_path: Path, batch: np.ndarray, min_seconds: float = 5.0, min_
     bundle.predict(batch)  # load, trace and warm up
     bundle.predict(batch)
     times: list[float] = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while len(times) < min_rounds or time.perf_counter() - start < min_seconds:
         with common.Timer() as t:
             bundle.predict(batch)
         times.append(t.seconds)
     per_batch = common.median(times)
     return {"batch_size": len(batch), "rounds": len(times), "median_batch_s": per_batch,
-            "images_per_s": len(batch) / per_batch}
+            "images_per_s": len(batch) / per_batch,
+            "cpu_ms_per_image": (time.process_time() - cpu) / (len(times) * len(batch)) * 1000}
 
 
 def _seed_load(path: Path, size: int) -> np.ndarray:
@@ -208,9 +212,14 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
     a2 = ceiling(bundle_path, batch, args.ceiling_seconds)
     a_tf = ceiling(bundle_path, batch, args.ceiling_seconds, engine="tensorflow") if _RUNTIME else a2
     c = {**c2, "images_per_s": (c1["images_per_s"] + c2["images_per_s"]) / 2,
-         "before_after": [c1["images_per_s"], c2["images_per_s"]]}
+         "before_after": [c1["images_per_s"], c2["images_per_s"]],
+         "cpu_ms_per_image": (c1["cpu_ms_per_image"] + c2["cpu_ms_per_image"]) / 2}
     a = {**a2, "images_per_s": (a1["images_per_s"] + a2["images_per_s"]) / 2,
-         "before_after": [a1["images_per_s"], a2["images_per_s"]]}
+         "before_after": [a1["images_per_s"], a2["images_per_s"]],
+         "cpu_ms_per_image": (a1.get("cpu_ms_per_image", 0) + a2.get("cpu_ms_per_image", 0)) / 2}
+    # What the cores allow when decoding and inference share them and both use all of their CPU time: the
+    # CPU each costs per image (every thread of this process, measured with the references) over the cores.
+    cpu_limit = (os.cpu_count() or 1) * 1000 / (a["cpu_ms_per_image"] + c["cpu_ms_per_image"])
     print(f"  (c) decode alone      {c['images_per_s']:8.1f} images/s  ({c['images']} files, {c['threads']} threads; "
           f"before/after {c1['images_per_s']:.1f}/{c2['images_per_s']:.1f})", flush=True)
     print(f"  (a) model alone       {a['images_per_s']:8.1f} images/s  (batch {a['batch_size']}; "
@@ -232,13 +241,18 @@ def measure_kind(kind: str, n: int, args: argparse.Namespace, bundle_path: Path,
            "e2e_over_limit": e2e["images_per_s"] / limit,
            "e2e_over_seed": e2e["images_per_s"] / b["images_per_s"] if b else None,
            "wall_e2e_over_limit": e2e["wall_images_per_s"] / limit,
-           "e2e_over_full_decode": e2e["images_per_s"] / full["images_per_s"] if full else None}
+           "e2e_over_full_decode": e2e["images_per_s"] / full["images_per_s"] if full else None,
+           "cpu_limit_images_per_s": cpu_limit, "e2e_over_cpu_limit": e2e["images_per_s"] / cpu_limit,
+           "cpu_limit_over_tensorflow_model": cpu_limit / a_tf["images_per_s"]}
     print(f"  e2e scan              {e2e['images_per_s']:8.1f} images/s  steady state; "
           f"{e2e['wall_images_per_s']:.1f} images/s over the whole {e2e['wall_s']:.1f} s run, of which "
           f"{e2e.get('startup_and_first_batch_s', 0):.1f} s start-up and first batch; {e2e['statuses']}")
     print(f"  limit {out['limit_rule']} = {limit:.1f} images/s -> e2e/limit {out['e2e_over_limit']:.2f}"
           f"{'  (target >= 0.9)' if kind in ('jpeg', 'dicom') else ''}"
           + (f"; e2e/(b) {out['e2e_over_seed']:.1f} (target >= 5)" if b else ""), flush=True)
+    print(f"  CPU per image: model {a['cpu_ms_per_image']:.1f} ms (TensorFlow {a_tf.get('cpu_ms_per_image', 0):.1f}), "
+          f"decode {c['cpu_ms_per_image']:.1f} ms -> the cores allow {cpu_limit:.1f} images/s "
+          f"({out['cpu_limit_over_tensorflow_model']:.2f}x a_tf); e2e/that {out['e2e_over_cpu_limit']:.2f}", flush=True)
     return out
 
 

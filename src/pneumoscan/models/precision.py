@@ -20,7 +20,7 @@ import numpy as np
 
 from pneumoscan.config import DecodePolicy
 from pneumoscan.models.bundle import ModelBundle
-from pneumoscan.models.dataset import labels_of, load_images, train_validation
+from pneumoscan.models.dataset import Example, labels_of, load_images, train_validation
 from pneumoscan.models.engine import (
     EngineConfig,
     EngineError,
@@ -31,7 +31,7 @@ from pneumoscan.models.engine import (
 )
 from pneumoscan.models.temperature import apply_temperature
 
-__all__ = ["GATE", "agreement", "cpu_name", "run_check"]
+__all__ = ["GATE", "agreement", "bundle_split", "cpu_name", "run_check"]
 
 GATE = {"label_agreement_min": 0.995, "mean_abs_dp_max": 0.005, "p99_abs_dp_max": 0.04}
 
@@ -65,13 +65,18 @@ def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float) ->
     return figures
 
 
-def validation_images(bundle: ModelBundle, data_dir: Path, policy: DecodePolicy) -> tuple[np.ndarray, np.ndarray]:
-    """The bundle's own validation split of ``data_dir`` (train carved by patient as its card says), decoded
-    as the pipeline decodes, and its labels. The test split is never read."""
+def bundle_split(bundle: ModelBundle, data_dir: Path) -> tuple[list[Example], list[Example]]:
+    """The (train, validation) examples of ``data_dir/train`` carved by patient as the bundle's card says."""
     _, fraction, seed = bundle.card.validation_split
     if fraction is None or seed is None:
         raise EngineError(f"the card of {bundle.version} does not say how its validation split was carved")
-    _, val = train_validation(data_dir, fraction, seed)
+    return train_validation(data_dir, fraction, seed)
+
+
+def validation_images(bundle: ModelBundle, data_dir: Path, policy: DecodePolicy) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's own validation split of ``data_dir`` (train carved by patient as its card says), decoded
+    as the pipeline decodes, and its labels. The test split is never read."""
+    _, val = bundle_split(bundle, data_dir)
     if not val:
         raise EngineError(f"no validation images under {data_dir}/train")
     return load_images(val, bundle.input_size, policy, exact=True, workers=os.cpu_count() or 2), labels_of(val)

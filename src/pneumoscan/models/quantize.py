@@ -19,8 +19,9 @@ from typing import Any
 
 from pneumoscan.config import DecodePolicy
 from pneumoscan.models.bundle import ModelBundle
-from pneumoscan.models.dataset import Example, load_images, train_validation
+from pneumoscan.models.dataset import Example, load_images
 from pneumoscan.models.engine import EngineError, _openvino, int8_dir, openvino_ir, save_ir
+from pneumoscan.models.precision import bundle_split
 
 __all__ = ["CALIBRATION_IMAGES", "calibration_examples", "quantize_int8"]
 
@@ -31,10 +32,7 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size; every 15th train image o
 
 def calibration_examples(bundle: ModelBundle, data_dir: Path, count: int = CALIBRATION_IMAGES) -> list[Example]:
     """``count`` train images spread evenly over the train part of the bundle's split (sorted, so reproducible)."""
-    _, fraction, seed = bundle.card.validation_split
-    if fraction is None or seed is None:
-        raise EngineError(f"the card of {bundle.version} does not say how its validation split was carved")
-    train, _ = train_validation(data_dir, fraction, seed)
+    train, _ = bundle_split(bundle, data_dir)
     if not train:
         raise EngineError(f"no train images under {data_dir}/train to calibrate int8 on")
     return train[:: max(1, len(train) // count)][:count]
