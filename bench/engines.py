@@ -7,7 +7,8 @@ python -m bench.engines [--data ../shared/datasets/chest_xray_224] [--rounds 15]
 Speed: one batch of real train-split radiographs (decoded as the pipeline decodes), every engine run on
 it round by round, interleaved, so that the load of a shared machine hits all alike; the median per
 engine and its ratio to TensorFlow's median. bf16 is timed where the CPU has BF16 (whether or not its
-precision check passed: this is speed, not permission). Start-up: `python -c` that loads the bundle
+precision check passed: this is speed, not permission), and int8 where `pneumoscan model check --precision int8`
+left a quantized model in the cache. Start-up: `python -c` that loads the bundle
 and predicts one image, timed from the interpreter's start, for TensorFlow, OpenVINO with an empty cache
 (conversion included) and OpenVINO with the cache filled (no TensorFlow import). Agreement (--check): the
 precision check of `pneumoscan model check` (models.precision.run_check) on every validation image of the
@@ -35,6 +36,7 @@ from pneumoscan.models.engine import (
     EngineConfig,
     OpenVINOEngine,
     cpu_has_bf16,
+    int8_dir,
     ir_dir,
     open_engine,
     openvino_version,
@@ -98,6 +100,9 @@ def main() -> None:
                 lambda: bundle.model)  # fills the cache
     xml = ir_dir(args.cache, bundle.model_sha256) / "model.xml"
     precisions = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    int8_xml = int8_dir(args.cache, bundle.model_sha256) / "model.xml"  # quantized by `model check --precision int8`
+    if int8_xml.is_file():  # timed whether or not it passed its check: speed, not permission
+        engines["openvino int8"] = OpenVINOEngine(int8_xml, "int8")
     for threads in (int(t) for t in args.threads.split(",")):
         for streams in (int(t) for t in args.streams.split(",")):
             for precision in precisions:
