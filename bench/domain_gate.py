@@ -40,6 +40,24 @@ def _outsiders() -> dict[str, np.ndarray]:
     return images
 
 
+def _bf16_shift(bundle: Any, pixels: np.ndarray, fp32_scores: np.ndarray, cache: Path) -> dict[str, Any] | None:
+    """The validation split scored on features computed in bf16, against the fp32 scores the threshold was set on."""
+    from pneumoscan.models.engine import cpu_has_bf16, open_engine
+
+    if not cpu_has_bf16():
+        return None
+    gate = bundle.domain_gate
+    engine = open_engine(bundle.model_sha256, bundle.input_size, EngineConfig("openvino", "bf16", cache),
+                         lambda: bundle.model, unchecked=True)  # a measurement, not a permission to run
+    scores = np.concatenate([gate.scores(engine.run(pixels[i:i + 32, ..., None])[1])
+                             for i in range(0, len(pixels), 32)])
+    diff = np.abs(scores - fp32_scores)
+    return {"n": len(scores), "marked": int((scores > gate.threshold).sum()),
+            "share": float(np.mean(scores > gate.threshold)), "median_abs_diff": float(np.median(diff)),
+            "max_abs_diff": float(diff.max()),
+            "verdicts_changed": int(np.sum((scores > gate.threshold) != (fp32_scores > gate.threshold)))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", nargs="?", type=Path, default=DATASET)
@@ -64,6 +82,7 @@ def main() -> None:
         gate_s.append(time.perf_counter() - t1)
         model_s.append(t1 - t0)
     val_scores = np.concatenate(scores)
+    bf16 = _bf16_shift(bundle, pixels, val_scores, args.cache)
     outsiders = _outsiders()
     _, outsider_features = bundle.engine.run(np.stack(list(outsiders.values()))[..., None])
     assert outsider_features is not None
@@ -74,6 +93,7 @@ def main() -> None:
                        "share": float(np.mean(val_scores > gate.threshold)),
                        "score_median": float(np.median(val_scores))},
         "test_from_card": {"n": card.get("test_n"), "share": card.get("test_marked")},
+        "validation_bf16": bf16,
         "outsiders": {name: {"score": s, "marked": s > gate.threshold} for name, s in outsider_scores.items()},
         "cost_per_batch_of_32_ms": {"model": 1e3 * median(model_s), "gate": 1e3 * median(gate_s),
                                     "gate_vs_model": median(gate_s) / median(model_s)},
@@ -82,6 +102,10 @@ def main() -> None:
     print(f"{bundle.version} domain gate, threshold {gate.threshold:.1f}, {info['cpu_model']}")
     print(f"  validation: {v['marked']} of {v['n']} marked ({v['share']:.1%}); test (one read, from the card): "
           f"{card.get('test_marked', float('nan')):.1%} of {card.get('test_n')}")
+    if bf16:
+        print(f"  validation scored in bf16 (the threshold was fitted in fp32): {bf16['marked']} marked "
+              f"({bf16['share']:.1%}); |score difference| median {bf16['median_abs_diff']:.2f}, max "
+              f"{bf16['max_abs_diff']:.2f}; {bf16['verdicts_changed']} verdicts changed")
     for name, s in outsider_scores.items():
         print(f"  {name:<52} {s:7.1f}  {'out' if s > gate.threshold else 'IN'}")
     cost = record["cost_per_batch_of_32_ms"]
