@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ class ModelBundle:
 
     def load(self) -> None:
         """Load the engine and the model now (a worker process does this after the fork, before its first task)."""
-        self.predictor  # noqa: B018
+        self.engine  # noqa: B018
 
     @property
     def engine(self) -> Engine:
@@ -108,14 +107,6 @@ class ModelBundle:
             if "sha256" not in self._state:
                 self._state["sha256"] = file_sha256(self.path / MODEL_FILE)
             return self._state["sha256"]
-
-    @property
-    def predictor(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A compiled function from a (n, size, size, 1) float32 batch to pneumonia probabilities."""
-        with self._lock:
-            if "predictor" not in self._state:
-                self._state["predictor"] = self.engine
-            return self._state["predictor"]
 
     @property
     def model(self) -> Any:
@@ -138,29 +129,29 @@ class ModelBundle:
                 self._state["gate"] = load_gate(self.path, self.card.domain)
             return self._state["gate"]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated probabilities of a (n, size, size) batch and, with a domain gate, each image's domain score."""
+    def _raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's own probabilities of a (n, size, size) or (n, size, size, 1) batch, and its features."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim == 3:
             batch = batch[..., None]
         if len(batch) == 0:
             return np.zeros(0, np.float32), None
-        gate = self.domain_gate
         raw, features = self.engine.run(batch)
-        probabilities = apply_temperature(np.asarray(raw, dtype=np.float32), self.temperature)
-        return probabilities, gate.scores(features) if gate is not None and features is not None else None
+        return np.asarray(raw, dtype=np.float32), features
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities of a batch (as ``predict``) and, with a domain gate, each image's domain score."""
+        gate = self.domain_gate
+        raw, features = self._raw(batch)
+        scores = gate.scores(features) if gate is not None and features is not None else None
+        return apply_temperature(raw, self.temperature), scores
 
     def predict(self, batch: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
         """Probabilities of PNEUMONIA for a (n, size, size) or (n, size, size, 1) batch in [0, 1].
 
         They are temperature-scaled as the card says unless ``calibrated`` is False (the network's own).
         """
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim == 3:
-            batch = batch[..., None]
-        if len(batch) == 0:
-            return np.zeros(0, np.float32)
-        raw = np.asarray(self.predictor(batch), dtype=np.float32)
+        raw, _ = self._raw(batch)
         return apply_temperature(raw, self.temperature) if calibrated else raw
 
     def explain(self, batch: np.ndarray) -> np.ndarray:
