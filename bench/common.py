@@ -149,6 +149,18 @@ def describe_machine(info: dict[str, Any]) -> str:
     return line
 
 
+# --- the database benches' options ---------------------------------------------------------------
+
+def add_database_args(parser: argparse.ArgumentParser, backends_help: str | None = None) -> None:
+    """The options of the benches that load a database of many images into SQLite and a scratch PostgreSQL."""
+    parser.add_argument("--rows", type=int, default=1_000_000, help="images (predictions come on top)")
+    parser.add_argument("--backends", default="sqlite,postgresql", help=backends_help)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="a PostgreSQL URL allowed to CREATE and DROP DATABASE")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+
+
 # --- the bundle under test -----------------------------------------------------------------------
 
 def add_bundle_args(parser: argparse.ArgumentParser) -> None:

@@ -232,13 +232,7 @@ def bench_backend(backend: str, args: argparse.Namespace, now: datetime) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="images (predictions come on top)")
-    parser.add_argument("--backends", default="sqlite,postgresql",
-                        help="sqlite-analyzed: the sqlite file again after ANALYZE (needs sqlite before it)")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="a PostgreSQL URL allowed to CREATE and DROP DATABASE")
-    parser.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    common.add_database_args(parser, "sqlite-analyzed: the sqlite file again after ANALYZE (needs sqlite before it)")
     common.add_output_arg(parser, "database")
     args = parser.parse_args()
     info = common.machine()

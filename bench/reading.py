@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from bench import common, database
@@ -86,11 +84,7 @@ def bench_backend(url: str, repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pneumoscan-bench")
+    common.add_database_args(parser)
     common.add_output_arg(parser, "reading")
     args = parser.parse_args()
     from pneumoscan.db import open_database

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,11 +238,7 @@ def bench_rendering(args: argparse.Namespace, bundle: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pneumoscan-bench")
+    common.add_database_args(parser)
     parser.add_argument("--skip-render", action="store_true")
     common.add_bundle_args(parser)
     common.add_output_arg(parser, "web")
