@@ -44,8 +44,7 @@ def dicomweb() -> Iterator[str]:
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[dcmtk.Storescp]:
-    if dcmtk.missing_tools():
-        pytest.skip(f"dcmtk is not installed: {dcmtk.missing_tools()}")
+    dcmtk.require_tools()
     scp = dcmtk.Storescp(tmp_path / "pacs", dcmtk.free_port())
     scp.start()
     yield scp

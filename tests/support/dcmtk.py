@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .process import wait_for
+from .process import unavailable, wait_for
 
 TOOLS = ("echoscu", "storescu", "storescp")
 RECEIVER_AE = "PNEUMOSCAN"
@@ -21,6 +21,12 @@ RECEIVER_AE = "PNEUMOSCAN"
 def missing_tools() -> list[str]:
     """The dcmtk programs that are not installed (the Debian package dcmtk has them all)."""
     return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def require_tools() -> None:
+    """dcmtk's programs are installed; the test skips without them, or fails under CI."""
+    if missing := missing_tools():
+        unavailable(f"dcmtk is not installed ({', '.join(missing)} missing); `bash .ci/run` installs it")
 
 
 def free_port() -> int:

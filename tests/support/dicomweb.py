@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from . import dcmtk, dicoms
-from .process import pneumoscan_env, wait_for
+from .process import pneumoscan_env, unavailable, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "images"
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -75,24 +74,32 @@ def serve(exe: Path, data: Path, model: Path, spool: Path, **settings: str) -> I
     port = dcmtk.free_port()
     env = pneumoscan_env(data, model, PNEUMOSCAN_PASSWORD_HASHING="cheapest", PNEUMOSCAN_DICOM_SPOOL=str(spool),
                          **settings)
-    log_path = data / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(exe), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", spool, tokens)
+    with _running([str(exe), "serve", "--port", str(port)], data / "serve.log", f"{server.url}/health",
+                  "pneumoscan serve", env=env, stop_timeout=20):
+        yield server
+
+
+@contextmanager
+def _running(argv: list[str], log_path: Path, ready_url: str, what: str, *, env: dict[str, str] | None = None,
+             auth: tuple[str, str] | None = None, stop_timeout: float) -> Iterator[None]:
+    """``argv`` started, its output in ``log_path``, until GET ``ready_url`` answers 200; stopped on leaving."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()
+        assert proc.poll() is None, log_path.read_text()[-3000:]
         try:
-            return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
+            return httpx.get(ready_url, auth=auth, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
-        wait_for(up, 60, 0.2, "pneumoscan serve")
-        yield server
+        wait_for(up, 60, 0.2, what)
+        yield
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=stop_timeout)
 
 
 @dataclass
@@ -117,11 +124,8 @@ def orthanc_binary(dicomweb: bool = True) -> str:
     """Orthanc's program; without it (or its DICOMweb plugin, when asked for) the test skips, or fails under CI."""
     binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
     if binary is None or (dicomweb and not ORTHANC_PLUGIN.exists()):
-        message = ("Orthanc with its DICOMweb plugin is not installed (Debian: orthanc orthanc-dicomweb; "
-                   ".ci/run installs them)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("Orthanc with its DICOMweb plugin is not installed (Debian: orthanc orthanc-dicomweb; .ci/run "
+                    "installs them)")
     return binary
 
 
@@ -148,24 +152,10 @@ def orthanc(folder: Path, pneumoscan: Server | None = None, *, dicomweb: bool = 
         config |= {"Plugins": [str(ORTHANC_PLUGIN)],
                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers}}
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log_path = folder / "orthanc.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     place = Orthanc(f"http://127.0.0.1:{http_port}", dicom_port)
-
-    def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return httpx.get(place.url + "/system", auth=ORTHANC_AUTH, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 60, 0.2, "Orthanc")
+    with _running([binary, str(folder / "orthanc.json")], folder / "orthanc.log", place.url + "/system", "Orthanc",
+                  auth=ORTHANC_AUTH, stop_timeout=30):
         yield place
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def rg1() -> Path:

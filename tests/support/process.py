@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "") -> Any:
@@ -19,6 +19,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def unavailable(message: str) -> NoReturn:
+    """A test's real peer or service is missing: fail under CI (`.ci/run` installs and starts them all), else skip."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def pneumoscan_env(data_dir: Path, model: Path | str, **extra: str) -> dict[str, str]:

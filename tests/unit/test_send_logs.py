@@ -30,8 +30,7 @@ def _object() -> Dataset:
 
 
 def _pacs(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    if dcmtk.missing_tools():
-        pytest.skip(f"dcmtk is not installed: {dcmtk.missing_tools()}")
+    dcmtk.require_tools()
     port = dcmtk.free_port()
     (tmp_path / "pacs").mkdir(exist_ok=True)
     proc = subprocess.Popen(["storescp", *extra, "-aet", "PACS", "-od", str(tmp_path / "pacs"), str(port)],
