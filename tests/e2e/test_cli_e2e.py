@@ -17,6 +17,8 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -402,6 +404,20 @@ def test_results_rejects_bad_options(results_env: tuple[dict[str, str], Path], p
     assert "Traceback" not in proc.stderr and "--min-probability" in proc.stderr
 
 
+@contextmanager
+def _child(argv: list[str], env: dict[str, str], stderr_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``argv`` as a child process, its stderr in ``stderr_path``; killed on leaving if it is still running."""
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 # --- watch ---------------------------------------------------------------------------------------
 
 
@@ -411,10 +427,7 @@ def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_e
     xrays.write_jpeg(xrays.NORMAL_IMAGES[0], folder / "before.jpeg")  # caught up at start
     env = _env(data, tiny_bundle.path)
     stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen([str(pneumoscan_exe), "watch", str(folder)], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-    try:
+    with _child([str(pneumoscan_exe), "watch", str(folder)], env, stderr_path) as proc:
         def names() -> set[str]:
             if not (data / "pneumoscan.db").exists():
                 return set()
@@ -434,10 +447,6 @@ def test_watch_runs_until_sigterm(tmp_path: Path, tiny_bundle: Any, pneumoscan_e
         wait_for({"before.jpeg", "after.dcm"})
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     text = stderr_path.read_text()
     assert returncode == 0, text
     assert "Traceback" not in text, text
@@ -524,12 +533,8 @@ def test_receive_answers_an_echo_and_stops_on_sigterm(tmp_path: Path, pneumoscan
     from support.dcmtk import free_port
 
     port, spool, log = free_port(), tmp_path / "spool", tmp_path / "stderr.txt"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen([str(pneumoscan_exe), "receive", "--port", str(port), "--host", "127.0.0.1",
-                                 "--ae-title", "TESTSCP", "--spool", str(spool)],
-                                env=_env(tmp_path / "data", "/nonexistent"), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
-    try:
+    with _child([str(pneumoscan_exe), "receive", "--port", str(port), "--host", "127.0.0.1", "--ae-title", "TESTSCP",
+                 "--spool", str(spool)], _env(tmp_path / "data", "/nonexistent"), log) as proc:
         helpers.wait_for(lambda: "receiving as" in log.read_text() or proc.poll() is not None, RUN_TIMEOUT,
                          message="the receiver to listen")
         assert proc.poll() is None, log.read_text()
@@ -541,10 +546,6 @@ def test_receive_answers_an_echo_and_stops_on_sigterm(tmp_path: Path, pneumoscan
         association.release()
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
     text = log.read_text()
     assert returncode == 0 and "Traceback" not in text, text
     assert f"receiving as TESTSCP on 127.0.0.1:{port} into {spool} from any AE" in text and "stopped" in text
