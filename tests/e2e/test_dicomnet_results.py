@@ -114,6 +114,17 @@ def new_study(folder: Path, count: int = 2) -> tuple[str, list[Path]]:
                                           StudyInstanceUID=study_uid, ViewPosition="PA") for i in range(count)]
 
 
+def reported(folder: Path, count: int, settings: Any, sessions: Any, bundle: Any, pacs: dcmtk.Storescp,
+             **changes: Any) -> tuple[Any, str, list[Path]]:
+    """A new study of ``count`` instances, classified, completed and its first report sent to ``pacs``:
+    (the site's settings, the study's UID, its files)."""
+    site = configure(settings, pacs.destination, **changes)
+    study_uid, files = new_study(folder, count)
+    classify(files, site, sessions, bundle)
+    assert round_(site, sessions, bundle).sent == 1
+    return site, study_uid, files
+
+
 def received(pacs: dcmtk.Storescp, count: int) -> list[Any]:
     return pacs.read(count, 30, interval=0.1)
 
@@ -181,10 +192,7 @@ def test_a_foreign_report_or_key_object_is_ignored_and_does_not_count_in_its_stu
         tmp_path: Path, settings: Any, sessions: Any, tiny_bundle: Any, pacs: dcmtk.Storescp) -> None:
     from pneumoscan.domain import Status
 
-    site = configure(settings, pacs.destination)
-    study_uid, files = new_study(tmp_path / "modality", 1)
-    classify(files, site, sessions, tiny_bundle)
-    assert round_(site, sessions, tiny_bundle).sent == 1
+    site, study_uid, _files = reported(tmp_path / "modality", 1, settings, sessions, tiny_bundle, pacs)
     # An image-shaped object whose modality says it is a presentation state, from another system.
     other = dicoms.write_dicom(xrays.NORMAL_IMAGES[2], tmp_path / "other" / "pr.dcm", StudyInstanceUID=study_uid,
                                modality="PR")
@@ -205,10 +213,7 @@ def test_reclassifying_everything_sends_nothing_and_a_changed_result_names_the_r
     from pneumoscan.scheduler.dispatch import InlineDispatcher
     from pneumoscan.services import reclassify
 
-    site = configure(settings, pacs.destination)
-    study_uid, files = new_study(tmp_path / "modality", 2)
-    classify(files, site, sessions, tiny_bundle)
-    assert round_(site, sessions, tiny_bundle).sent == 1
+    site, study_uid, _files = reported(tmp_path / "modality", 2, settings, sessions, tiny_bundle, pacs)
     [first] = received(pacs, 1)
 
     dispatcher = InlineDispatcher(lambda paths, **kw: classify(paths, site, sessions, tiny_bundle, **kw))
@@ -251,10 +256,7 @@ def test_a_new_model_reclassifying_a_study_batch_by_batch_sends_one_new_report_o
 
     from pneumoscan.db.schema import Image
 
-    site = configure(settings, pacs.destination)
-    study_uid, files = new_study(tmp_path / "modality", 2)
-    classify(files, site, sessions, tiny_bundle)
-    assert round_(site, sessions, tiny_bundle).sent == 1
+    site, study_uid, files = reported(tmp_path / "modality", 2, settings, sessions, tiny_bundle, pacs)
     newer = dataclasses.replace(tiny_bundle, card=dataclasses.replace(tiny_bundle.card, version="tiny-test-2"))
     with sessions() as session:
         ids = dict(session.execute(select(Image.path, Image.id).where(Image.study_uid == study_uid)).tuples().all())
@@ -278,10 +280,8 @@ def test_a_probability_within_the_tolerance_sends_nothing_and_beyond_it_sends_ag
     from pneumoscan.db import studies
     from pneumoscan.db.schema import Study
 
-    site = configure(settings, pacs.destination, results_probability_tolerance=0.05)
-    study_uid, files = new_study(tmp_path / "modality", 1)
-    classify(files, site, sessions, tiny_bundle)
-    assert round_(site, sessions, tiny_bundle).sent == 1
+    _site, study_uid, _files = reported(tmp_path / "modality", 1, settings, sessions, tiny_bundle, pacs,
+                                        results_probability_tolerance=0.05)
     with sessions.begin() as session:
         study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
         now = studies.assess(session, study_uid, tiny_bundle.version)
@@ -297,10 +297,7 @@ def test_an_operating_point_that_flips_the_label_sends_a_new_report_and_one_that
         tmp_path: Path, settings: Any, sessions: Any, tiny_bundle: Any, pacs: dcmtk.Storescp) -> None:
     from pneumoscan.db import reviews
 
-    site = configure(settings, pacs.destination)
-    study_uid, files = new_study(tmp_path / "modality", 1)
-    classify(files, site, sessions, tiny_bundle)
-    assert round_(site, sessions, tiny_bundle).sent == 1
+    site, study_uid, _files = reported(tmp_path / "modality", 1, settings, sessions, tiny_bundle, pacs)
     before = study_row(sessions, study_uid)
     probability = float(before.probability)
     # A threshold that moves but leaves the label as it was: nothing to tell the PACS.
