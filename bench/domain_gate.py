@@ -21,8 +21,9 @@ from bench.common import DATASET, add_output_arg, decode_policy, machine, median
 from pneumoscan.config import SHIPPED_MODEL_DIR
 from pneumoscan.imaging import decode
 from pneumoscan.models.bundle import load_bundle
-from pneumoscan.models.dataset import load_images, train_validation
+from pneumoscan.models.dataset import load_images
 from pneumoscan.models.engine import EngineConfig
+from pneumoscan.models.precision import bundle_split
 
 
 def _outsiders() -> dict[str, np.ndarray]:
@@ -68,8 +69,7 @@ def main() -> None:
     bundle = load_bundle(SHIPPED_MODEL_DIR, runtime=EngineConfig("openvino", "fp32", args.cache))
     gate, card = bundle.domain_gate, bundle.card.domain
     assert gate is not None and card is not None, "the shipped model has no domain gate"
-    _, fraction, seed = bundle.card.validation_split
-    _, val = train_validation(args.data_dir, fraction or 0.15, seed or 0)
+    _, val = bundle_split(bundle, args.data_dir)
     pixels = load_images(val, bundle.input_size, decode_policy(), exact=True)
     model_s, gate_s, scores = [], [], []
     for start in range(0, len(pixels), 32):

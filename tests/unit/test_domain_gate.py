@@ -138,3 +138,38 @@ def test_doctor_names_the_gate_and_fails_on_a_damaged_one(tmp_path: Path) -> Non
     (model / DOMAIN_FILE).write_bytes(b"\x00" * 64)
     damaged = check_model(settings)
     assert not damaged.ok and "fit it again with `pneumoscan model fit-domain DATA`" in damaged.detail, damaged
+
+
+@pytest.mark.slow
+def test_fit_domain_writes_the_gate_into_a_bundle_and_domain_check_reads_a_split(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from helpers import invoke, pneumoscan_env
+
+    data = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):  # the 20 real fixture films as a train split; no test split
+        shutil.copytree(TEST_IMAGES / label, data / "train" / label)
+    model = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL_DIR, model, ignore=shutil.ignore_patterns("domain.npz"))
+    card = json.loads((model / "card.json").read_text())
+    del card["domain"]
+    (model / "card.json").write_text(json.dumps(card))
+    env = pneumoscan_env(tmp_path / "home", model, PNEUMOSCAN_ENGINE="tensorflow")
+    assert load_bundle(model).domain_gate is None
+    fitted = invoke(["model", "fit-domain", str(data)], env)
+    assert fitted.returncode == 0, fitted.stderr
+    bundle = load_bundle(model, verify=True)  # the model file untouched
+    gate, record = bundle.domain_gate, bundle.card.domain
+    assert gate is not None and record is not None and (model / DOMAIN_FILE).is_file()
+    n_val = record["validation_n"]
+    assert 0 < n_val < 20 and record["fitted_on"] == f"train ({20 - n_val} images; validation held out)"
+    assert record["validation_marked"] <= 0.02 and gate.age_bands == ("1-5y",)
+    assert f"threshold {record['threshold']:.2f}" in fitted.stdout
+    checked = invoke(["model", "domain-check", str(data), "--update-card"], env)
+    assert checked.returncode == 0, checked.stderr
+    assert f"validation: 0 of {n_val} images marked out" in checked.stdout
+    assert load_bundle(model).card.domain["validation_n"] == n_val  # type: ignore[index]
+    missing = invoke(["model", "domain-check", str(data), "--split", "test"], env)
+    assert missing.returncode == 1 and "test must contain the folders NORMAL and PNEUMONIA" in missing.stderr
+    assert "Traceback" not in missing.stderr

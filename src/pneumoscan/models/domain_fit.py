@@ -19,8 +19,9 @@ import numpy as np
 from pneumoscan.config import DecodePolicy
 from pneumoscan.models.bundle import ModelBundle, write_card
 from pneumoscan.models.card import BundleError
-from pneumoscan.models.dataset import Example, list_split, load_images, train_validation
+from pneumoscan.models.dataset import Example, list_split, load_images
 from pneumoscan.models.domain import fit_gate, save_statistics
+from pneumoscan.models.precision import bundle_split
 
 __all__ = ["VALIDATED_AGE_BANDS", "domain_share", "fit_domain"]
 
@@ -44,10 +45,7 @@ def _features(bundle: ModelBundle, examples: list[Example], policy: DecodePolicy
 
 
 def _split(bundle: ModelBundle, data_dir: Path) -> tuple[list[Example], list[Example]]:
-    _, fraction, seed = bundle.card.validation_split
-    if fraction is None or seed is None:
-        raise BundleError(f"the card of {bundle.version} does not say how its validation split was carved")
-    train, val = train_validation(data_dir, fraction, seed)
+    train, val = bundle_split(bundle, data_dir)
     if not train or not val:
         raise BundleError(f"no train images under {data_dir}/train to fit the domain gate on")
     return train, val
